@@ -1,0 +1,257 @@
+"""Command line: a thin adapter over the public API.
+
+Every user error prints one line on stderr and exits with status 2, writing nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .errors import InvalidInputError, RegionEditError
+from .lomoe.options import LoMOEOptions
+
+# Flags whose names differ from the option field.
+FLAG_NAMES = {"num_inference_steps": "steps"}
+
+
+def _flag(field: str) -> str:
+    return "--" + FLAG_NAMES.get(field, field).replace("_", "-")
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _option_type(f: dataclasses.Field):
+    t = str(f.type)
+    if t.startswith("bool"):
+        return _bool
+    if t.startswith("int"):
+        return int
+    if t.startswith("float"):
+        return float
+    return str
+
+
+def add_option_flags(parser: argparse.ArgumentParser, cls) -> None:
+    """One flag per field of an options dataclass; ``--help`` shows the spec default."""
+    group = parser.add_argument_group(f"{cls.__name__} (defaults from the method's spec)")
+    for f in dataclasses.fields(cls):
+        comment = ""
+        group.add_argument(
+            _flag(f.name),
+            dest=f"opt_{f.name}",
+            type=_option_type(f),
+            default=None,
+            metavar=f.name.upper(),
+            help=f"default: {f.default!r}{comment}",
+        )
+
+
+def options_from_args(cls, args, spec_options: dict | None = None):
+    values = {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key, value in (spec_options or {}).items():
+        key = {"steps": "num_inference_steps"}.get(key, key)
+        if key not in names:
+            raise InvalidInputError(f"unknown option {key!r}; known: {sorted(names)}")
+        values[key] = value
+    for name in names:
+        v = getattr(args, f"opt_{name}", None)
+        if v is not None:
+            values[name] = v
+    return cls(**values)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # exit 2 with one line, as for every other user error
+        self.exit(2, f"regionedit: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="regionedit", description="Mask-localized multi-object image editing.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    e = sub.add_parser(
+        "edit",
+        help="edit regions of an image",
+        description=(
+            "Edit several regions of an image in one pass. Example: regionedit edit --image in.png "
+            "--mask m1.png --prompt 'a blue square' --mask m2.png --prompt 'a red circle' "
+            "--background-prompt 'a green triangle and a white circle on a gray background' --out out.png"
+        ),
+    )
+    e.add_argument("--spec", help="JSON file with image, masks, prompts, background_prompt, options, ...")
+    e.add_argument("--image", help="input image")
+    e.add_argument("--mask", action="append", default=None, help="region mask (white = edit); repeat")
+    e.add_argument("--prompt", action="append", default=None, help="prompt of the matching --mask; repeat")
+    e.add_argument(
+        "--negative-prompt",
+        action="append",
+        default=None,
+        help="negative prompt: once for all regions, or once per region",
+    )
+    e.add_argument("--background-prompt", help="caption of the input image")
+    e.add_argument(
+        "--model", default=None, help="mini (default), a diffusers folder, a .safetensors file or a hub id"
+    )
+    e.add_argument("--method", default=None, choices=["lomoe"], help="editing method (default lomoe)")
+    e.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    e.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, ...")
+    e.add_argument("--dtype", default=None, help="float32 (default), float16, bfloat16")
+    e.add_argument("--allow-pickle", action="store_true", help="allow loading pickled .ckpt/.bin weights")
+    e.add_argument("--out", help="output PNG")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    e.add_argument("--save-masks", action="store_true", help="also write OUT stem + _mask_<i>.png")
+    add_option_flags(e, LoMOEOptions)
+
+    s = sub.add_parser("shapes", help="generate a shapes-world scene")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--objects", type=int, default=3)
+    s.add_argument("--size", type=int, default=64)
+    s.add_argument("--out", required=True)
+
+    d = sub.add_parser("demo", help="edit three objects of a shapes scene with the mini model")
+    d.add_argument("--out", default="demo-out")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--steps", type=int, default=None)
+
+    t = sub.add_parser("train-mini", help="train (or resume) the shapes-world mini model")
+    t.add_argument("--out", required=True)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this long")
+    t.add_argument("--vae-steps", type=int, default=None)
+    t.add_argument("--unet-steps", type=int, default=None)
+    t.add_argument("--num-scenes", type=int, default=None)
+    return p
+
+
+def _load_spec(path: str) -> tuple[dict, Path]:
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidInputError(f"spec file not found: {p}")
+    try:
+        spec = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"spec file {p} is not valid JSON: {exc}") from None
+    if not isinstance(spec, dict):
+        raise InvalidInputError(f"spec file {p} must hold a JSON object")
+    return spec, p.parent
+
+
+def _as_list(value, name) -> list:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        raise InvalidInputError(f"{name} must be a list")
+    return value
+
+
+def run_edit(args) -> int:
+    from . import edit_api
+
+    spec, base = ({}, Path.cwd()) if args.spec is None else _load_spec(args.spec)
+
+    def rel(v):
+        return None if v is None else str(base / v) if args.spec and not Path(v).is_absolute() else v
+
+    image = args.image or rel(spec.get("image"))
+    masks = args.mask if args.mask is not None else [rel(m) for m in _as_list(spec.get("masks"), "masks")]
+    prompts = args.prompt if args.prompt is not None else _as_list(spec.get("prompts"), "prompts")
+    negatives = (
+        args.negative_prompt
+        if args.negative_prompt is not None
+        else _as_list(spec.get("negative_prompts"), "negative_prompts")
+    )
+    background = (
+        args.background_prompt if args.background_prompt is not None else spec.get("background_prompt")
+    )
+    out = args.out or spec.get("out")
+    if not image:
+        raise InvalidInputError("no input image: pass --image or give 'image' in --spec")
+    if not out:
+        raise InvalidInputError("no output file: pass --out")
+    if background is None:
+        raise InvalidInputError("no background prompt: pass --background-prompt (the input's caption)")
+    opts = options_from_args(LoMOEOptions, args, spec.get("options"))
+    request = edit_api.EditRequest(
+        image=image,
+        masks=masks,
+        prompts=prompts,
+        negative_prompts=negatives,
+        background_prompt=background,
+        method=args.method or spec.get("method", "lomoe"),
+        seed=args.seed if args.seed is not None else int(spec.get("seed", 0)),
+        options=opts,
+        model=args.model or spec.get("model", "mini"),
+    )
+    request.check_output(out, args.overwrite)
+    model = edit_api.load_model(request.model, args.device, args.dtype, args.allow_pickle)
+    result = edit_api.run(model, request, progress=True)
+    path = edit_api.save_result(result, request, out, overwrite=args.overwrite, save_masks=args.save_masks)
+    print(path)
+    return 0
+
+
+def run_shapes(args) -> int:
+    from .shapes.world import make_scene, write_scene
+
+    if not 1 <= args.objects <= 7:
+        raise InvalidInputError(f"--objects must be in 1..7, got {args.objects}")
+    if args.size < 32 or args.size % 8:
+        raise InvalidInputError(f"--size must be a multiple of 8 and >= 32, got {args.size}")
+    scene = make_scene(args.seed, args.objects, size=args.size)
+    print(write_scene(scene, args.out))
+    return 0
+
+
+def run_demo(args) -> int:
+    from .demo import run_demo as demo
+
+    report = demo(args.out, seed=args.seed, steps=args.steps)
+    print(f"wrote {args.out}/comparison.png and report.json — {report['summary']}")
+    return 0
+
+
+def run_train(args) -> int:
+    from .shapes.train import TrainConfig, train_mini
+
+    overrides = {k: getattr(args, k) for k in ("vae_steps", "unet_steps", "num_scenes") if getattr(args, k)}
+    cfg = dataclasses.replace(TrainConfig(seed=args.seed), **overrides)
+    result = train_mini(args.out, cfg, max_minutes=args.max_minutes)
+    print(result if result else f"stopped early; run the same command again to resume from {args.out}")
+    return 0
+
+
+COMMANDS = {"edit": run_edit, "shapes": run_shapes, "demo": run_demo, "train-mini": run_train}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return COMMANDS[args.command](args)
+    except RegionEditError as exc:
+        print(f"regionedit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("regionedit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

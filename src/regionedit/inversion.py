@@ -1,0 +1,304 @@
+"""DDIM inversion (LoMOE spec, Stage 1) and the reconstruction reference pass (Stage 2).
+
+``invert`` runs once per image + caption + step count; the returned :class:`Inversion`
+holds the latent trajectory, the per-step offsets that make the reconstruction exact and
+the reference cross-attention maps, and serves any number of edits (SAM's "set the image
+once, query many times"). It saves to and loads from a single safetensors file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import DDIMInverseScheduler, DDIMScheduler
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .attention import temperature_attention
+from .errors import InvalidInputError, InvalidOptionError
+from .models.loading import Model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InversionOptions:
+    num_inference_steps: int = 50  # T; the edit must use the same T
+    regularize: bool = True  # pix2pix-zero noise regularisation of each predicted ε (official: on)
+    lambda_ac: float = 20.0  # auto-correlation step size (divided by num_ac_rolls)
+    lambda_kl: float = 20.0  # KL step size
+    num_reg_steps: int = 5
+    num_ac_rolls: int = 5
+    sample_posterior: bool = False  # VAE posterior mean (ours, deterministic) or a seeded sample
+
+    def __post_init__(self):
+        if not isinstance(self.num_inference_steps, int) or not 1 <= self.num_inference_steps <= 1000:
+            raise InvalidOptionError(
+                f"num_inference_steps must be an integer in 1..1000, got {self.num_inference_steps!r}"
+            )
+        for name in ("lambda_ac", "lambda_kl"):
+            v = getattr(self, name)
+            if not (v == v and 0 <= v < float("inf")):
+                raise InvalidOptionError(f"{name} must be a finite number >= 0, got {v!r}")
+        if self.num_reg_steps < 0 or self.num_ac_rolls < 1:
+            raise InvalidOptionError("num_reg_steps must be >= 0 and num_ac_rolls >= 1")
+
+
+@dataclass
+class Inversion:
+    """What an edit needs from the input image.
+
+    Attributes:
+        latents: ``(T + 1, C, h, w)`` float32 trajectory ``z_0 … z_T`` (``z_0`` = encoded image).
+        timesteps: ``(T,)`` edit timesteps, decreasing.
+        offsets: ``(T, C, h, w)`` δ_i added after every DDIM step of the edit.
+        attention: layer name -> ``(T, 2, heads, pixels, tokens)`` reference maps of the
+            reconstruction pass (unconditional, conditional); shared by every branch.
+        prompt / negative_prompt: background caption and its negative.
+        guidance_scale, temperature: settings the reference pass used.
+        image_size: ``(H, W)`` of the input.
+    """
+
+    latents: torch.Tensor
+    timesteps: torch.Tensor
+    offsets: torch.Tensor
+    attention: dict[str, torch.Tensor]
+    prompt: str
+    negative_prompt: str
+    guidance_scale: float
+    temperature: float
+    image_size: tuple[int, int]
+    model_name: str = ""
+    options: dict = field(default_factory=dict)
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        tensors = {"latents": self.latents, "timesteps": self.timesteps, "offsets": self.offsets}
+        tensors.update({f"attention.{k}": v for k, v in self.attention.items()})
+        meta = {
+            k: json.dumps(v)
+            for k, v in dict(
+                prompt=self.prompt,
+                negative_prompt=self.negative_prompt,
+                guidance_scale=self.guidance_scale,
+                temperature=self.temperature,
+                image_size=list(self.image_size),
+                model_name=self.model_name,
+                options=self.options,
+            ).items()
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=meta)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device=None) -> Inversion:
+        from safetensors import SafetensorError, safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise InvalidInputError(f"inversion file not found: {path}")
+        try:
+            with safe_open(str(path), "pt") as fh:
+                meta = {k: json.loads(v) for k, v in (fh.metadata() or {}).items()}
+            tensors = load_file(path, device=str(device or "cpu"))
+            return cls(
+                latents=tensors["latents"],
+                timesteps=tensors["timesteps"],
+                offsets=tensors["offsets"],
+                attention={
+                    k[len("attention.") :]: v for k, v in tensors.items() if k.startswith("attention.")
+                },
+                prompt=meta["prompt"],
+                negative_prompt=meta["negative_prompt"],
+                guidance_scale=meta["guidance_scale"],
+                temperature=meta["temperature"],
+                image_size=tuple(meta["image_size"]),
+                model_name=meta.get("model_name", ""),
+                options=meta.get("options", {}),
+            )
+        except (KeyError, OSError, ValueError, SafetensorError) as exc:
+            raise InvalidInputError(f"{path} is not a regionedit inversion file: {exc}") from None
+
+
+def make_scheduler(model: Model, steps: int) -> DDIMScheduler:
+    sched = DDIMScheduler.from_config(model.scheduler_config)
+    sched.set_timesteps(steps, device=model.device)
+    return sched
+
+
+# --- pix2pix-zero noise regularisation (spec Stage 1.3) -------------------------------------
+
+
+def _auto_corr_loss(eps: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Squared means of products with random rolls, per channel, over a 2x2-pooled pyramid."""
+    loss = eps.new_zeros(())
+    for ch in range(eps.shape[1]):
+        x = eps[:, ch : ch + 1]
+        while True:
+            for dim in (2, 3):
+                n = max(1, x.shape[dim] // 2)
+                shift = int(torch.randint(0, n, (1,), generator=generator))
+                loss = loss + (x * torch.roll(x, shifts=shift, dims=dim)).mean() ** 2
+            if min(x.shape[2], x.shape[3]) <= 8:
+                break
+            x = torch.nn.functional.avg_pool2d(x, 2)
+    return loss
+
+
+def _kl_loss(eps: torch.Tensor) -> torch.Tensor:
+    var, mean = eps.var(), eps.mean()
+    return var + mean**2 - 1 - torch.log(var)
+
+
+def regularize_noise(eps: torch.Tensor, opts: InversionOptions, generator: torch.Generator) -> torch.Tensor:
+    """Push a predicted ε towards white Gaussian noise (pix2pix-zero)."""
+    with torch.enable_grad():
+        for _ in range(opts.num_reg_steps):
+            if opts.lambda_ac > 0:
+                for _ in range(opts.num_ac_rolls):
+                    x = eps.detach().requires_grad_(True)
+                    (grad,) = torch.autograd.grad(_auto_corr_loss(x, generator), x)
+                    eps = eps - opts.lambda_ac / opts.num_ac_rolls * grad
+            if opts.lambda_kl > 0:
+                x = eps.detach().requires_grad_(True)
+                (grad,) = torch.autograd.grad(_kl_loss(x), x)
+                eps = eps - opts.lambda_kl * grad
+    return eps.detach()
+
+
+def to_epsilon(output: torch.Tensor, sample: torch.Tensor, alpha_prod: torch.Tensor, prediction_type: str):
+    """The model output as ε; v-prediction converts by ε = √ᾱ·v + √(1−ᾱ)·z."""
+    if prediction_type == "epsilon":
+        return output
+    if prediction_type == "v_prediction":
+        return alpha_prod**0.5 * output + (1 - alpha_prod) ** 0.5 * sample
+    raise InvalidOptionError(
+        f"prediction_type {prediction_type!r} is not supported; use epsilon or v_prediction"
+    )
+
+
+@torch.no_grad()
+def ddim_invert(
+    model: Model,
+    z0: torch.Tensor,
+    prompt: str,
+    opts: InversionOptions,
+    generator: torch.Generator,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Stage 1: the trajectory ``(T + 1, C, h, w)`` from ``z0`` up to ``z_T``, caption, no CFG."""
+    cfg = dict(model.scheduler_config)
+    prediction_type = cfg.get("prediction_type", "epsilon")
+    # Every output is converted to ε (the regulariser needs ε); the scheduler then steps in ε.
+    inverse = DDIMInverseScheduler.from_config({**cfg, "prediction_type": "epsilon"})
+    inverse.set_timesteps(opts.num_inference_steps, device=model.device)
+    emb = model.encode_prompts([prompt])
+    z = z0
+    traj = [z0]
+    stride = cfg["num_train_timesteps"] // opts.num_inference_steps
+    for t in tqdm(inverse.timesteps, desc="invert", disable=not progress, leave=False):
+        cur = int(t) - stride
+        alpha = inverse.alphas_cumprod[cur] if cur >= 0 else inverse.initial_alpha_cumprod
+        out = model.unet_eps(z, t, emb)
+        eps = to_epsilon(out, z, alpha.to(z), prediction_type)
+        if opts.regularize:
+            eps = regularize_noise(eps, opts, generator)
+        z = inverse.step(eps, t, z).prev_sample
+        traj.append(z)
+    return torch.cat(traj)
+
+
+@torch.no_grad()
+def reference_pass(
+    model: Model,
+    latents: torch.Tensor,
+    prompt: str,
+    negative_prompt: str,
+    guidance_scale: float,
+    temperature: float,
+    store_attention: bool = True,
+    progress: bool = True,
+):
+    """Stage 2: background-branch reconstruction; returns (timesteps, offsets, attention maps)."""
+    steps = latents.shape[0] - 1
+    sched = make_scheduler(model, steps)
+    emb = model.encode_prompts([negative_prompt, prompt])
+    z = latents[-1:]
+    offsets, maps = [], {}
+    with temperature_attention(model.unet, temperature) as store:
+        store.capture = store_attention
+        for i, t in enumerate(tqdm(sched.timesteps, desc="reference", disable=not progress, leave=False)):
+            out = model.unet_eps(torch.cat([z, z]), t, emb)
+            out = out[:1] + guidance_scale * (out[1:] - out[:1])
+            z_next = sched.step(out, t, z).prev_sample
+            target = latents[steps - 1 - i : steps - i]
+            offsets.append(target - z_next)
+            z = target  # z' + δ_i lands exactly on the trajectory
+            for name, probs in store.maps.items():
+                heads = probs.shape[0] // 2
+                maps.setdefault(name, []).append(probs.reshape(2, heads, *probs.shape[1:]).to(model.dtype))
+            store.clear()
+    attention = {k: torch.stack(v) for k, v in maps.items()}
+    return sched.timesteps.clone(), torch.cat(offsets), attention
+
+
+def invert(
+    model: Model,
+    image,
+    prompt: str,
+    options: InversionOptions | None = None,
+    negative_prompt: str | None = None,
+    guidance_scale: float = 7.5,
+    temperature: float = 1.25,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> Inversion:
+    """Invert an image for editing.
+
+    Args:
+        model: from :func:`regionedit.load`.
+        image: PIL image (or path) whose sides are multiples of ``model.vae_scale_factor``.
+        prompt: the source caption (the background prompt of the edit).
+        negative_prompt: background negative prompt; None uses the caption, as the official
+            LoMOE usage does.
+        guidance_scale, temperature: must match the edit's (the reference maps depend on them).
+        generator: seeds the regulariser's rolls and a posterior sample; default seed 0.
+    """
+    from .io import load_image
+
+    options = options or InversionOptions()
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    if isinstance(image, (str, Path)):
+        image = load_image(image)
+    model.check_image_size(image.height, image.width)
+    if not isinstance(prompt, str):
+        raise InvalidInputError("prompt must be a string (the source caption)")
+    negative_prompt = prompt if negative_prompt is None else negative_prompt
+    z0 = model.encode(model.image_to_tensor(image), generator=generator, sample=options.sample_posterior)
+    latents = ddim_invert(model, z0, prompt, options, generator, progress)
+    timesteps, offsets, attention = reference_pass(
+        model, latents, prompt, negative_prompt, guidance_scale, temperature, progress=progress
+    )
+    return Inversion(
+        latents=latents,
+        timesteps=timesteps,
+        offsets=offsets,
+        attention=attention,
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        guidance_scale=guidance_scale,
+        temperature=temperature,
+        image_size=(image.height, image.width),
+        model_name=model.name,
+        options=asdict(options),
+    )

@@ -1,0 +1,146 @@
+"""The shapes-world mini model: a real Stable-Diffusion-architecture model, small enough for CPU.
+
+64x64 images, a 4x VAE (16x16 latents), a 2-layer CLIP text encoder over a word-level BPE
+vocabulary, and a 3.2 M-parameter UNet with cross-attention. The schedule uses zero terminal
+SNR with v-prediction (Lin et al., arXiv 2305.08891): measured here it took colour binding
+from 77% to 100% at equal training time (shared/design/environment.md).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..shapes.world import BACKGROUNDS, COLOURS, SHAPES
+
+MINI_DIR = Path(__file__).resolve().parent.parent / "data" / "mini"
+
+VOCAB_WORDS = (
+    ["a", "an", "the", "and", "on", "background", "object", ","]
+    + list(COLOURS)
+    + list(SHAPES)
+    + list(BACKGROUNDS)
+)
+
+
+@dataclass(frozen=True)
+class MiniConfig:
+    image_size: int = 64
+    vae_channels: tuple[int, ...] = (64, 128, 128)  # 3 levels: 4x down, 16x16 latents at 64
+    unet_channels: tuple[int, ...] = (32, 64, 128)  # 3.2 M parameters, measured adequate
+    text_width: int = 64
+    text_layers: int = 2
+    max_tokens: int = 48  # a 7-object caption is about 37 tokens with BOS/EOS
+
+
+def scheduler_config() -> dict:
+    """DDIM settings shared by training and sampling (zero terminal SNR, v-prediction)."""
+    return dict(
+        num_train_timesteps=1000,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        rescale_betas_zero_snr=True,
+        prediction_type="v_prediction",
+        timestep_spacing="trailing",
+    )
+
+
+def build_tokenizer(max_tokens: int = 48):
+    """A CLIP tokenizer whose vocabulary holds every shapes-world word as one token.
+
+    The merges are learnt by ``tokenizers``' BPE trainer on the word list, so each word is
+    rebuilt by its own merges; written as ``vocab.json``/``merges.txt`` and loaded through
+    ``CLIPTokenizer.from_pretrained`` so it works offline with any transformers version.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import CLIPTokenizer
+
+    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=2000,
+        special_tokens=["<|startoftext|>", "<|endoftext|>"],
+        end_of_word_suffix="</w>",
+        show_progress=False,
+    )
+    bpe.train_from_iterator([" ".join(VOCAB_WORDS)] * 8, trainer)
+    spec = json.loads(bpe.to_str())["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["merges"]]
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "vocab.json").write_text(json.dumps(spec["vocab"]))
+        Path(tmp, "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+        tokenizer = CLIPTokenizer.from_pretrained(tmp, model_max_length=max_tokens)
+    return tokenizer
+
+
+def build_components(cfg: MiniConfig = MiniConfig(), seed: int = 0) -> dict:
+    """Randomly initialised mini-model components, keyed like a diffusers pipeline."""
+    import torch
+
+    tokenizer = build_tokenizer(cfg.max_tokens)
+    # Module constructors draw from the global RNG: seed it inside fork_rng so the caller's
+    # global state is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build(cfg, tokenizer)
+
+
+def _build(cfg: MiniConfig, tokenizer) -> dict:
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=cfg.text_width,
+            intermediate_size=cfg.text_width * 4,
+            num_hidden_layers=cfg.text_layers,
+            num_attention_heads=4,
+            max_position_embeddings=cfg.max_tokens,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    n = len(cfg.vae_channels)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=cfg.vae_channels,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=cfg.image_size,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=cfg.image_size // 2 ** (n - 1),
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=cfg.unet_channels,
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cfg.text_width,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+    scheduler = DDIMScheduler(**scheduler_config())
+    return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+
+
+def save_pipeline(components: dict, folder: str | Path) -> Path:
+    """Save components as a diffusers ``StableDiffusionPipeline`` folder (safetensors)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    return Path(folder)

@@ -1,0 +1,112 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import regionedit as R
+from regionedit.inversion import _auto_corr_loss, regularize_noise, to_epsilon
+from regionedit.models.loading import from_components
+
+OPTS = R.InversionOptions(num_inference_steps=4)
+
+
+@pytest.fixture(scope="module")
+def inv(tiny_model, image64):
+    return R.invert(
+        tiny_model, image64, "a red square and a blue square on a gray background", OPTS, progress=False
+    )
+
+
+def test_trajectory_offsets_and_maps_shapes(inv):
+    assert inv.latents.shape == (5, 4, 16, 16)
+    assert inv.offsets.shape == (4, 4, 16, 16)
+    assert inv.timesteps.tolist() == sorted(inv.timesteps.tolist(), reverse=True)
+    # one reference per step and layer, (uncond, cond) x heads, stored once, not per region
+    assert all(v.shape[:2] == (4, 2) for v in inv.attention.values())
+
+
+def test_reconstruction_equals_vae_round_trip(tiny_model, image64, inv):
+    """Stage 2 with offsets lands on the trajectory: an edit with no regions decodes to D(E(x))."""
+    res = R.edit(tiny_model, inv, [], options=R.LoMOEOptions(num_inference_steps=4), progress=False)
+    z0 = tiny_model.encode(tiny_model.image_to_tensor(image64))
+    assert torch.allclose(res.latents, z0, atol=1e-4)
+    round_trip = tiny_model.decode(z0)
+    out = torch.from_numpy(np.array(res.image)).float().permute(2, 0, 1) / 255
+    assert (out - round_trip[0]).abs().max() <= 1 / 255 + 1e-6
+
+
+SD_SCHEDULE = dict(
+    prediction_type="epsilon", rescale_betas_zero_snr=False, timestep_spacing="leading", steps_offset=1
+)
+ZERO_SNR_V = dict(prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing")
+
+
+@pytest.mark.parametrize("schedule", [SD_SCHEDULE, ZERO_SNR_V], ids=["sd-epsilon", "zero-snr-v"])
+def test_reconstruction_exact_for_each_prediction_type(tiny_components, image64, schedule):
+    comps = dict(tiny_components)
+    comps["scheduler"] = comps["scheduler"].__class__.from_config(comps["scheduler"].config, **schedule)
+    model = from_components(comps)
+    inv = R.invert(model, image64, "a gray background", OPTS, progress=False)
+    res = R.edit(model, inv, [], options=R.LoMOEOptions(num_inference_steps=4), progress=False)
+    assert torch.allclose(res.latents, inv.latents[:1], atol=1e-4)
+
+
+def test_v_to_epsilon_conversion():
+    x0, eps = torch.randn(3), torch.randn(3)
+    a = torch.tensor(0.3)
+    z = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    v = a.sqrt() * eps - (1 - a).sqrt() * x0
+    assert torch.allclose(to_epsilon(v, z, a, "v_prediction"), eps, atol=1e-6)
+    assert to_epsilon(v, z, a, "epsilon") is v
+
+
+def test_regulariser_reduces_correlation_and_is_seeded():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(1, 4, 16, 16, generator=g)
+    smooth = torch.nn.functional.avg_pool2d(base, 3, 1, 1) * 3  # strongly auto-correlated
+    opts = R.InversionOptions()
+    out1 = regularize_noise(smooth, opts, torch.Generator().manual_seed(1))
+    out2 = regularize_noise(smooth, opts, torch.Generator().manual_seed(1))
+    assert torch.equal(out1, out2)
+    loss = lambda x: float(_auto_corr_loss(x, torch.Generator().manual_seed(5)))  # noqa: E731
+    assert loss(out1) < loss(smooth)
+
+
+def test_save_load_round_trip(tmp_path, inv):
+    path = inv.save(tmp_path / "inv.safetensors")
+    back = R.Inversion.load(path)
+    assert torch.equal(back.latents, inv.latents) and torch.equal(back.offsets, inv.offsets)
+    assert back.attention.keys() == inv.attention.keys()
+    assert back.prompt == inv.prompt and back.image_size == inv.image_size
+    assert back.temperature == inv.temperature
+
+
+def test_load_rejects_other_files(tmp_path):
+    (tmp_path / "x.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(R.InvalidInputError, match="not a regionedit inversion"):
+        R.Inversion.load(tmp_path / "x.safetensors")
+    with pytest.raises(R.InvalidInputError, match="not found"):
+        R.Inversion.load(tmp_path / "missing.safetensors")
+
+
+def test_inversion_is_deterministic(tiny_model, image64):
+    a = R.invert(
+        tiny_model, image64, "a red square", OPTS, generator=torch.Generator().manual_seed(3), progress=False
+    )
+    b = R.invert(
+        tiny_model, image64, "a red square", OPTS, generator=torch.Generator().manual_seed(3), progress=False
+    )
+    assert torch.equal(a.latents, b.latents)
+
+
+def test_option_validation():
+    with pytest.raises(R.InvalidOptionError, match="num_inference_steps"):
+        R.InversionOptions(num_inference_steps=0)
+    with pytest.raises(R.InvalidOptionError, match="lambda_ac"):
+        dataclasses.replace(R.InversionOptions(), lambda_ac=float("nan"))
+
+
+def test_odd_image_size_error(tiny_model, image64):
+    with pytest.raises(R.ImageSizeError, match="multiples of 4"):
+        R.invert(tiny_model, image64.crop((0, 0, 62, 64)), "x", OPTS, progress=False)

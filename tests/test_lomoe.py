@@ -1,0 +1,151 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import regionedit as R
+
+from .conftest import box
+
+OPTS = R.LoMOEOptions(num_inference_steps=4, bootstrap_steps=2)
+CAPTION = "a red square and a blue square on a gray background"
+
+
+@pytest.fixture(scope="module")
+def inv(tiny_model, image64):
+    return R.invert(tiny_model, image64, CAPTION, R.InversionOptions(num_inference_steps=4), progress=False)
+
+
+def two_regions():
+    return [R.Region(box(4, 28, 4, 28), "a green circle"), R.Region(box(32, 60, 28, 60), "a white triangle")]
+
+
+def test_null_edit_with_losses_on_reproduces_input_latent(tiny_model, inv):
+    res = R.edit(tiny_model, inv, [], options=OPTS, progress=False)
+    assert torch.allclose(res.latents, inv.latents[:1], atol=1e-4)
+
+
+def test_edit_changes_inside_and_reports(tiny_model, inv):
+    res = R.edit(tiny_model, inv, two_regions(), options=OPTS, progress=False)
+    assert res.image.size == (64, 64)
+    assert not torch.allclose(res.latents, inv.latents[:1], atol=1e-3)
+    assert res.masks.shape == (3, 16, 16) and len(res.mask_images) == 2
+    assert len(res.losses) == 4 and res.losses[0]["cross_attention"] > 0
+    # one forward+backward and one forward per step, each on all 2(N+1) latents
+    assert res.timings["unet_calls"] == 2 * 4
+    assert res.timings["unet_latent_evals"] == 2 * 4 * 6
+    assert res.timings["unet_backward_latent_evals"] == 4 * 6
+
+
+def test_same_seed_bit_identical_and_seed_matters(tiny_model, inv):
+    a = R.edit(
+        tiny_model,
+        inv,
+        two_regions(),
+        options=OPTS,
+        generator=torch.Generator().manual_seed(1),
+        progress=False,
+    )
+    b = R.edit(
+        tiny_model,
+        inv,
+        two_regions(),
+        options=OPTS,
+        generator=torch.Generator().manual_seed(1),
+        progress=False,
+    )
+    c = R.edit(
+        tiny_model,
+        inv,
+        two_regions(),
+        options=OPTS,
+        generator=torch.Generator().manual_seed(2),
+        progress=False,
+    )
+    assert torch.equal(a.latents, b.latents)
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert not torch.equal(a.latents, c.latents)  # the bootstrap colours come from the seed
+
+
+def test_gradients_reach_the_latents_only(tiny_model, inv):
+    seen = []
+    R.edit(
+        tiny_model,
+        inv,
+        two_regions(),
+        options=OPTS,
+        progress=False,
+        callback=lambda i, info: seen.append(info["total"]),
+    )
+    assert all(
+        p.grad is None
+        for m in (tiny_model.unet, tiny_model.vae, tiny_model.text_encoder)
+        for p in m.parameters()
+    )
+    assert not any(p.requires_grad for p in tiny_model.unet.parameters())
+    assert len(seen) == 4 and seen[0] > 0
+
+
+def test_chunked_gradient_matches_single_batch(tiny_model, inv):
+    full = R.edit(tiny_model, inv, two_regions(), options=OPTS, progress=False)
+    chunked = R.edit(
+        tiny_model, inv, two_regions(), options=dataclasses.replace(OPTS, chunk_size=1), progress=False
+    )
+    assert torch.allclose(full.latents, chunked.latents, atol=1e-4)
+    assert chunked.timings["unet_calls"] > full.timings["unet_calls"]
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 16])
+def test_many_regions_run(tiny_model, inv, n):
+    regions = [
+        R.Region(box(16 * (i // 4), 16 * (i // 4) + 12, 16 * (i % 4), 16 * (i % 4) + 12), "a red circle")
+        for i in range(n)
+    ]
+    res = R.edit(
+        tiny_model, inv, regions, options=dataclasses.replace(OPTS, num_inference_steps=4), progress=False
+    )
+    assert res.masks.shape == (n + 1, 16, 16)
+    assert torch.isfinite(res.latents).all()
+    # the reference maps are shared, not copied per region
+    assert all(v.shape[1] == 2 for v in res.inversion.attention.values())
+
+
+def test_paste_back_keeps_original_pixels_outside(tiny_model, image64):
+    opts = dataclasses.replace(OPTS, paste_back=True)
+    regions = two_regions()
+    res = R.edit(tiny_model, image64, regions, background_prompt=CAPTION, options=opts, progress=False)
+    union = regions[0].mask | regions[1].mask
+    assert np.array_equal(np.asarray(res.image)[~union], np.asarray(image64)[~union])
+
+
+def test_steps_mismatch_and_missing_caption(tiny_model, inv, image64):
+    with pytest.raises(R.InvalidInputError, match="4 steps but the edit asks for 50"):
+        R.edit(tiny_model, inv, two_regions(), progress=False)
+    with pytest.raises(R.InvalidInputError, match="background_prompt"):
+        R.edit(tiny_model, image64, two_regions(), options=OPTS, progress=False)
+
+
+def test_changed_guidance_recomputes_reference(tiny_model, inv):
+    opts = dataclasses.replace(OPTS, guidance_scale=3.0)
+    res = R.edit(tiny_model, inv, [], options=opts, progress=False)
+    assert res.inversion.guidance_scale == 3.0 and inv.guidance_scale == 7.5
+    assert torch.allclose(res.latents, inv.latents[:1], atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("guidance_scale", -1.0),
+        ("temperature", 0.0),
+        ("learning_rate", float("nan")),
+        ("num_inference_steps", 0),
+        ("bootstrap_steps", -2),
+        ("overlap", "max"),
+        ("chunk_size", 0),
+        ("mask_threshold", 1.5),
+    ],
+)
+def test_option_errors_name_the_option(field, value):
+    with pytest.raises(R.InvalidOptionError, match=field):
+        R.LoMOEOptions(**{field: value})

@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from regionedit.errors import InvalidMaskError, PromptCountError
+from regionedit.regions import Region, active_weights, latent_masks, mask_to_array, validate_regions
+
+from .conftest import box
+
+
+def test_mask_forms_and_threshold(tmp_path):
+    m = np.zeros((16, 16), np.uint8)
+    m[2:6, 2:6] = 200
+    m[8:10, 8:10] = 100  # below 0.5 after /255: not in the mask
+    Image.fromarray(m).save(tmp_path / "m.png")
+    rgb = Image.fromarray(np.stack([m] * 3, -1))
+    for form in (tmp_path / "m.png", str(tmp_path / "m.png"), Image.fromarray(m), rgb, m, m / 255.0):
+        (binary,) = validate_regions([Region(form, "x")], 16, 16, 0.5)
+        assert binary.sum() == 16 and binary[3, 3] and not binary[9, 9]
+
+
+@pytest.mark.parametrize(
+    "region,msg",
+    [
+        (Region(np.zeros((16, 16)), "x"), "mask 1 is empty"),
+        (Region(np.ones((8, 16)), "x"), "mask 1 is 16x8 but the image is 16x16"),
+        (Region(np.ones((16, 16)), ""), "empty prompt"),
+        (Region(np.ones((16, 16)), "x", start=0.5, end=0.2), "start < end"),
+        (Region(np.full((16, 16), np.nan), "x"), "NaN"),
+        (Region(np.ones((2, 16, 16)), "x"), "2-D"),
+    ],
+)
+def test_region_errors(region, msg):
+    with pytest.raises((InvalidMaskError, PromptCountError), match=msg):
+        validate_regions([region], 16, 16, 0.5)
+
+
+def test_latent_masks_background_first_and_overlap_policies():
+    a, b = box(0, 32, 0, 32), box(16, 48, 16, 48)
+    avg = latent_masks([a, b], (16, 16))
+    assert avg.shape == (3, 1, 16, 16)
+    assert avg[0, 0, 15, 15] == 1 and avg[0, 0, 6, 6] == 0
+    assert avg[1, 0, 6, 6] == 1 and avg[2, 0, 6, 6] == 1  # overlap: both weigh in (averaged)
+    last = latent_masks([a, b], (16, 16), overlap="last")
+    assert last[1, 0, 6, 6] == 0 and last[2, 0, 6, 6] == 1
+    assert torch.all(last[1:].sum(0) <= 1)
+
+
+def test_feather_softens_edges_but_keeps_centre():
+    m = latent_masks([box(16, 48, 16, 48)], (16, 16), feather=1.0)
+    assert 0 < m[1, 0, 4, 8] < 1  # the edge cell is now fractional
+    assert m[1, 0, 8, 8] > 0.95
+    assert torch.allclose(m[0], torch.clamp(1 - m[1], 0, 1))
+
+
+def test_mask_too_small_for_latent_grid():
+    with pytest.raises(InvalidMaskError, match="covers no cell"):
+        latent_masks([box(1, 2, 1, 2)], (16, 16))
+
+
+def test_active_step_range_hands_area_back_to_background():
+    w = latent_masks([box(0, 32, 0, 32)], (16, 16))
+    regions = [Region(None, "x", start=0.5, end=1.0)]
+    early = active_weights(w, regions, 0, 10)
+    assert early[1].sum() == 0 and early[0].min() == 1
+    late = active_weights(w, regions, 6, 10)
+    assert torch.equal(late, w)
+
+
+def test_mask_to_array_scales_255():
+    assert mask_to_array(np.full((2, 2), 255)).max() == 1.0
