@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import logging
 import sys
@@ -133,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--vae-steps", type=int, default=None)
     t.add_argument("--unet-steps", type=int, default=None)
     t.add_argument("--num-scenes", type=int, default=None)
+    for module in EXTRA_COMMANDS:
+        name, handler = importlib.import_module(module).add_parser(sub)
+        COMMANDS[name] = handler
     return p
 
 
@@ -236,6 +240,9 @@ def run_train(args) -> int:
 
 
 COMMANDS = {"edit": run_edit, "shapes": run_shapes, "demo": run_demo, "train-mini": run_train}
+# Modules adding a subcommand: each has ``add_parser(subparsers) -> (name, handler)`` where
+# ``handler(args) -> int``; their heavy imports stay inside the handler.
+EXTRA_COMMANDS: list[str] = []
 
 
 def main(argv: list[str] | None = None) -> int:
