@@ -1,0 +1,206 @@
+"""Editing methods compared by the benchmarks, all on the same loaded :class:`Model`.
+
+Every method has the signature ``method(model, item, config, generator) -> MethodOutput``.
+The baselines are short DDIM loops over the model's own components, so the comparison
+measures the algorithms, not different models or schedulers.
+
+- ``lomoe``: one multi-diffusion pass over all masks (the paper).
+- ``iterative``: LoMOE on one mask at a time, each intermediate result inverted again (the
+  paper's iterative baselines; N single-region passes, each with its own inversion).
+- ``blended``: Blended Latent Diffusion (Avrahami et al. 2023): denoise from noise with the
+  region prompt and, after every step, replace the outside of the mask by the source latent
+  noised to the same level; one pass per mask, chained.
+- ``diffedit``: DiffEdit-style (Couairon et al. 2022) with the given masks instead of
+  inferred ones: DDIM-invert with the source caption, denoise with the target caption, and
+  outside the union of masks keep the inverted latent of each step.
+- ``sdedit``: SDEdit (Meng et al. 2022): noise the whole image to ``strength`` and denoise
+  with the target caption; no mask (a global reference point).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..inversion import InversionOptions, ddim_invert, make_scheduler
+from ..lomoe.options import LoMOEOptions
+from ..models.loading import Model, to_pil
+from ..regions import Region, latent_masks
+from .datasets import BenchItem
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+    strength_sdedit: float = 0.6  # fraction of the schedule re-noised; SDEdit's usual 0.5–0.75
+    strength_diffedit: float = 0.8  # DiffEdit's default encode ratio
+    strength_blended: float = 1.0  # Blended Latent Diffusion starts from pure noise
+    negative_prompt: str = ""  # for the baselines; LoMOE keeps its own region negative prompt
+    lomoe: LoMOEOptions = field(default_factory=LoMOEOptions)
+
+    def lomoe_options(self) -> LoMOEOptions:
+        return replace(
+            self.lomoe, num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale
+        )
+
+
+@dataclass
+class MethodOutput:
+    image: np.ndarray  # uint8 (H, W, 3)
+    unet_backward_evals: int = 0  # the UNet hook cannot see which forwards were back-propagated
+
+
+def _pil(image: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.asarray(image, dtype=np.uint8))
+
+
+def run_lomoe(model: Model, item: BenchItem, cfg: MethodConfig, generator) -> MethodOutput:
+    from ..lomoe.editor import edit
+
+    regions = [Region(m, p) for m, p in zip(item.masks, item.prompts, strict=True)]
+    res = edit(
+        model,
+        _pil(item.image),
+        regions,
+        background_prompt=item.source_caption,
+        options=cfg.lomoe_options(),
+        generator=generator,
+        progress=False,
+    )
+    return MethodOutput(np.asarray(res.image), res.timings["unet_backward_latent_evals"])
+
+
+def run_iterative(model: Model, item: BenchItem, cfg: MethodConfig, generator) -> MethodOutput:
+    from ..lomoe.editor import edit
+
+    image, backward = _pil(item.image), 0
+    for k, (mask, prompt) in enumerate(zip(item.masks, item.prompts, strict=True)):
+        res = edit(
+            model,
+            image,
+            [Region(mask, prompt)],
+            background_prompt=item.captions[k],  # the caption of the intermediate image
+            options=cfg.lomoe_options(),
+            generator=generator,
+            progress=False,
+        )
+        image, backward = res.image, backward + res.timings["unet_backward_latent_evals"]
+    return MethodOutput(np.asarray(image), backward)
+
+
+def _guided(model: Model, z, t, emb, scale: float):
+    out = model.unet_eps(torch.cat([z, z]), t, emb)
+    u, c = out.chunk(2)
+    return u + scale * (c - u)
+
+
+def _start_index(steps: int, strength: float) -> int:
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    return steps - max(1, round(steps * strength))
+
+
+def _encode(model: Model, image) -> torch.Tensor:
+    return model.encode(model.image_to_tensor(_pil(image)))
+
+
+def _decode(model: Model, z) -> np.ndarray:
+    return np.asarray(to_pil(model.decode(z))[0])
+
+
+def _noise_like(z: torch.Tensor, generator) -> torch.Tensor:
+    # drawn on the CPU generator and moved: same numbers on CPU and GPU
+    return torch.randn(z.shape, generator=generator, dtype=torch.float32).to(z.device)
+
+
+@torch.no_grad()
+def _blend_one(model, image, mask, prompt, cfg: MethodConfig, generator) -> np.ndarray:
+    steps = cfg.num_inference_steps
+    sched = make_scheduler(model, steps)
+    z_src = _encode(model, image)
+    h, w = z_src.shape[-2:]
+    m = latent_masks([np.asarray(mask, bool)], (h, w), device=model.device)[1:2]
+    noise = _noise_like(z_src, generator)
+    emb = model.encode_prompts([cfg.negative_prompt, prompt])
+    ts = sched.timesteps
+    i0 = _start_index(steps, cfg.strength_blended)
+    z = sched.add_noise(z_src, noise, ts[i0 : i0 + 1])
+    for i in range(i0, steps):
+        eps = _guided(model, z, ts[i], emb, cfg.guidance_scale)
+        z = sched.step(eps, ts[i], z).prev_sample
+        bg = sched.add_noise(z_src, noise, ts[i + 1 : i + 2]) if i + 1 < steps else z_src
+        z = m * z + (1 - m) * bg
+    return _decode(model, z)
+
+
+def run_blended(model: Model, item: BenchItem, cfg: MethodConfig, generator) -> MethodOutput:
+    image = item.image
+    for mask, prompt in zip(item.masks, item.prompts, strict=True):
+        image = _blend_one(model, image, mask, prompt, cfg, generator)
+    return MethodOutput(image)
+
+
+@torch.no_grad()
+def run_diffedit(model: Model, item: BenchItem, cfg: MethodConfig, generator) -> MethodOutput:
+    steps = cfg.num_inference_steps
+    z_src = _encode(model, item.image)
+    traj = ddim_invert(
+        model,
+        z_src,
+        item.source_caption,
+        InversionOptions(num_inference_steps=steps, regularize=False),
+        generator,
+        progress=False,
+    )
+    sched = make_scheduler(model, steps)
+    h, w = z_src.shape[-2:]
+    union = np.logical_or.reduce([np.asarray(m, bool) for m in item.masks])
+    m = latent_masks([union], (h, w), device=model.device)[1:2]
+    emb = model.encode_prompts([cfg.negative_prompt, item.target_caption])
+    i0 = _start_index(steps, cfg.strength_diffedit)
+    z = traj[steps - i0 : steps - i0 + 1]  # the edit's step i starts from trajectory latent T - i
+    for i in range(i0, steps):
+        t = sched.timesteps[i]
+        z = sched.step(_guided(model, z, t, emb, cfg.guidance_scale), t, z).prev_sample
+        z = m * z + (1 - m) * traj[steps - 1 - i : steps - i]
+    return MethodOutput(_decode(model, z))
+
+
+@torch.no_grad()
+def run_sdedit(model: Model, item: BenchItem, cfg: MethodConfig, generator) -> MethodOutput:
+    steps = cfg.num_inference_steps
+    sched = make_scheduler(model, steps)
+    z_src = _encode(model, item.image)
+    emb = model.encode_prompts([cfg.negative_prompt, item.target_caption])
+    i0 = _start_index(steps, cfg.strength_sdedit)
+    ts = sched.timesteps
+    z = sched.add_noise(z_src, _noise_like(z_src, generator), ts[i0 : i0 + 1])
+    for i in range(i0, steps):
+        z = sched.step(_guided(model, z, ts[i], emb, cfg.guidance_scale), ts[i], z).prev_sample
+    return MethodOutput(_decode(model, z))
+
+
+METHODS = {
+    "lomoe": run_lomoe,
+    "iterative": run_iterative,
+    "blended": run_blended,
+    "diffedit": run_diffedit,
+    "sdedit": run_sdedit,
+}
+
+
+def register_method(name: str, fn) -> None:
+    """Add a method (e.g. ``multimodal`` once it lands) with the common signature."""
+    METHODS[name] = fn
+
+
+def get_methods(names) -> dict:
+    names = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; known: {sorted(METHODS)}")
+    return {n: METHODS[n] for n in names}
