@@ -114,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="output PNG")
     e.add_argument("--overwrite", action="store_true", help="replace an existing output")
     e.add_argument("--save-masks", action="store_true", help="also write OUT stem + _mask_<i>.png")
+    e.add_argument(
+        "--resize",
+        choices=["pad", "crop"],
+        default=None,
+        help="fit sizes that are not a multiple of the VAE factor: pad (edges replicated, output "
+        "cropped back to the input size) or crop (centre crop to the lower multiple)",
+    )
     add_option_flags(e, LoMOEOptions)
 
     s = sub.add_parser("shapes", help="generate a shapes-world scene")
@@ -150,7 +157,9 @@ def _load_spec(path: str) -> tuple[dict, Path]:
         raise InvalidInputError(f"spec file {p} is not valid JSON: {exc}") from None
     if not isinstance(spec, dict):
         raise InvalidInputError(f"spec file {p} must hold a JSON object")
-    return spec, p.parent
+    from .edit_api import check_spec
+
+    return check_spec(spec, f"spec file {p}"), p.parent
 
 
 def _as_list(value, name) -> list:
@@ -200,8 +209,10 @@ def run_edit(args) -> int:
         seed=args.seed if args.seed is not None else int(spec.get("seed", 0)),
         options=opts,
         model=args.model or spec.get("model", "mini"),
+        resize=args.resize or spec.get("resize"),
     )
     request.check_output(out, args.overwrite)
+    request.prepare()  # read and check inputs before the slow model load
     model = edit_api.load_model(request.model, args.device, args.dtype, args.allow_pickle)
     result = edit_api.run(model, request, progress=True)
     path = edit_api.save_result(result, request, out, overwrite=args.overwrite, save_masks=args.save_masks)

@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
-from .errors import InvalidInputError, OutputExistsError, PromptCountError
+from .errors import (
+    ImageSizeError,
+    InvalidInputError,
+    InvalidMaskError,
+    InvalidOptionError,
+    NonFiniteError,
+    OutputExistsError,
+    PromptCountError,
+)
 from .io import load_image, save_image
 from .lomoe import EditResult, LoMOEOptions
 from .lomoe import edit as lomoe_edit
-from .regions import Region, mask_to_array
+from .regions import Region, latent_masks, mask_to_array, validate_regions
 
 METHODS = ("lomoe",)
+RESIZE_MODES = ("pad", "crop")
 
 
 @dataclass
@@ -32,6 +45,7 @@ class EditRequest:
     seed: int = 0
     options: LoMOEOptions = field(default_factory=LoMOEOptions)
     model: str = "mini"
+    resize: str | None = None  # None: sizes must fit the model; "pad" or "crop" (see fit_to_model)
 
     def check_output(self, out: str | Path, overwrite: bool) -> Path:
         out = Path(out)
@@ -59,11 +73,18 @@ class EditRequest:
             )
         if not isinstance(self.background_prompt, str):
             raise InvalidInputError("background_prompt must be a string")
+        if self.resize not in (None, *RESIZE_MODES):
+            raise InvalidInputError(f"resize must be None, 'pad' or 'crop', got {self.resize!r}")
         image = self.image if isinstance(self.image, Image.Image) else load_image(self.image)
         negs = (self.negative_prompts * n) if len(self.negative_prompts) == 1 else self.negative_prompts
         regions = []
         for i, (mask, prompt) in enumerate(zip(self.masks, self.prompts, strict=True), start=1):
             arr = mask_to_array(mask, what=f"mask {i}")
+            if arr.shape != (image.height, image.width):
+                raise InvalidMaskError(
+                    f"mask {i} is {arr.shape[-1]}x{arr.shape[0]} but the image is "
+                    f"{image.width}x{image.height}; masks must have the image's size"
+                )
             regions.append(Region(arr, prompt, negs[i - 1] if negs else None))
         return image, regions
 
@@ -83,6 +104,7 @@ class EditRequest:
             "negative_prompts": list(self.negative_prompts),
             "masks": [str(m) if isinstance(m, (str, Path)) else "<array>" for m in self.masks],
             "options": dataclasses.asdict(self.options),
+            "resize": self.resize,
             "versions": {
                 "torch": torch.__version__,
                 "diffusers": diffusers.__version__,
@@ -91,29 +113,194 @@ class EditRequest:
         }
 
 
+# Keys of a spec file (CLI --spec) and of a batch manifest line, with their JSON types.
+SPEC_FIELDS = {
+    "image": (str,),
+    "masks": (list, str),
+    "prompts": (list, str),
+    "negative_prompts": (list, str),
+    "background_prompt": (str,),
+    "method": (str,),
+    "seed": (int,),
+    "options": (dict,),
+    "model": (str,),
+    "out": (str,),
+    "resize": (str,),
+}
+_LISTS_OF_STR = ("masks", "prompts", "negative_prompts")
+
+
+def check_spec(spec, where: str, fields: dict = SPEC_FIELDS) -> dict:
+    """Check the keys and JSON types of a spec (or manifest) object; return it unchanged.
+
+    Values are checked further (files, ranges) when the request is prepared.
+    """
+    if not isinstance(spec, dict):
+        raise InvalidInputError(f"{where} must be a JSON object, got {type(spec).__name__}")
+    for key, value in spec.items():
+        if key not in fields:
+            raise InvalidInputError(f"{where}: unknown key {key!r}; known keys: {sorted(fields)}")
+        types = fields[key]
+        # JSON true/false are Python bools, which are ints: refuse them where a number is meant.
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            names = " or ".join("list" if t is list else t.__name__ for t in types)
+            raise InvalidInputError(f"{where}: {key!r} must be {names}, got {json.dumps(value)[:60]}")
+        if key in _LISTS_OF_STR and isinstance(value, list):
+            for item in value:
+                if not isinstance(item, str):
+                    raise InvalidInputError(
+                        f"{where}: {key!r} must be a list of strings, got item {json.dumps(item)[:60]}"
+                    )
+        if key == "seed" and not 0 <= value < 2**63:
+            raise InvalidInputError(f"{where}: 'seed' must be a non-negative integer, got {value}")
+        if key == "options":
+            try:
+                options_from_dict(value)
+            except InvalidOptionError as exc:
+                raise InvalidOptionError(f"{where}: {exc}") from None
+    return spec
+
+
+def _json_type_ok(annotation: str, value) -> bool:
+    """Does a JSON value fit a simple annotation such as ``"int | None"``?"""
+    for t in (part.strip() for part in annotation.split("|")):
+        if (
+            (t == "None" and value is None)
+            or (t == "bool" and isinstance(value, bool))
+            or (t == "int" and isinstance(value, int) and not isinstance(value, bool))
+            or (t == "float" and isinstance(value, (int, float)) and not isinstance(value, bool))
+            or (t == "str" and isinstance(value, str))
+        ):
+            return True
+    return False
+
+
+def options_from_dict(values: dict, cls=LoMOEOptions):
+    """Editor options from a dict of field names (``steps`` is accepted for num_inference_steps)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        key = {"steps": "num_inference_steps"}.get(key, key)
+        if key not in names:
+            raise InvalidOptionError(f"unknown option {key!r}; known: {sorted(names)}")
+        expected = str(cls.__dataclass_fields__[key].type)
+        if not _json_type_ok(expected, value):
+            raise InvalidOptionError(f"option {key} must be {expected}, got {json.dumps(value)[:60]}")
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # e.g. a number compared with a string inside __post_init__
+        raise InvalidOptionError(f"invalid options {values}: {exc}") from None
+
+
+@contextlib.contextmanager
+def quiet_libraries():
+    """Hide diffusers/transformers loading bars and deprecation warnings unless logging is verbose.
+
+    The CLI promises one line on error; library chatter before it would bury that line.
+    """
+    if logging.getLogger("regionedit").getEffectiveLevel() <= logging.INFO:
+        yield
+        return
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    levels = dlog.get_verbosity(), tlog.get_verbosity()
+    bars = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()
+    dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        dlog.set_verbosity(levels[0])
+        tlog.set_verbosity(levels[1])
+        if bars[0]:
+            dlog.enable_progress_bar()
+        if bars[1]:
+            tlog.enable_progress_bar()
+
+
 def load_model(name: str, device=None, dtype=None, allow_pickle: bool = False):
     from .models.loading import load
 
-    return load(name, device=device, dtype=dtype, allow_pickle=allow_pickle)
+    with quiet_libraries():
+        return load(name, device=device, dtype=dtype, allow_pickle=allow_pickle)
+
+
+def fit_to_model(image: Image.Image, regions: list[Region], factor: int, mode: str):
+    """Make the image size a multiple of ``factor``.
+
+    ``"pad"`` replicates the edge pixels (and mask edges) up to the next multiple; the caller
+    crops the result back with the returned box. ``"crop"`` centre-crops image and masks to
+    the lower multiple; the result keeps the cropped size.
+
+    Returns:
+        (image, regions, box): ``box`` is ``(left, top, right, bottom)`` of the input inside
+        the edited image for "pad", else None.
+    """
+    w, h = image.size
+    if mode == "pad":
+        nh, nw = -(-h // factor) * factor, -(-w // factor) * factor
+        pads = ((0, nh - h), (0, nw - w))
+        arr = np.pad(np.asarray(image.convert("RGB")), (*pads, (0, 0)), mode="edge")
+        masks = [np.pad(np.asarray(r.mask), pads, mode="edge") for r in regions]
+        box = (0, 0, w, h)
+    else:
+        nh, nw = h // factor * factor, w // factor * factor
+        if nh == 0 or nw == 0:
+            raise ImageSizeError(f"image is {w}x{h}; too small to crop to a multiple of {factor}")
+        top, left = (h - nh) // 2, (w - nw) // 2
+        arr = np.asarray(image.convert("RGB"))[top : top + nh, left : left + nw]
+        masks = [np.asarray(r.mask)[top : top + nh, left : left + nw] for r in regions]
+        box = None
+    regions = [dataclasses.replace(r, mask=m) for r, m in zip(regions, masks, strict=True)]
+    return Image.fromarray(np.ascontiguousarray(arr)), regions, box
 
 
 def run(model, request: EditRequest, progress: bool = True, callback=None, inversion=None) -> EditResult:
     """Run a request on a loaded model; ``inversion`` reuses an earlier one of the same image."""
     image, regions = request.prepare()
+    box = None
+    if request.resize is not None and inversion is None:
+        f = model.vae_scale_factor
+        if image.height % f or image.width % f:
+            image, regions, box = fit_to_model(image, regions, f, request.resize)
     model.check_image_size(image.height, image.width)
+    if inversion is None:
+        # Every mask check before the (slow, chatty) inversion, so errors come first.
+        f = model.vae_scale_factor
+        masks = validate_regions(regions, image.height, image.width, request.options.mask_threshold)
+        latent_masks(masks, (image.height // f, image.width // f))
     generator = torch.Generator().manual_seed(request.seed)
     source = inversion if inversion is not None else image
-    return lomoe_edit(
-        model,
-        source,
-        regions,
-        background_prompt=None if inversion is not None else request.background_prompt,
-        options=request.options,
-        generator=generator,
-        progress=progress,
-        callback=callback,
-        original=image,
-    )
+    try:
+        with quiet_libraries():
+            result = lomoe_edit(
+                model,
+                source,
+                regions,
+                background_prompt=None if inversion is not None else request.background_prompt,
+                options=request.options,
+                generator=generator,
+                progress=progress,
+                callback=callback,
+                original=image,
+            )
+    except FloatingPointError as exc:
+        # A half-precision UNet or VAE that overflowed: the decoder already retried in float32.
+        raise NonFiniteError(
+            f"{exc} (model dtype {model.dtype}); run in float32 (CLI: --dtype float32)"
+        ) from None
+    if box is not None:
+        result.image = result.image.crop(box)
+        result.reconstruction = result.reconstruction.crop(box)
+        result.mask_images = [m.crop(box) for m in result.mask_images]
+    return result
 
 
 def save_result(

@@ -31,3 +31,11 @@ class ModelLoadError(RegionEditError):
 
 class OutputExistsError(InvalidInputError):
     """An output file exists and overwriting was not asked for."""
+
+
+class NonFiniteError(RegionEditError):
+    """The networks produced NaN or inf (usually half precision overflowing)."""
+
+
+class DependencyError(RegionEditError):
+    """An optional dependency is missing; the message names the extra to install."""

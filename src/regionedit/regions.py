@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import InvalidMaskError, PromptCountError
-from .io import load_image
+from .io import load_image, to_rgb
 
 OVERLAP_POLICIES = ("average", "last")
 
@@ -22,8 +22,9 @@ class Region:
     """One edit: where (``mask``) and what (``prompt``).
 
     Args:
-        mask: path, PIL image, or array ``(H, W)`` (bool, or numbers in [0, 1] / [0, 255]);
-            white/true = edit here. Colour masks are converted to grey.
+        mask: path, PIL image, or array ``(H, W)`` (bool, or numbers in [0, 1], [0, 255] or
+            [0, 65535], told apart by the largest value); white/true = edit here. Colour masks
+            are converted to grey; grey values are thresholded by ``mask_threshold``.
         prompt: what the region should become.
         negative_prompt: what to steer away from; None uses the editor's default.
         start, end: fractions of the denoising steps during which the region is active
@@ -42,13 +43,18 @@ def mask_to_array(mask, threshold: float = 0.5, what: str = "mask") -> np.ndarra
     if isinstance(mask, (str, Path)):
         mask = load_image(mask, what=what)
     if isinstance(mask, Image.Image):
-        arr = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
+        arr = np.asarray(to_rgb(mask).convert("L"), dtype=np.float32) / 255.0
     elif isinstance(mask, torch.Tensor):
         arr = mask.detach().cpu().float().numpy()
     else:
-        arr = np.asarray(mask)
+        try:
+            arr = np.asarray(mask)
+        except ValueError as exc:  # ragged nested lists
+            raise InvalidMaskError(f"{what} is not a rectangular array: {exc}") from None
     if arr.dtype == bool:
         arr = arr.astype(np.float32)
+    if arr.dtype.kind not in "biuf":
+        raise InvalidMaskError(f"{what} must hold numbers or booleans, got dtype {arr.dtype}")
     arr = np.asarray(arr, dtype=np.float32)
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
         arr = arr[..., :3].mean(axis=-1)
@@ -58,10 +64,16 @@ def mask_to_array(mask, threshold: float = 0.5, what: str = "mask") -> np.ndarra
         raise InvalidMaskError(f"{what} must be 2-D (H, W); got shape {tuple(arr.shape)}")
     if not np.isfinite(arr).all():
         raise InvalidMaskError(f"{what} contains NaN or inf values")
-    if arr.max(initial=0) > 1.0:
-        arr = arr / 255.0
     if arr.min(initial=0) < 0:
-        raise InvalidMaskError(f"{what} has negative values; expected [0, 1] or [0, 255]")
+        raise InvalidMaskError(f"{what} has negative values; expected [0, 1], [0, 255] or [0, 65535]")
+    top = arr.max(initial=0)
+    # The range is guessed from the largest value: 8-bit and 16-bit masks both work.
+    if top > 65535:
+        raise InvalidMaskError(f"{what} has values up to {top:g}; expected [0, 1], [0, 255] or [0, 65535]")
+    if top > 255:
+        arr = arr / 65535.0
+    elif top > 1.0:
+        arr = arr / 255.0
     return arr
 
 
