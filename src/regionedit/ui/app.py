@@ -1,0 +1,249 @@
+"""The Gradio page: paint one layer per object, a prompt per layer, edit, download.
+
+Nothing here runs at import; :func:`build_app` builds the page and ``regionedit serve``
+launches it. gradio is imported inside :func:`build_app` (an optional extra).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from PIL import Image
+
+from .. import edit_api
+from ..errors import RegionEditError
+from ..lomoe.options import LoMOEOptions
+from .engine import DEFAULT_MAX_PIXELS, LAYER_COLOURS, MAX_OBJECTS, Engine, options_with
+
+log = logging.getLogger(__name__)
+
+METHOD_LABELS = {"lomoe": "LoMOE"}  # the multi-modal method joins when edit_api offers it
+VISIBLE_ROWS = 3  # prompt rows shown; the rest sit in an accordion
+
+INTRO = """\
+# regionedit — edit several objects at once
+Upload an image (or load a shapes-world example), paint each object to change on **its own layer**
+(layer *n* uses prompt *n*), describe the input in the background prompt, and press **Edit**.
+Re-editing the same image reuses its inversion, so later edits are faster.
+"""
+
+
+def import_gradio():
+    try:
+        import gradio as gr
+    except ImportError:
+        raise RegionEditError("the web UI needs gradio: pip install 'regionedit[ui]'") from None
+    return gr
+
+
+def editor_to_inputs(value) -> tuple[Image.Image | None, list]:
+    """An ImageEditor value (numpy RGBA) -> (background image or None, layer arrays)."""
+    if not value:
+        return None, []
+    background = value.get("background")
+    if background is None or np.asarray(background).size == 0:
+        return None, []
+    arr = np.asarray(background)
+    if arr.ndim == 3 and arr.shape[-1] == 4:
+        # Uploaded images arrive RGBA; flatten transparency on black as regionedit.io does.
+        image = Image.fromarray(arr.astype(np.uint8), "RGBA")
+        base = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(base, image).convert("RGB")
+    else:
+        image = Image.fromarray(arr.astype(np.uint8)).convert("RGB")
+    return image, list(value.get("layers") or [])
+
+
+def example_value(seed: int, num_objects: int = 2, size: int = 64):
+    """A shapes-world scene as an editor value: the image, one layer per object box, prompts."""
+    from ..shapes.world import box_mask, make_scene, render
+
+    scene = make_scene(int(seed), int(num_objects), size=size)
+    image, _ = render(scene)
+    layers = []
+    for i, obj in enumerate(scene.objects):
+        layer = np.zeros((size, size, 4), np.uint8)
+        colour = [int(LAYER_COLOURS[i % len(LAYER_COLOURS)][k : k + 2], 16) for k in (1, 3, 5)]
+        layer[box_mask(obj, size)] = [*colour, 255]
+        layers.append(layer)
+    rgba = np.concatenate([image, np.full((size, size, 1), 255, np.uint8)], axis=-1)
+    value = {"background": rgba, "layers": layers, "composite": None}
+    return value, scene
+
+
+def build_app(
+    model,
+    model_name: str | None = None,
+    options: LoMOEOptions | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    output_dir=None,
+    example_size: int = 64,
+):
+    """Build the Gradio Blocks app around a loaded model (nothing is launched).
+
+    Args:
+        model: from :func:`regionedit.load` (tests pass a tiny random model).
+        model_name: shown in the page and stored in the PNG metadata.
+        options: the page's initial option values; spec defaults with ``paste_back`` on, since
+            people painting a region expect every other pixel to stay as it was.
+        max_pixels: larger images are refused with a message.
+        output_dir: where edited PNGs are written (a temporary folder by default).
+        example_size: side of the shapes-world examples.
+    """
+    gr = import_gradio()
+    engine = Engine(model, model_name, max_pixels=max_pixels, output_dir=output_dir)
+    base = options or LoMOEOptions(paste_back=True)
+
+    with gr.Blocks(title="regionedit") as demo:
+        gr.Markdown(INTRO + f"\nModel: `{engine.model_name}`", elem_id="intro")
+        with gr.Row():
+            with gr.Column(scale=3):
+                editor = gr.ImageEditor(
+                    label="Image — paint one layer per object",
+                    type="numpy",
+                    image_mode="RGBA",
+                    format="png",  # lossless: the background must come back unchanged
+                    layers=gr.LayerOptions(
+                        layers=[f"object {i}" for i in range(1, VISIBLE_ROWS + 1)],
+                        allow_additional_layers=True,
+                    ),
+                    brush=gr.Brush(
+                        colors=LAYER_COLOURS, default_color=LAYER_COLOURS[0], color_mode="defaults"
+                    ),
+                    transforms=("crop",),
+                    sources=("upload", "clipboard"),
+                    elem_id="editor",
+                    height=480,
+                )
+                with gr.Row():
+                    example_seed = gr.Number(
+                        value=0, precision=0, label="Example scene seed", elem_id="example-seed", scale=1
+                    )
+                    example_objects = gr.Slider(
+                        1, 3, value=2, step=1, label="Objects", elem_id="example-objects", scale=1
+                    )
+                    example_btn = gr.Button("Load shapes-world example", elem_id="example", scale=1)
+            with gr.Column(scale=2):
+                background = gr.Textbox(
+                    label="Background prompt (caption of the input image)", elem_id="background-prompt"
+                )
+                prompts, negatives = [], []
+
+                def prompt_row(i):
+                    with gr.Row():
+                        prompts.append(gr.Textbox(label=f"Layer {i} prompt", elem_id=f"prompt-{i}", scale=2))
+                        negatives.append(
+                            gr.Textbox(
+                                label=f"Layer {i} negative prompt",
+                                placeholder="default",
+                                elem_id=f"negative-{i}",
+                                scale=1,
+                            )
+                        )
+
+                for i in range(1, VISIBLE_ROWS + 1):
+                    prompt_row(i)
+                with gr.Accordion("More layers", open=False):
+                    for i in range(VISIBLE_ROWS + 1, MAX_OBJECTS + 1):
+                        prompt_row(i)
+                method = gr.Dropdown(
+                    [(label, name) for name, label in METHOD_LABELS.items() if name in edit_api.METHODS],
+                    value="lomoe",
+                    label="Method",
+                    info="multi-modal editing will join later",
+                    elem_id="method",
+                )
+                with gr.Row():
+                    steps = gr.Slider(
+                        1, 100, value=base.num_inference_steps, step=1, label="Steps", elem_id="steps"
+                    )
+                    seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="seed")
+                with gr.Accordion("Options", open=False):
+                    guidance = gr.Number(base.guidance_scale, label="Guidance scale", elem_id="guidance")
+                    xa_weight = gr.Number(
+                        base.cross_attention_weight, label="Cross-attention weight λ_xa", elem_id="xa-weight"
+                    )
+                    bg_weight = gr.Number(
+                        base.background_weight, label="Background weight λ_b", elem_id="bg-weight"
+                    )
+                    bootstrap = gr.Number(
+                        base.bootstrap_steps, precision=0, label="Bootstrap steps", elem_id="bootstrap"
+                    )
+                    feather = gr.Number(base.feather, label="Feather (latent pixels)", elem_id="feather")
+                    paste_back = gr.Checkbox(
+                        base.paste_back, label="Keep original pixels outside the masks", elem_id="paste-back"
+                    )
+                run = gr.Button("Edit", variant="primary", elem_id="run")
+        status = gr.Markdown(elem_id="status")
+        with gr.Row():
+            shown_input = gr.Image(label="Input", type="pil", format="png", elem_id="input-image")
+            shown_masks = gr.Image(label="Masks", type="pil", format="png", elem_id="mask-image")
+            shown_result = gr.Image(label="Result", type="pil", format="png", elem_id="result-image")
+        download = gr.File(label="Edited PNG (parameters embedded)", elem_id="download")
+
+        def on_edit(
+            value, background_prompt, method_name, n_steps, seed_value, g, xa, bw, boot, fe, paste,
+            *texts, progress=gr.Progress(),  # noqa: B008 - gradio injects progress this way
+        ):  # fmt: skip
+            prompt_texts, negative_texts = list(texts[:MAX_OBJECTS]), list(texts[MAX_OBJECTS:])
+            try:
+                image, layers = editor_to_inputs(value)
+                opts = options_with(
+                    base,
+                    num_inference_steps=n_steps,
+                    guidance_scale=g,
+                    cross_attention_weight=xa,
+                    background_weight=bw,
+                    bootstrap_steps=boot,
+                    feather=fe,
+                    paste_back=bool(paste),
+                )
+                total = opts.num_inference_steps
+                progress(0, desc="inverting (skipped when this image was inverted before)")
+
+                def callback(step, info):
+                    progress((step + 1, total), desc="editing", unit="steps")
+
+                out = engine.edit(
+                    image,
+                    layers,
+                    prompt_texts,
+                    negative_texts,
+                    background_prompt,
+                    method=method_name or "lomoe",
+                    seed=int(seed_value or 0),
+                    options=opts,
+                    callback=callback,
+                )
+            except RegionEditError as exc:
+                raise gr.Error(str(exc), print_exception=False) from None
+            except Exception as exc:  # the page gets one line; the traceback goes to the log
+                log.exception("edit failed")
+                raise gr.Error(
+                    f"internal error: {type(exc).__name__}: {exc}", print_exception=False
+                ) from None
+            return image, out.overlay, out.image, str(out.png_path), out.message
+
+        def on_example(seed_value, n_objects):
+            value, scene = example_value(int(seed_value or 0), int(n_objects), size=example_size)
+            texts = [o.phrase for o in scene.objects]
+            texts += [""] * (MAX_OBJECTS - len(texts))
+            return [value, scene.caption, *texts, *([""] * MAX_OBJECTS)]
+
+        run.click(
+            on_edit,
+            inputs=[editor, background, method, steps, seed, guidance, xa_weight, bg_weight, bootstrap, feather,
+                    paste_back, *prompts, *negatives],
+            outputs=[shown_input, shown_masks, shown_result, download, status],
+            api_name="edit",
+            concurrency_limit=1,  # one model, one edit at a time
+        )  # fmt: skip
+        example_btn.click(
+            on_example,
+            inputs=[example_seed, example_objects],
+            outputs=[editor, background, *prompts, *negatives],
+            api_name="example",
+        )
+    demo.engine = engine  # tests and callers can reach the cache and output folder
+    return demo

@@ -1,0 +1,55 @@
+"""``regionedit serve``: start the web UI on this machine (127.0.0.1 unless asked otherwise)."""
+
+from __future__ import annotations
+
+import logging
+
+from .engine import DEFAULT_MAX_PIXELS
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser(
+        "serve",
+        help="start the web UI (paint masks, a prompt per mask, edit in the browser)",
+        description="Start a local Gradio app. Example: regionedit serve --model mini --port 7860",
+    )
+    p.add_argument(
+        "--model", default="mini", help="mini (default), a diffusers folder, a .safetensors file or a hub id"
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, ...")
+    p.add_argument("--dtype", default=None, help="float32 (default), float16, bfloat16")
+    p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled .ckpt/.bin weights")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"refuse larger images (default {DEFAULT_MAX_PIXELS})",
+    )
+    p.add_argument("--output-dir", default=None, help="where edited PNGs go (default: a temporary folder)")
+    return "serve", run_serve
+
+
+def run_serve(args) -> int:
+    from ..errors import InvalidInputError
+    from .app import build_app, import_gradio
+
+    import_gradio()  # fail with the install hint before spending time on the model
+    if not 1 <= args.port <= 65535:
+        raise InvalidInputError(f"--port must be in 1..65535, got {args.port}")
+    if args.max_pixels < 1:
+        raise InvalidInputError(f"--max-pixels must be positive, got {args.max_pixels}")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s: anyone who can reach this address can use the app", args.host)
+    from .. import edit_api
+
+    model = edit_api.load_model(args.model, args.device, args.dtype, args.allow_pickle)
+    app = build_app(model, model_name=args.model, max_pixels=args.max_pixels, output_dir=args.output_dir)
+    print(f"regionedit web UI on http://{args.host}:{args.port} (Ctrl+C stops it)")
+    app.queue().launch(server_name=args.host, server_port=args.port, show_error=False, footer_links=["api"])
+    return 0

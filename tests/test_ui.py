@@ -1,0 +1,236 @@
+"""The web UI driven through gradio_client against a local server, plus `regionedit serve`."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("gradio", reason="the web UI needs the ui extra: pip install 'regionedit[ui]'")
+gradio_client = pytest.importorskip("gradio_client")
+
+from regionedit.edit_api import read_metadata  # noqa: E402
+from regionedit.lomoe.options import LoMOEOptions  # noqa: E402
+from regionedit.ui.app import build_app  # noqa: E402
+from regionedit.ui.engine import MAX_OBJECTS, collect_regions  # noqa: E402
+
+from .conftest import box  # noqa: E402
+
+FAST = LoMOEOptions(num_inference_steps=2, bootstrap_steps=1, paste_back=True)
+CAPTION = "a red square and a blue square on a gray background"
+MAX_PIXELS = 80 * 80
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory):
+    app = build_app(
+        tiny_model,
+        model_name="tiny",
+        options=FAST,
+        max_pixels=MAX_PIXELS,
+        output_dir=tmp_path_factory.mktemp("ui-out"),
+    )
+    port = free_port()
+    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield app, gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+    finally:
+        app.close()
+
+
+def rgba_layer(mask: np.ndarray, colour=(255, 0, 0)) -> Image.Image:
+    arr = np.zeros((*mask.shape, 4), np.uint8)
+    arr[mask] = [*colour, 255]
+    return Image.fromarray(arr, "RGBA")
+
+
+def editor_value(tmp_path, image: Image.Image, masks: list) -> dict:
+    """What the browser sends: the background and one transparent layer per object."""
+    image.save(tmp_path / "bg.png")
+    value = {
+        "background": gradio_client.handle_file(str(tmp_path / "bg.png")),
+        "layers": [],
+        "composite": None,
+    }
+    for i, m in enumerate(masks):
+        path = tmp_path / f"layer{i}.png"
+        rgba_layer(m if m is not None else np.zeros(image.size[::-1], bool)).save(path)
+        value["layers"].append(gradio_client.handle_file(str(path)))
+    return value
+
+
+def call_edit(client, value, background=CAPTION, prompts=(), negatives=(), seed=0, steps=2):
+    prompts = list(prompts) + [""] * (MAX_OBJECTS - len(prompts))
+    negatives = list(negatives) + [""] * (MAX_OBJECTS - len(negatives))
+    return client.predict(
+        value, background, "lomoe", steps, seed, FAST.guidance_scale, FAST.cross_attention_weight,
+        FAST.background_weight, FAST.bootstrap_steps, FAST.feather, True, *prompts, *negatives,
+        api_name="/edit",
+    )  # fmt: skip
+
+
+def test_edit_two_layers_keeps_background_and_embeds_parameters(server, image64, tmp_path):
+    _, client = server
+    m1, m2 = box(4, 28, 4, 28), box(34, 60, 28, 58)
+    value = editor_value(tmp_path, image64, [m1, m2])
+    shown_input, shown_masks, result, png, status = call_edit(
+        client, value, prompts=["a blue circle", "a green triangle"], negatives=["", "a red square"], seed=5
+    )
+    out = np.asarray(Image.open(result).convert("RGB")).astype(int)
+    src = np.asarray(image64).astype(int)
+    assert out.shape == src.shape
+    outside = ~(m1 | m2)
+    assert np.array_equal(out[outside], src[outside])  # paste_back: the background is untouched
+    assert np.abs(out[m1] - src[m1]).mean() > 5 and np.abs(out[m2] - src[m2]).mean() > 5
+    assert np.array_equal(np.asarray(Image.open(shown_input).convert("RGB")), np.asarray(image64))
+    overlay = np.asarray(Image.open(shown_masks).convert("RGB")).astype(int)
+    assert np.array_equal(overlay[outside], src[outside]) and not np.array_equal(overlay[m1], src[m1])
+    meta = read_metadata(png)
+    assert meta["prompts"] == ["a blue circle", "a green triangle"]
+    assert meta["negative_prompts"][1] == "a red square" and meta["negative_prompts"][0]
+    assert meta["seed"] == 5 and meta["background_prompt"] == CAPTION and meta["model"] == "tiny"
+    assert meta["options"]["num_inference_steps"] == 2
+    assert np.array_equal(np.asarray(Image.open(png).convert("RGB")), out)
+    assert status.startswith("Edited in")
+
+
+def test_second_edit_of_same_image_reuses_inversion(server, tmp_path):
+    app, client = server
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))  # not cached by other tests
+    value = editor_value(tmp_path, image, [box(8, 30, 8, 30)])
+    *_, png1, status1 = call_edit(client, value, prompts=["a yellow circle"])
+    *_, png2, status2 = call_edit(client, value, prompts=["a purple square"], seed=1)
+    first, second = read_metadata(png1)["timings"], read_metadata(png2)["timings"]
+    assert "reuses its inversion" in status1 and status2.startswith("Reused the inversion")
+    assert second["invert_seconds"] < 0.1 * first["invert_seconds"]
+    # A new caption is a new inversion.
+    *_, status3 = call_edit(client, value, background="noise", prompts=["a purple square"])
+    assert status3.startswith("Edited in")
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("no_paint", "no layer is painted"),
+        ("empty_prompt", "layer 2 is painted but its prompt is empty"),
+        ("prompt_without_paint", "prompt 2 is filled in but layer 2 has no paint"),
+        ("too_large", f"above this app's limit of {MAX_PIXELS} pixels"),
+        ("odd_size", "multiples of 4"),
+        ("no_background_prompt", "background prompt is empty"),
+        ("no_image", "no image"),
+    ],
+)
+def test_errors_are_messages_not_tracebacks(server, image64, tmp_path, case, expected):
+    _, client = server
+    masks, prompts, background, image = [box(4, 20, 4, 20), box(30, 50, 30, 50)], ["a", "b"], CAPTION, image64
+    if case == "no_paint":
+        masks = [None, None]
+    elif case == "empty_prompt":
+        prompts = ["a blue circle", "  "]
+    elif case == "prompt_without_paint":
+        masks[1] = None
+    elif case in ("too_large", "odd_size"):
+        side = 84 if case == "too_large" else 62
+        image = image64.resize((side, side))
+        masks = [box(4, 20, 4, 20, size=side)]
+        prompts = ["a"]
+    elif case == "no_background_prompt":
+        background = " "
+    value = editor_value(tmp_path, image, masks)
+    if case == "no_image":
+        value = {"background": None, "layers": [], "composite": None}
+    with pytest.raises(gradio_client.exceptions.AppError) as err:
+        call_edit(client, value, background=background, prompts=prompts)
+    assert expected in str(err.value)
+    assert "Traceback" not in str(err.value)
+
+
+def test_example_fills_image_layers_and_prompts(server):
+    _, client = server
+    value, caption, *texts = client.predict(4, 2, api_name="/example")
+    assert len(value["layers"]) == 2
+    assert caption.endswith("background") and texts[0] in caption and texts[1] in caption
+    assert texts[2:MAX_OBJECTS] == [""] * (MAX_OBJECTS - 2)
+    layer = np.asarray(Image.open(value["layers"][0]))
+    assert layer.shape == (64, 64, 4) and 0 < (layer[..., 3] > 0).mean() < 0.5
+
+
+def test_layers_pair_with_prompts_by_number():
+    m1, m3 = box(0, 8, 0, 8), box(20, 30, 20, 30)
+    layers = [rgba_layer(m1), rgba_layer(np.zeros((64, 64), bool)), rgba_layer(m3)]
+    masks, prompts, negs, numbers = collect_regions(
+        [np.asarray(x) for x in layers], ["one", "", "three"], ["", "", "not three"], (64, 64)
+    )
+    assert numbers == [1, 3] and prompts == ["one", "three"] and negs == ["", "not three"]
+    assert np.array_equal(masks[0], m1) and np.array_equal(masks[1], m3)
+
+
+def test_importing_the_ui_launches_nothing():
+    code = (
+        "import sys, regionedit.cli, regionedit.ui, regionedit.ui.app, regionedit.ui.cli\n"
+        "regionedit.cli.build_parser()\n"
+        "assert 'gradio' not in sys.modules, 'gradio imported at import time'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_serve_defaults_to_localhost_and_mini():
+    from regionedit.cli import COMMANDS, build_parser
+
+    args = build_parser().parse_args(["serve"])
+    assert (args.model, args.host, args.port) == ("mini", "127.0.0.1", 7860)
+    assert "serve" in COMMANDS
+
+
+def test_serve_without_gradio_says_how_to_install(monkeypatch, capsys):
+    from regionedit.cli import main
+
+    monkeypatch.setitem(sys.modules, "gradio", None)  # makes `import gradio` fail
+    assert main(["serve", "--model", "/nonexistent"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'regionedit[ui]'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_serve_command_starts_a_working_app(tiny_model_dir, tmp_path):
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "regionedit.cli",
+        "serve",
+        "--model",
+        str(tiny_model_dir),
+        "--port",
+        str(port),
+    ]
+    cmd += ["--output-dir", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # poll until the server answers
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=2) as r:
+                    config = json.loads(r.read())
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "server did not start in 120 s"
+                time.sleep(0.2)
+        ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
+        assert {"editor", "background-prompt", "prompt-1", "run", "result-image"} <= ids
+        assert str(tiny_model_dir) in json.dumps(config)  # the model's name is shown in the page
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
