@@ -253,7 +253,7 @@ def run_train(args) -> int:
 COMMANDS = {"edit": run_edit, "shapes": run_shapes, "demo": run_demo, "train-mini": run_train}
 # Modules adding a subcommand: each has ``add_parser(subparsers) -> (name, handler)`` where
 # ``handler(args) -> int``; their heavy imports stay inside the handler.
-EXTRA_COMMANDS: list[str] = ["regionedit.ui.cli"]
+EXTRA_COMMANDS: list[str] = ["regionedit.ui.cli", "regionedit.bench.cli", "regionedit.batch.cli"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,245 @@
+"""``regionedit bench {shapes,lomoe-bench,pie-bench,speed,edit,report}``.
+
+Heavy imports (torch, diffusers, matplotlib) happen inside the handlers, so ``regionedit
+--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from ..errors import InvalidInputError
+
+log = logging.getLogger(__name__)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _model_args(p, default_model="mini"):
+    p.add_argument("--model", default=default_model, help=f"model to load (default {default_model})")
+    p.add_argument("--device", default=None, help="cpu (default), cuda, ...")
+    p.add_argument("--dtype", default=None, help="float32 (default), float16, bfloat16")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps of every method (default 50)")
+    p.add_argument("--guidance-scale", type=float, default=7.5)
+    p.add_argument("--chunk-size", type=int, default=None, help="LoMOE branches per gradient chunk")
+    p.add_argument("--bootstrap-steps", type=int, default=None, help="LoMOE bootstrapping steps")
+
+
+def _run_args(p, methods="lomoe,iterative,blended,diffedit,sdedit"):
+    _model_args(p)
+    p.add_argument("--methods", default=methods, help=f"comma-separated (default {methods})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder (resumed when it exists)")
+    p.add_argument("--clip", default=None, help="local CLIPModel folder for CLIP scores (else skipped)")
+    p.add_argument("--no-images", action="store_true", help="do not save edited images")
+
+
+def add_parser(subparsers):
+    b = subparsers.add_parser("bench", help="benchmarks: quality, speed and memory")
+    sub = b.add_subparsers(dest="bench_command", required=True, parser_class=type(b))
+
+    s = sub.add_parser("shapes", help="ShapesBench: shapes-world edits scored by the judge")
+    s.add_argument("--n", type=int, default=100, help="number of items")
+    s.add_argument("--set", dest="which", choices=["multi", "single"], default="multi")
+    s.add_argument("--min-masks", type=int, default=2)
+    s.add_argument("--max-masks", type=int, default=7)
+    s.add_argument("--size", type=int, default=64, help="scene size in pixels")
+    s.add_argument("--judge", default=None, help="judge weights (default: the shipped judge)")
+    s.add_argument("--no-judge", action="store_true", help="skip judge accuracy")
+    _run_args(s)
+
+    lb = sub.add_parser("lomoe-bench", help="LoMOE-Bench / LoSOE-Bench from their JSON file")
+    lb.add_argument("--json", required=True, help="LoMOE.json (paths relative to its folder)")
+    lb.add_argument("--size", type=int, default=512)
+    lb.add_argument("--limit", type=int, default=None)
+    _run_args(lb)
+
+    pb = sub.add_parser("pie-bench", help="PIE-Bench from mapping_file.json + annotation_images/")
+    pb.add_argument("--root", required=True)
+    pb.add_argument("--size", type=int, default=512)
+    pb.add_argument("--limit", type=int, default=None)
+    pb.add_argument("--categories", default=None, help="editing_type_id values, comma-separated")
+    _run_args(pb, methods="lomoe,blended,diffedit,sdedit")
+
+    sp = sub.add_parser("speed", help="LoMOE vs iterative at SD-2 scale (random weights)")
+    _model_args(sp, default_model="sd2-base-random")
+    sp.add_argument("--size", type=int, default=512, help="image side (default 512)")
+    sp.add_argument("--masks", type=_ints, default=[1, 2, 4, 7])
+    sp.add_argument("--out", default=None, help="write the result JSON here")
+
+    e = sub.add_parser("edit", help="seconds, UNet evaluations and peak memory per region count")
+    _model_args(e)
+    e.add_argument("--size", type=int, default=None, help="image side (default: the model's)")
+    e.add_argument("--regions", type=_ints, default=[1, 2, 4, 8, 16])
+    e.add_argument("--out", default=None, help="write the rows as JSON here")
+
+    r = sub.add_parser("report", help="(re)write report.md and plots from DIR/summary.json")
+    r.add_argument("dir")
+    return "bench", run
+
+
+def _options(args):
+    from ..lomoe.options import LoMOEOptions
+    from .methods import MethodConfig
+
+    extra = {}
+    if args.chunk_size is not None:
+        extra["chunk_size"] = args.chunk_size
+    if args.bootstrap_steps is not None:
+        extra["bootstrap_steps"] = args.bootstrap_steps
+    lomoe = LoMOEOptions(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, **extra)
+    return MethodConfig(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, lomoe=lomoe)
+
+
+def _load_model(args):
+    if args.model == "sd2-base-random":
+        import torch
+
+        from ..models.loading import _resolve_device
+        from .speed import sd2_base_components, timing_model
+
+        device, dtype = _resolve_device(args.device, args.dtype)
+        return timing_model(sd2_base_components(device, torch.float32), device, dtype, "sd2-base-random")
+    from ..models.loading import load
+
+    return load(args.model, device=args.device, dtype=args.dtype)
+
+
+def _run_quality(args, items, settings, judge=None) -> int:
+    from .extras import load_clip
+    from .methods import get_methods
+    from .report import markdown_table, write_report
+    from .runner import run_benchmark
+
+    try:
+        methods = get_methods(args.methods)
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from None
+    model = _load_model(args)
+    summary = run_benchmark(
+        model,
+        items,
+        methods,
+        args.out,
+        config=_options(args),
+        judge=judge,
+        clip=load_clip(args.clip),
+        seed=args.seed,
+        settings=settings,
+        save_images=not args.no_images,
+    )
+    report = write_report(summary, args.out, title=settings.get("benchmark", "Benchmark"))
+    print(markdown_table(summary))
+    print(f"wrote {Path(args.out) / 'results.jsonl'}, summary.json and {report}")
+    return 0
+
+
+def run_shapes(args) -> int:
+    from .datasets import shapes_bench
+
+    if not 1 <= args.min_masks <= args.max_masks <= 7:
+        raise InvalidInputError(
+            f"need 1 <= --min-masks <= --max-masks <= 7, got {args.min_masks} and {args.max_masks}"
+        )
+    if args.n < 1:
+        raise InvalidInputError(f"--n must be >= 1, got {args.n}")
+    judge = None
+    if not args.no_judge:
+        from ..shapes.judge import JUDGE_PATH, load_judge
+
+        path = Path(args.judge) if args.judge else JUDGE_PATH
+        if not path.is_file():
+            raise InvalidInputError(f"judge weights not found at {path}; train the judge or pass --no-judge")
+        judge = load_judge(path)
+    items = shapes_bench(args.n, args.which, args.seed, args.min_masks, args.max_masks, args.size)
+    settings = {
+        "benchmark": f"ShapesBench ({args.which})",
+        "min_masks": args.min_masks,
+        "max_masks": args.max_masks,
+        "size": args.size,
+        "judge": None if judge is None else str(args.judge or "shipped"),
+    }
+    return _run_quality(args, items, settings, judge)
+
+
+def run_lomoe_bench(args) -> int:
+    from .realdata import load_lomoe_bench
+
+    items = load_lomoe_bench(args.json, size=args.size, limit=args.limit)
+    return _run_quality(args, items, {"benchmark": f"LoMOE-Bench ({args.json})", "size": args.size})
+
+
+def run_pie_bench(args) -> int:
+    from .realdata import load_pie_bench
+
+    cats = args.categories.split(",") if args.categories else None
+    items = load_pie_bench(args.root, size=args.size, limit=args.limit, categories=cats)
+    return _run_quality(args, items, {"benchmark": "PIE-Bench", "size": args.size, "categories": cats})
+
+
+def _write_json(path, data) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(data, indent=2))
+        print(f"wrote {path}")
+
+
+def run_speed(args) -> int:
+    from .speed import format_ratios, format_rows, speed_bench
+
+    model = _load_model(args)
+    res = speed_bench(model, args.masks, args.size, args.steps, _options(args).lomoe)
+    print(f"{res['size']}x{res['size']}, {res['steps']} steps, {res['device']} {res['dtype']}")
+    print(format_rows(res["rows"]))
+    print()
+    print(format_ratios(res["ratios"]))
+    _write_json(args.out, res)
+    return 0
+
+
+def run_edit_scaling(args) -> int:
+    from .speed import edit_scaling, format_rows
+
+    model = _load_model(args)
+    rows = edit_scaling(model, args.regions, args.size, args.steps, _options(args).lomoe)
+    print(f"chunk_size={args.chunk_size}, {args.steps} steps, {model.device} {model.dtype}")
+    print(format_rows(rows))
+    _write_json(args.out, rows)
+    return 0
+
+
+def run_report(args) -> int:
+    from .report import markdown_table, write_report
+
+    path = Path(args.dir) / "summary.json"
+    if not path.is_file():
+        raise InvalidInputError(f"{path} not found; run a benchmark with --out {args.dir} first")
+    summary = json.loads(path.read_text())
+    print(markdown_table(summary))
+    print(f"wrote {write_report(summary, args.dir)}")
+    return 0
+
+
+HANDLERS = {
+    "shapes": run_shapes,
+    "lomoe-bench": run_lomoe_bench,
+    "pie-bench": run_pie_bench,
+    "speed": run_speed,
+    "edit": run_edit_scaling,
+    "report": run_report,
+}
+
+
+def run(args) -> int:
+    return HANDLERS[args.bench_command](args)

@@ -1,0 +1,102 @@
+"""Markdown tables and plots from a benchmark summary (numbers are only ever read, never made)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+COLUMNS = (
+    ("accuracy", "accuracy", "{:.3f}"),
+    ("bg_psnr", "bg PSNR (dB)", "{:.2f}"),
+    ("bg_ssim", "bg SSIM", "{:.3f}"),
+    ("bg_mse", "bg MSE", "{:.5f}"),
+    ("seam", "seam", "{:.4f}"),
+    ("clip_target", "CLIP target", "{:.2f}"),
+    ("seconds_per_edit", "s / edit", "{:.2f}"),
+    ("unet_evals_per_edit", "UNet evals / edit", "{:.0f}"),
+    ("unet_work_per_edit", "UNet work / edit", "{:.0f}"),
+    ("peak_memory_mb", "peak MB", "{:.0f}"),
+)
+
+
+def _fmt(value, spec: str) -> str:
+    return "–" if value is None else spec.format(value)
+
+
+def markdown_table(summary: dict) -> str:
+    """One row per method; columns with no value for any method are left out."""
+    methods = summary["methods"]
+    cols = [c for c in COLUMNS if any(m.get(c[0]) is not None for m in methods.values())]
+    lines = [
+        "| method | edits | " + " | ".join(c[1] for c in cols) + " |",
+        "|---|---:|" + "---:|" * len(cols),
+    ]
+    for name, m in methods.items():
+        lines.append(f"| {name} | {m['n']} | " + " | ".join(_fmt(m.get(k), f) for k, _, f in cols) + " |")
+    if summary.get("speed"):
+        lines += [
+            "",
+            "| masks N | iterative / LoMOE time | UNet-work ratio measured | 19N/(8N+11) | time / expected |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        for s in summary["speed"]:
+            lines.append(
+                f"| {s['n_masks']} | {s['time_ratio']:.2f} | {s['unet_work_ratio']:.2f} | "
+                f"{s['expected_work_ratio']:.2f} | {s['time_ratio_fraction']:.0%} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot_by_masks(summary: dict, out_dir: str | Path) -> list[Path]:
+    """Seconds per edit, accuracy and background PSNR against the number of masks (PNGs).
+
+    Needs matplotlib (the ``bench`` extra); without it, logs why and returns no files.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed (pip install regionedit[bench]); skipping plots")
+        return []
+    out_dir = Path(out_dir)
+    written = []
+    for key, label in (
+        ("seconds_per_edit", "seconds per edit"),
+        ("accuracy", "judge accuracy"),
+        ("bg_psnr", "background PSNR (dB)"),
+    ):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        drawn = False
+        for name, per_n in summary["by_masks"].items():
+            pts = sorted((int(n), m[key]) for n, m in per_n.items() if m.get(key) is not None)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+                drawn = True
+        if not drawn:
+            plt.close(fig)
+            continue
+        ax.set_xlabel("number of masks")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = out_dir / f"{key}_vs_masks.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_report(summary: dict, out_dir: str | Path, title: str = "Benchmark") -> Path:
+    """``DIR/report.md``: the table and the plots."""
+    out_dir = Path(out_dir)
+    plots = plot_by_masks(summary, out_dir)
+    text = f"# {title}\n\n" + markdown_table(summary)
+    text += "".join(f"\n![{p.stem}]({p.name})\n" for p in plots)
+    path = out_dir / "report.md"
+    path.write_text(text)
+    return path

@@ -1,0 +1,247 @@
+"""Speed and memory at any scale: LoMOE against the iterative baseline, and region scaling.
+
+``speed_bench`` times one N-region LoMOE pass against N single-region passes (each with its
+own inversion) on an SD-2-base-architecture model with random weights (speed does not depend
+on what the weights are) and reports the measured ratio beside the UNet-work ratio
+19N/(8N+11). ``edit_scaling`` times single LoMOE edits for growing region counts, with the
+chunked exact gradient (``LoMOEOptions.chunk_size``) bounding memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+
+import numpy as np
+import torch
+
+from ..lomoe.options import LoMOEOptions
+from ..models.loading import Model
+from .datasets import BenchItem
+from .measure import measure
+from .methods import MethodConfig, run_iterative, run_lomoe
+from .runner import work_ratio
+
+log = logging.getLogger(__name__)
+
+PROMPTS = ("a red circle", "a blue square", "a green triangle", "a yellow circle", "a white square")
+
+
+class _TimingModel(Model):
+    """Random weights may decode to non-finite pixels; timing does not care."""
+
+    def decode(self, latents, check_finite: bool = True):
+        return super().decode(latents, check_finite=False)
+
+
+def sd2_base_components(device="cpu", dtype=torch.float32, seed: int = 0, text_layers: int = 1) -> dict:
+    """SD-2-base UNet (865 M parameters) and VAE with random weights, and a small text encoder.
+
+    The text encoder runs once per prompt, so a 1-layer CLIP of SD 2's width (1024) stands
+    in for the 23-layer OpenCLIP-H without changing per-step cost.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from ..models.mini import build_tokenizer
+
+    tokenizer = build_tokenizer(77)
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=64,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=2,
+            block_out_channels=(320, 640, 1280, 1280),
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            cross_attention_dim=1024,
+            attention_head_dim=(5, 10, 20, 20),
+            use_linear_projection=True,
+        )
+        vae = AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2,
+            latent_channels=4,
+            sample_size=512,
+            scaling_factor=0.18215,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=1024,
+                intermediate_size=4096,
+                num_hidden_layers=text_layers,
+                num_attention_heads=16,
+                max_position_embeddings=77,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+    scheduler = DDIMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return dict(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+
+
+def timing_model(components: dict, device="cpu", dtype=torch.float32, name="random") -> Model:
+    return _TimingModel(
+        vae=components["vae"].to(device, dtype),
+        unet=components["unet"].to(device, dtype),
+        text_encoder=components["text_encoder"].to(device, dtype),
+        tokenizer=components["tokenizer"],
+        scheduler_config=dict(components["scheduler"].config),
+        name=name,
+        device=torch.device(device),
+        dtype=dtype,
+    )
+
+
+def grid_item(n: int, size: int, seed: int = 0, factor: int = 8) -> BenchItem:
+    """A seeded noise image with ``n`` disjoint box masks on a ⌈√n⌉ grid (1-pixel gaps)."""
+    g = math.ceil(math.sqrt(n))
+    cell = size // g
+    if cell - 2 < factor:
+        raise ValueError(f"{n} regions do not fit a {size}x{size} image; use a larger resolution")
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    masks = []
+    for k in range(n):
+        m = np.zeros((size, size), bool)
+        y, x = divmod(k, g)
+        m[y * cell + 1 : (y + 1) * cell - 1, x * cell + 1 : (x + 1) * cell - 1] = True
+        masks.append(m)
+    prompts = [PROMPTS[k % len(PROMPTS)] for k in range(n)]
+    return BenchItem(f"grid-{n}", image, masks, prompts, "a photo", "a photo")
+
+
+def unet_flops_per_eval(model: Model, latent_hw: tuple[int, int]) -> float:
+    """FLOPs of one UNet forward on one latent (torch's FlopCounterMode, counted once)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    z = torch.zeros((1, 4, *latent_hw), device=model.device)
+    emb = model.encode_prompts(["a photo"])
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model.unet_eps(z, torch.tensor(999, device=model.device), emb)
+    return float(fc.get_total_flops())
+
+
+def _row(name, n, m, flops):
+    return {
+        "method": name,
+        "n_masks": n,
+        "seconds": m.seconds,
+        "unet_evals": m.unet_evals,
+        "unet_backward_evals": m.unet_backward_evals,
+        "unet_work": m.unet_work,
+        "peak_memory_mb": m.peak_memory_mb,
+        "memory_kind": m.memory_kind,
+        "unet_tflops_per_s": flops * m.unet_work / m.seconds / 1e12 if flops else None,
+    }
+
+
+def speed_bench(
+    model: Model, masks=(1, 2, 4, 7), size: int = 512, steps: int = 50, lomoe: LoMOEOptions | None = None
+) -> dict:
+    """LoMOE (one pass) vs iterative (N passes) per mask count; rows plus ratios."""
+    cfg = MethodConfig(num_inference_steps=steps, lomoe=lomoe or LoMOEOptions())
+    f = model.vae_scale_factor
+    flops = unet_flops_per_eval(model, (size // f, size // f))
+    # warm-up: first-call costs (allocator, kernels) are not the algorithm's
+    warm = dataclasses.replace(cfg, num_inference_steps=1)
+    run_lomoe(model, grid_item(1, size, factor=f), warm, torch.Generator().manual_seed(0))
+    rows, ratios = [], []
+    for n in masks:
+        item = grid_item(n, size, seed=n, factor=f)
+        res = {}
+        for name, fn in (("lomoe", run_lomoe), ("iterative", run_iterative)):
+            with measure(model) as m:
+                out = fn(model, item, cfg, torch.Generator().manual_seed(n))
+            m.unet_backward_evals = out.unet_backward_evals
+            res[name] = m
+            rows.append(_row(name, n, m, flops))
+            log.info("%s N=%d: %.2f s", name, n, m.seconds)
+        measured = res["iterative"].seconds / res["lomoe"].seconds
+        ratios.append(
+            {
+                "n_masks": n,
+                "time_ratio": measured,
+                "unet_work_ratio": res["iterative"].unet_work / res["lomoe"].unet_work,
+                "expected_work_ratio": work_ratio(n),
+                "time_ratio_fraction": measured / work_ratio(n),
+            }
+        )
+    return {
+        "size": size,
+        "steps": steps,
+        "device": str(model.device),
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "unet_flops_per_eval": flops,
+        "rows": rows,
+        "ratios": ratios,
+    }
+
+
+def edit_scaling(
+    model: Model,
+    regions=(1, 2, 4, 8, 16),
+    size: int | None = None,
+    steps: int = 50,
+    lomoe: LoMOEOptions | None = None,
+) -> list[dict]:
+    """Seconds, UNet evaluations and peak memory of one LoMOE edit per region count."""
+    f = model.vae_scale_factor
+    size = size or int(model.unet.config.sample_size) * f
+    cfg = MethodConfig(num_inference_steps=steps, lomoe=lomoe or LoMOEOptions())
+    flops = unet_flops_per_eval(model, (size // f, size // f))
+    run_lomoe(
+        model,
+        grid_item(1, size, factor=f),
+        dataclasses.replace(cfg, num_inference_steps=1),
+        torch.Generator().manual_seed(0),
+    )
+    rows = []
+    for n in regions:
+        item = grid_item(n, size, seed=n, factor=f)
+        with measure(model) as m:
+            out = run_lomoe(model, item, cfg, torch.Generator().manual_seed(n))
+        m.unet_backward_evals = out.unet_backward_evals
+        rows.append({**_row("lomoe", n, m, flops), "chunk_size": cfg.lomoe.chunk_size})
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    lines = [
+        "| method | regions | s / edit | UNet evals | backward evals | UNet work | peak MB | UNet TFLOP/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        tf = "–" if r["unet_tflops_per_s"] is None else f"{r['unet_tflops_per_s']:.3f}"
+        lines.append(
+            f"| {r['method']} | {r['n_masks']} | {r['seconds']:.2f} | {r['unet_evals']} | "
+            f"{r['unet_backward_evals']} | {r['unet_work']} | {r['peak_memory_mb']:.0f} | {tf} |"
+        )
+    return "\n".join(lines)
+
+
+def format_ratios(ratios: list[dict]) -> str:
+    lines = [
+        "| N | iterative / LoMOE time | UNet-work ratio measured | 19N/(8N+11) | time / expected |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for r in ratios:
+        lines.append(
+            f"| {r['n_masks']} | {r['time_ratio']:.2f} | {r['unet_work_ratio']:.2f} | "
+            f"{r['expected_work_ratio']:.2f} | {r['time_ratio_fraction']:.0%} |"
+        )
+    return "\n".join(lines)
