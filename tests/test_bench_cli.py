@@ -1,0 +1,61 @@
+"""`regionedit bench ...` end to end on the tiny random model saved as a diffusers folder."""
+
+import json
+
+from regionedit.cli import main
+
+
+def test_bench_shapes_runs_resumes_and_reports(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["bench", "shapes", "--model", str(tiny_model_dir), "--n", "2", "--min-masks", "2",
+            "--max-masks", "3", "--methods", "lomoe,sdedit", "--steps", "1", "--no-judge",
+            "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["methods"]) == {"lomoe", "sdedit"}
+    for key in (
+        "accuracy",
+        "bg_psnr",
+        "bg_ssim",
+        "seconds_per_edit",
+        "unet_evals_per_edit",
+        "peak_memory_mb",
+    ):
+        assert key in summary["methods"]["lomoe"]
+    assert (out / "report.md").exists()
+    assert "| lomoe |" in capsys.readouterr().out
+    assert main(args) == 0  # resumed: nothing new
+    assert (out / "results.jsonl").read_text().splitlines() == lines
+    assert main(["bench", "report", str(out)]) == 0
+
+
+def test_bench_shapes_refuses_bad_ranges(tmp_path, capsys):
+    code = main(["bench", "shapes", "--min-masks", "5", "--max-masks", "3", "--no-judge",
+                 "--out", str(tmp_path / "x")])  # fmt: skip
+    assert code == 2 and "--min-masks" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    code = main(["bench", "shapes", "--methods", "lomoe,magic", "--no-judge", "--n", "1",
+                 "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")])  # fmt: skip
+    assert code == 2 and "magic" in capsys.readouterr().err
+
+
+def test_bench_edit_and_speed_print_rows(tiny_model_dir, tmp_path, capsys):
+    rows_path = tmp_path / "edit.json"
+    assert main(["bench", "edit", "--model", str(tiny_model_dir), "--regions", "1,4", "--steps", "1",
+                 "--chunk-size", "2", "--out", str(rows_path)]) == 0  # fmt: skip
+    rows = json.loads(rows_path.read_text())
+    assert [r["n_masks"] for r in rows] == [1, 4]
+    # one step: inversion 1 + reference 2 + 4(N+1) forward latent evaluations; with more than
+    # one gradient chunk (N = 4: 5 branches in chunks of 2) the editor first runs every branch
+    # without a graph, 2(N+1) more
+    assert [r["unet_evals"] for r in rows] == [3 + 4 * 2, 3 + 4 * 5 + 2 * 5]
+    assert all(r["chunk_size"] == 2 and r["peak_memory_mb"] > 0 for r in rows)
+    speed_path = tmp_path / "speed.json"
+    assert main(["bench", "speed", "--model", str(tiny_model_dir), "--size", "64", "--steps", "1",
+                 "--masks", "1,2", "--out", str(speed_path)]) == 0  # fmt: skip
+    res = json.loads(speed_path.read_text())
+    assert [r["n_masks"] for r in res["ratios"]] == [1, 2]
+    assert res["ratios"][1]["unet_work_ratio"] == res["ratios"][1]["expected_work_ratio"]
+    assert "19N/(8N+11)" in capsys.readouterr().out

@@ -1,0 +1,148 @@
+"""The benchmark runner, baselines and CLI on the tiny random model: plumbing, UNet work
+counts against the analytic formula, determinism and resuming after an interruption."""
+
+import json
+
+import numpy as np
+import pytest
+
+from regionedit.bench.datasets import shapes_bench
+from regionedit.bench.methods import METHODS, MethodConfig, MethodOutput, get_methods
+from regionedit.bench.report import markdown_table, write_report
+from regionedit.bench.runner import RESULTS, load_results, run_benchmark, work_ratio
+from regionedit.errors import InvalidInputError
+from regionedit.lomoe.options import LoMOEOptions
+from regionedit.shapes.judge import Judge
+
+T = 2
+CFG = MethodConfig(num_inference_steps=T, lomoe=LoMOEOptions(bootstrap_steps=1))
+
+
+@pytest.fixture(scope="module")
+def items():
+    return shapes_bench(2, seed=0, min_masks=2, max_masks=2)
+
+
+@pytest.fixture(scope="module")
+def judge():
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return Judge().eval()
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_model, items, judge, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    summary = run_benchmark(
+        tiny_model, items, get_methods(list(METHODS)), out, CFG, judge=judge, progress=False
+    )
+    return out, summary
+
+
+def test_every_method_writes_a_scored_line(full_run, items):
+    out, summary = full_run
+    records = load_results(out)
+    assert len(records) == len(items) * len(METHODS)
+    assert {(r["item"], r["method"]) for r in records} == {(i.id, m) for i in items for m in METHODS}
+    for r in records:
+        for key in ("accuracy", "bg_psnr", "bg_ssim", "bg_mse", "seam", "seconds", "unet_evals"):
+            assert r[key] is not None, (r["method"], key)
+        assert 0 <= r["accuracy"] <= 1 and r["seconds"] > 0 and r["peak_memory_mb"] > 0
+        assert len(r["verdicts"]) == r["n_masks"]
+    for name, m in summary["methods"].items():
+        for key in (
+            "accuracy",
+            "bg_psnr",
+            "bg_ssim",
+            "seconds_per_edit",
+            "unet_evals_per_edit",
+            "peak_memory_mb",
+        ):
+            assert m[key] is not None, (name, key)
+    assert (out / "images" / f"{items[0].id}_lomoe.png").exists()
+    assert json.loads((out / "summary.json").read_text()) == summary
+
+
+def test_unet_work_matches_the_analytic_count(full_run):
+    # single pass: inversion 1 + reference 2 + (forward, backward = 2 forwards, re-evaluation)
+    # on 2(N+1) latents = 8(N+1)+3 per step; iterative: N passes at N = 1, 19N per step.
+    _, summary = full_run
+    n = 2
+    lo, it = summary["methods"]["lomoe"], summary["methods"]["iterative"]
+    assert lo["unet_work_per_edit"] == T * (8 * (n + 1) + 3)
+    assert lo["unet_backward_evals_per_edit"] == T * 2 * (n + 1)
+    assert it["unet_work_per_edit"] == T * 19 * n
+    (row,) = summary["speed"]
+    assert row["unet_work_ratio"] == pytest.approx(work_ratio(n))
+    assert summary["methods"]["sdedit"]["unet_evals_per_edit"] == 2 * round(T * CFG.strength_sdedit)
+
+
+def test_report_table_and_plots(full_run, tmp_path):
+    _, summary = full_run
+    table = markdown_table(summary)
+    for name in METHODS:
+        assert f"| {name} |" in table
+    assert "19N/(8N+11)" in table
+    path = write_report(summary, tmp_path)
+    assert path.exists() and (tmp_path / "seconds_per_edit_vs_masks.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("name", ["lomoe", "blended", "diffedit", "sdedit"])
+def test_methods_are_seeded(tiny_model, items, name):
+    import torch
+
+    fn = METHODS[name]
+    a = fn(tiny_model, items[0], CFG, torch.Generator().manual_seed(5)).image
+    b = fn(tiny_model, items[0], CFG, torch.Generator().manual_seed(5)).image
+    assert np.array_equal(a, b)
+
+
+class _Counting:
+    """A fake method: counts calls, returns the input image, can fail on a chosen call."""
+
+    def __init__(self, fail_on=None):
+        self.calls = []
+        self.fail_on = fail_on
+
+    def __call__(self, model, item, config, generator):
+        self.calls.append(item.id)
+        if self.fail_on is not None and len(self.calls) == self.fail_on:
+            raise KeyboardInterrupt
+        return MethodOutput(item.image.copy())
+
+
+def test_resume_after_interruption_redoes_nothing(tiny_model, tmp_path):
+    items = shapes_bench(4, seed=1, min_masks=2, max_masks=3)
+    first = _Counting(fail_on=3)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(tiny_model, items, {"copy": first}, tmp_path, CFG, progress=False)
+    assert [r["item"] for r in load_results(tmp_path)] == [i.id for i in items[:2]]
+    # a write torn by the kill: the partial line is dropped and its item redone
+    with open(tmp_path / RESULTS, "a") as fh:
+        fh.write('{"item": "' + items[2].id + '", "meth')
+    second = _Counting()
+    summary = run_benchmark(tiny_model, items, {"copy": second}, tmp_path, CFG, progress=False)
+    assert second.calls == [i.id for i in items[2:]]
+    records = load_results(tmp_path)
+    assert sorted(r["item"] for r in records) == sorted(i.id for i in items)
+    assert summary["methods"]["copy"]["n"] == 4
+    assert summary["methods"]["copy"]["bg_psnr"] == 100.0  # the copy changes nothing
+    third = _Counting()
+    run_benchmark(tiny_model, items, {"copy": third}, tmp_path, CFG, progress=False)
+    assert third.calls == []
+
+
+def test_resume_with_other_settings_is_refused(tiny_model, tmp_path):
+    items = shapes_bench(1, seed=1)
+    run_benchmark(tiny_model, items, {"copy": _Counting()}, tmp_path, CFG, progress=False)
+    other = MethodConfig(num_inference_steps=3)
+    with pytest.raises(InvalidInputError, match="other settings"):
+        run_benchmark(tiny_model, items, {"copy": _Counting()}, tmp_path, other, progress=False)
+
+
+def test_work_ratio_formula():
+    assert work_ratio(1) == pytest.approx(1.0)
+    assert work_ratio(7) == pytest.approx(133 / 67)
+    assert work_ratio(1000) < 19 / 8
