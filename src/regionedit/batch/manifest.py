@@ -1,0 +1,159 @@
+"""Batch manifests: one JSON object per line, one edit job per object.
+
+Every line is checked before any job runs, so a typo on line 900 fails in a second, not
+after hours. Paths are relative to the manifest and must stay inside its folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..edit_api import SPEC_FIELDS, EditRequest, check_spec, options_from_dict
+from ..errors import InvalidInputError
+
+MANIFEST_FIELDS = {
+    "id": (str,),
+    **{k: v for k, v in SPEC_FIELDS.items() if k not in ("model", "out")},
+}
+REQUIRED = ("id", "image", "masks", "prompts", "background_prompt")
+# An id names the output file: no separators, no leading dot (hidden files, "..").
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+@dataclass
+class Job:
+    """One manifest line with its paths resolved; plain data so it can cross to Ray workers."""
+
+    id: str
+    image: str
+    masks: list[str]
+    prompts: list[str]
+    background_prompt: str
+    negative_prompts: list[str] = field(default_factory=list)
+    method: str = "lomoe"
+    seed: int = 0
+    options: dict = field(default_factory=dict)
+    resize: str | None = None
+    line: int = 0
+    fingerprint: str = ""  # sha256 of the manifest object: tells a changed job from a done one
+
+    def request(self, model: str) -> EditRequest:
+        return EditRequest(
+            image=self.image,
+            masks=list(self.masks),
+            prompts=list(self.prompts),
+            negative_prompts=list(self.negative_prompts),
+            background_prompt=self.background_prompt,
+            method=self.method,
+            seed=self.seed,
+            options=options_from_dict(self.options),
+            model=model,
+            resize=self.resize,
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Job:
+        return cls(**json.loads(text))
+
+
+def _inside(base: Path, value: str, where: str, key: str) -> str:
+    path = (base / value).resolve()
+    if not path.is_relative_to(base):
+        raise InvalidInputError(
+            f"{where}: {key} {value!r} points outside the manifest's folder {base}; "
+            "put the files next to the manifest (paths are relative to it)"
+        )
+    return str(path)
+
+
+def parse_job(obj, base: Path, where: str) -> Job:
+    """Check one manifest object and resolve its paths against ``base`` (already resolved)."""
+    check_spec(obj, where, MANIFEST_FIELDS)
+    missing = [k for k in REQUIRED if k not in obj]
+    if missing:
+        raise InvalidInputError(
+            f"{where}: missing {', '.join(missing)}; every job needs {', '.join(REQUIRED)}"
+        )
+    if not ID_PATTERN.fullmatch(obj["id"]):
+        raise InvalidInputError(
+            f"{where}: id {obj['id']!r} must be 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (it names the output file)"
+        )
+    masks = [obj["masks"]] if isinstance(obj["masks"], str) else obj["masks"]
+    prompts = [obj["prompts"]] if isinstance(obj["prompts"], str) else obj["prompts"]
+    negatives = obj.get("negative_prompts", [])
+    negatives = [negatives] if isinstance(negatives, str) else negatives
+    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return Job(
+        id=obj["id"],
+        image=_inside(base, obj["image"], where, "image"),
+        masks=[_inside(base, m, where, f"mask {i}") for i, m in enumerate(masks, start=1)],
+        prompts=list(prompts),
+        background_prompt=obj["background_prompt"],
+        negative_prompts=list(negatives),
+        method=obj.get("method", "lomoe"),
+        seed=obj.get("seed", 0),
+        options=dict(obj.get("options", {})),
+        resize=obj.get("resize"),
+        line=0,
+        fingerprint=hashlib.sha256(canonical.encode()).hexdigest(),
+    )
+
+
+def load_manifest(path: str | Path) -> list[Job]:
+    """Read and check a whole JSONL manifest; blank lines are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"manifest not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"cannot read manifest {path}: {exc}") from None
+    base = path.parent.resolve()
+    jobs, seen = [], {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        where = f"{path.name} line {number}"
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise InvalidInputError(f"{where} is not valid JSON: {exc}") from None
+        job = parse_job(obj, base, where)
+        job.line = number
+        # Case-insensitive, as on macOS and Windows file systems two such ids share one file.
+        key = job.id.casefold()
+        if key in seen:
+            raise InvalidInputError(f"{where}: id {job.id!r} repeats line {seen[key]}; ids must be unique")
+        seen[key] = number
+        jobs.append(job)
+    if not jobs:
+        raise InvalidInputError(f"manifest {path} holds no jobs")
+    return jobs
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"I/N"`` -> ``(I, N)`` with 0 <= I < N; None means the whole manifest."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not m or int(m.group(2)) == 0 or int(m.group(1)) >= int(m.group(2)):
+        raise InvalidInputError(
+            f"--shard must be I/N with 0 <= I < N (e.g. 0/4 ... 3/4 for four machines), got {text!r}"
+        )
+    return int(m.group(1)), int(m.group(2))
+
+
+def select_shard(jobs: list[Job], shard: tuple[int, int] | None) -> list[Job]:
+    """Jobs ``I, I+N, I+2N, ...`` of the manifest (by position): disjoint shards, all jobs covered."""
+    if shard is None:
+        return jobs
+    i, n = shard
+    return jobs[i::n]

@@ -1,0 +1,221 @@
+"""Resumable batch editing: DIR/<id>.png plus one results.jsonl line per job.
+
+Crash safety rests on three facts: images are written by rename (never half there), a
+results line is appended only after its image is in place, and a rerun skips the ids that
+results.jsonl records. A crash between the two steps leaves an image without a line; the
+rerun recognises it by the job fingerprint stored in the PNG and records it without redoing it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import traceback
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from .. import edit_api
+from ..errors import InvalidInputError, OutputExistsError
+from ..io import save_image, write_text_atomic
+from .manifest import Job, load_manifest, parse_shard, select_shard
+
+log = logging.getLogger(__name__)
+
+RESULTS = "results.jsonl"
+ENGINES = ("local", "ray")
+
+
+@dataclass
+class BatchSummary:
+    """What a batch run did. ``skipped`` were already recorded by an earlier run."""
+
+    out_dir: Path
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    failures: list[dict] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (
+            f"{self.done} done, {self.failed} failed, {self.skipped} already recorded; "
+            f"results in {self.out_dir / RESULTS}"
+        )
+
+
+class ResultsLog:
+    """The append-only results.jsonl: read (repairing a torn last line) and append durably."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        text = self.path.read_text(encoding="utf-8", errors="replace")
+        records, torn = [], not text.endswith("\n") and bool(text)
+        for raw in text.splitlines():
+            try:
+                rec = json.loads(raw)
+            except json.JSONDecodeError:
+                torn = True  # a line cut by a kill: that job simply runs again
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("id"), str):
+                records.append(rec)
+        if torn:
+            self.rewrite(records)
+        return records
+
+    def rewrite(self, records: list[dict]) -> None:
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in records))
+
+    def append(self, record: dict) -> None:
+        data = (json.dumps(record) + "\n").encode()
+        # One write on an O_APPEND descriptor: lines from concurrent shards do not interleave.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _png_fingerprint(path: Path) -> str | None:
+    try:
+        with Image.open(path) as im:
+            meta = json.loads(im.text.get("regionedit", "{}"))
+        return meta.get("batch", {}).get("fingerprint")
+    except Exception:  # unreadable or foreign file: not ours
+        return None
+
+
+def run_job(model, job: Job, out_dir: Path, model_name: str, overwrite: bool = False) -> dict:
+    """Edit one job into ``out_dir/<id>.png``; never raises for a job's own failure.
+
+    Returns the results record: ``{"id", "status": "ok" | "error", ...}``.
+    """
+    out = out_dir / f"{job.id}.png"
+    record = {"id": job.id, "line": job.line, "fingerprint": job.fingerprint}
+    start = time.perf_counter()
+    try:
+        if out.exists() and _png_fingerprint(out) == job.fingerprint:
+            # Written by an earlier run that died before recording it: same job, same image.
+            return {**record, "status": "ok", "output": out.name, "seconds": 0.0, "recovered": True}
+        if out.exists() and not overwrite:
+            raise OutputExistsError(f"{out} exists and was not written for this job; pass --overwrite")
+        request = job.request(model_name)
+        result = edit_api.run(model, request, progress=False)
+        meta = request.metadata(model_name)
+        meta["timings"] = result.timings
+        meta["batch"] = {"id": job.id, "fingerprint": job.fingerprint}
+        save_image(result.image, out, overwrite=True, text={"regionedit": json.dumps(meta)})
+    except Exception as exc:  # one job's failure is recorded; the batch goes on
+        log.debug("job %s failed:\n%s", job.id, traceback.format_exc())
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return {**record, "status": "error", "error_type": type(exc).__name__, "error": first}
+    return {**record, "status": "ok", "output": out.name, "seconds": round(time.perf_counter() - start, 3)}
+
+
+def _remove_stale_temps(out_dir: Path, jobs: list[Job]) -> None:
+    """Temp files of this shard's unfinished jobs, left by a killed run (io.save_image names)."""
+    for job in jobs:
+        for tmp in out_dir.glob(f".{job.id}.png.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def _local(
+    jobs: list[Job], out_dir: Path, model: str, device, dtype, allow_pickle, overwrite
+) -> Iterator[dict]:
+    loaded = edit_api.load_model(model, device, dtype, allow_pickle)
+    for job in jobs:
+        log.info("job %s (manifest line %d)", job.id, job.line)
+        yield run_job(loaded, job, out_dir, model, overwrite)
+
+
+def run_batch(
+    manifest: str | Path,
+    out_dir: str | Path,
+    model: str = "mini",
+    shard: str | tuple[int, int] | None = None,
+    engine: str = "local",
+    device=None,
+    dtype=None,
+    allow_pickle: bool = False,
+    overwrite: bool = False,
+    retry_failed: bool = False,
+    num_workers: int | None = None,
+    ray_address: str | None = None,
+) -> BatchSummary:
+    """Run (or resume) every job of a manifest, or of one shard of it.
+
+    Args:
+        manifest: JSONL file, one job per line (see :mod:`regionedit.batch.manifest`).
+        out_dir: receives ``<id>.png`` and ``results.jsonl``; reruns skip recorded jobs.
+        model: ``"mini"``, a diffusers folder, a .safetensors file or a hub id.
+        shard: ``"I/N"`` or ``(I, N)``: run jobs I, I+N, ... only (one machine of N).
+        engine: ``"local"`` (this process) or ``"ray"`` (Ray Data actors, see batch.ray).
+        overwrite: replace a ``<id>.png`` that this batch did not write.
+        retry_failed: run jobs recorded as failed again (their old lines are dropped).
+        num_workers, ray_address: Ray engine only (actors; cluster address).
+    """
+    if engine not in ENGINES:
+        raise InvalidInputError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 1):
+        raise InvalidInputError(f"num_workers must be a positive integer, got {num_workers!r}")
+    shard = (
+        parse_shard(shard)
+        if isinstance(shard, str) or shard is None
+        else parse_shard("/".join(map(str, shard)))
+    )
+    jobs = select_shard(load_manifest(manifest), shard)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InvalidInputError(f"--out {out_dir} is a file; give a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    results = ResultsLog(out_dir / RESULTS)
+    records = results.read()
+    recorded = {r["id"] for r in records}
+    ours = {j.id for j in jobs}
+    # Drop lines that will be redone: failures on --retry-failed, successes whose image is gone.
+    stale = {
+        r["id"]
+        for r in records
+        if r["id"] in ours
+        and (
+            (retry_failed and r.get("status") == "error")
+            or (r.get("status") == "ok" and not (out_dir / f"{r['id']}.png").exists())
+        )
+    }
+    if stale:
+        results.rewrite([r for r in records if r["id"] not in stale])
+        recorded -= stale
+    todo = [j for j in jobs if j.id not in recorded]
+    summary = BatchSummary(out_dir=out_dir, skipped=len(jobs) - len(todo))
+    if not todo:
+        return summary
+    _remove_stale_temps(out_dir, todo)
+    if engine == "ray":
+        from .ray import run_on_ray
+
+        stream: Iterable[dict] = run_on_ray(
+            todo, out_dir, model, device, dtype, allow_pickle, overwrite, num_workers, ray_address
+        )
+    else:
+        stream = _local(todo, out_dir, model, device, dtype, allow_pickle, overwrite)
+    for record in stream:
+        results.append(record)
+        if record["status"] == "ok":
+            summary.done += 1
+        else:
+            summary.failed += 1
+            summary.failures.append(record)
+            log.warning("job %s failed: %s", record["id"], record.get("error"))
+    return summary
+
+
+__all__ = ["BatchSummary", "ResultsLog", "run_batch", "run_job"]
