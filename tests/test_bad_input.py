@@ -441,3 +441,15 @@ def test_spec_parsing_property(spec):
 def test_errors_are_value_errors():
     for exc in (InvalidInputError("x"), InvalidMaskError("x")):
         assert isinstance(exc, ValueError) and isinstance(exc, RegionEditError)
+
+
+def test_existing_mask_output_refused_before_anything_is_written(tiny_model, image64, tmp_path):
+    request = _request(image64, [box(8, 24, 8, 24)], ["a"])
+    result = edit_api.run(tiny_model, request, progress=False)
+    (tmp_path / "e_mask_1.png").write_bytes(b"keep")
+    with pytest.raises(regionedit.errors.OutputExistsError, match="e_mask_1.png"):
+        edit_api.save_result(result, request, tmp_path / "e.png", save_masks=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e_mask_1.png"]
+    assert (tmp_path / "e_mask_1.png").read_bytes() == b"keep"
+    edit_api.save_result(result, request, tmp_path / "e.png", save_masks=True, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.png", "e_mask_1.png"]

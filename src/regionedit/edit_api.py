@@ -313,12 +313,17 @@ def save_result(
 ) -> Path:
     """Write the edited PNG (atomically) with every parameter in a ``regionedit`` text chunk."""
     out = request.check_output(out, overwrite)
+    mask_paths = [out.with_name(f"{out.stem}_mask_{i}.png") for i in range(1, len(result.mask_images) + 1)]
+    # Check every target first: a refused mask file must not leave the image half-delivered.
+    for p in mask_paths if save_masks else []:
+        if p.exists() and not overwrite:
+            raise OutputExistsError(f"{p} exists; pass --overwrite to replace it")
     meta = request.metadata(model_name or request.model)
     meta["timings"] = result.timings
     path = save_image(result.image, out, overwrite=overwrite, text={"regionedit": json.dumps(meta)})
     if save_masks:
-        for i, m in enumerate(result.mask_images, start=1):
-            save_image(m, out.with_name(f"{out.stem}_mask_{i}.png"), overwrite=True)
+        for m, p in zip(result.mask_images, mask_paths, strict=True):
+            save_image(m, p, overwrite=overwrite)
     return path
 
 
