@@ -85,14 +85,14 @@ def run_on_ray(
     use_gpu = gpus > 0 and (device is None or str(device).startswith("cuda"))
     workers = num_workers or (gpus if use_gpu else 1)
     log.info("Ray: %d actor(s), %s", workers, "one GPU each" if use_gpu else "CPU")
-    ds = ray.data.from_items([{"job": j.to_json()} for j in jobs], override_num_blocks=len(jobs))
+    ds = ray.data.from_items([{"job": j.to_json()} for j in jobs], override_num_blocks=min(len(jobs), 1000))
     ds = ds.map_batches(
         EditActor,
         fn_constructor_kwargs=dict(
             out_dir=str(Path(out_dir).resolve()),
             model=model,
             device=device,
-            dtype=None if dtype is None else str(dtype),
+            dtype=None if dtype is None else str(dtype).removeprefix("torch."),  # "float16"
             allow_pickle=allow_pickle,
             overwrite=overwrite,
         ),

@@ -194,6 +194,12 @@ def run_batch(
     if stale:
         results.rewrite([r for r in records if r["id"] not in stale])
         recorded -= stale
+    prints = {r["id"]: r.get("fingerprint") for r in records}
+    for j in jobs:
+        if j.id in recorded and prints.get(j.id) not in (None, j.fingerprint):
+            log.warning(
+                "job %s changed since it was recorded; kept as recorded (give it a new id to redo it)", j.id
+            )
     todo = [j for j in jobs if j.id not in recorded]
     summary = BatchSummary(out_dir=out_dir, skipped=len(jobs) - len(todo))
     if not todo:
