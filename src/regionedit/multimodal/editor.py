@@ -1,0 +1,324 @@
+"""Optimisation-based multi-modal editing (arXiv 2311.16882; shared/design/multimodal-spec.md).
+
+Stages (§0 h): DDIM inversion → guidance image (random-noise encoding, L_pres only) → mask
+(user or estimated) → main pass optimising z_t against λ·L_pres + (1−λ)·L_guid for the first
+t_u steps, plain DDIM after. Text reaches the UNet and every ControlNet; layout conditions enter
+only through the ControlNet residuals, so the optimisation itself is condition-agnostic (§3).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..errors import InvalidInputError
+from ..inversion import InversionOptions, ddim_invert, make_scheduler
+from ..io import load_image
+from ..models.loading import Model, to_pil
+from .conditions import Condition, control_image, image_to_control_tensor, layout_box
+from .guidance import (
+    ControlStack,
+    Denoiser,
+    Targets,
+    gradient_checkpointing,
+    guidance_start_latent,
+    optimised_pass,
+)
+from .mask import diffedit_mask, difference_mask, estimate_mask, mask_to_image, user_mask
+from .options import MultimodalOptions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MultimodalResult:
+    """What :func:`edit` returns.
+
+    Attributes:
+        image: the edited image.
+        guidance_image: x^g, the guidance pass's output (§1.3).
+        reconstruction: the VAE round trip of the input (the best a null edit can give).
+        mask: bool ``(h, w)`` latent-grid mask used, True = may change.
+        mask_image: the same at image resolution ("L", white = may change).
+        mask_estimated: True when no mask was given and ``mask`` is the §1.4 estimate.
+        mask_parts: the estimate's parts ("text", "diff", "layout"), bool ``(h, w)`` each.
+        control_images: the RGB control images given to the ControlNets, in order.
+        latents / guidance_latents: ``(1, C, h, w)`` float32 final latents.
+        losses / guidance_losses: per step ``{"stage", "step", "timestep"}`` plus, on
+            optimised steps, ``loss_before`` (first inner step), ``loss_after``, ``pres``, ``guid``.
+        timings: seconds per stage and UNet latent evaluations.
+        options: the options used, as a dict.
+        inversion: ``(N + 1, C, h, w)`` trajectory z_0..z_T; pass it back to edit again.
+    """
+
+    image: Image.Image
+    guidance_image: Image.Image
+    reconstruction: Image.Image
+    mask: torch.Tensor
+    mask_image: Image.Image
+    mask_estimated: bool
+    mask_parts: dict = field(default_factory=dict)
+    control_images: list = field(default_factory=list)
+    latents: torch.Tensor | None = None
+    guidance_latents: torch.Tensor | None = None
+    losses: list = field(default_factory=list)
+    guidance_losses: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+    inversion: torch.Tensor | None = None
+
+
+def invert_image(
+    model: Model,
+    image: Image.Image,
+    source_prompt: str = "",
+    num_inference_steps: int = 50,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """§1.2: DDIM inversion with the source prompt, CFG 1, no ControlNet, no regulariser.
+
+    Returns the trajectory ``(N + 1, C, h, w)``; one serves every edit of the same image and
+    source prompt (pass it as ``inversion=``).
+    """
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    z0 = model.encode(model.image_to_tensor(image))
+    opts = InversionOptions(num_inference_steps=num_inference_steps, regularize=False)
+    return ddim_invert(model, z0, source_prompt, opts, generator, progress)
+
+
+def _as_nets(controlnets, conditions: list[Condition]) -> list:
+    """Match ControlNets to conditions: a list in the same order, a dict by kind, or a Multi."""
+    if not conditions:
+        return []
+    if controlnets is None:
+        raise InvalidInputError(
+            "layout conditions need ControlNets: pass controlnets=[...] (one per condition)"
+        )
+    if isinstance(controlnets, dict):
+        missing = [c.kind for c in conditions if c.kind not in controlnets]
+        if missing:
+            raise InvalidInputError(
+                f"no ControlNet for condition kind(s) {missing}; have {sorted(controlnets)}"
+            )
+        return [controlnets[c.kind] for c in conditions]
+    nets = list(getattr(controlnets, "nets", None) or (
+        controlnets if isinstance(controlnets, (list, tuple)) else [controlnets]
+    ))  # fmt: skip
+    if len(nets) != len(conditions):
+        raise InvalidInputError(
+            f"got {len(nets)} ControlNet(s) for {len(conditions)} condition(s); give one net per condition"
+        )
+    return nets
+
+
+def _check_net(net, model: Model, i: int) -> None:
+    cfg = net.config
+    factor = 2 ** (len(cfg.conditioning_embedding_out_channels) - 1)
+    if factor != model.vae_scale_factor:
+        raise InvalidInputError(
+            f"ControlNet {i} downsamples its control image by {factor} but the model's VAE by "
+            f"{model.vae_scale_factor}; use a ControlNet made for this model"
+        )
+    if cfg.cross_attention_dim != model.unet.config.cross_attention_dim:
+        raise InvalidInputError(
+            f"ControlNet {i} has cross_attention_dim {cfg.cross_attention_dim}, the UNet "
+            f"{model.unet.config.cross_attention_dim}; use a ControlNet made for this model"
+        )
+
+
+def _check_inputs(model, image, prompt, source_prompt, negative_prompt, conditions, options):
+    if isinstance(image, (str, Path)):
+        image = load_image(image)
+    if not isinstance(image, Image.Image):
+        raise InvalidInputError(f"image must be a path or PIL image, got {type(image).__name__}")
+    image = image.convert("RGB")
+    model.check_image_size(image.height, image.width)
+    for name, value in (
+        ("prompt", prompt),
+        ("source_prompt", source_prompt),
+        ("negative_prompt", negative_prompt),
+    ):
+        if not isinstance(value, str):
+            raise InvalidInputError(f"{name} must be a string, got {type(value).__name__}")
+    conditions = list(conditions or [])
+    for c in conditions:
+        if not isinstance(c, Condition):
+            raise InvalidInputError(
+                f"conditions must be regionedit Condition objects, got {type(c).__name__}"
+            )
+    if not isinstance(options, MultimodalOptions):
+        raise InvalidInputError(f"options must be MultimodalOptions, got {type(options).__name__}")
+    return image, conditions
+
+
+def edit(
+    model: Model,
+    image,
+    prompt: str,
+    source_prompt: str = "",
+    mask=None,
+    controlnets=None,
+    conditions: list[Condition] | None = None,
+    options: MultimodalOptions | None = None,
+    generator: torch.Generator | None = None,
+    negative_prompt: str = "",
+    inversion: torch.Tensor | None = None,
+    progress: bool = False,
+    callback=None,
+) -> MultimodalResult:
+    """Edit an image by inference-time optimisation with text and layout instructions.
+
+    Args:
+        model: from :func:`regionedit.load`.
+        image: PIL image or path; sides must be multiples of ``model.vae_scale_factor``.
+        prompt: the target prompt (equal to ``source_prompt`` for layout-only edits).
+        source_prompt: caption of the input, used by the inversion and the mask estimate.
+        mask: the image-size edit mask (path, PIL or array; white = may change); None
+            estimates one (§1.4), returned in the result for inspection.
+        controlnets: ``ControlNetModel`` list in the order of ``conditions``, a dict by
+            condition kind, or a ``MultiControlNetModel``. The nets are frozen and moved to the
+            model's device and dtype.
+        conditions: :class:`Condition` list (edge, scribble, pose, seg), each with its scale.
+        options: :class:`MultimodalOptions`; defaults are the spec's.
+        generator: seeds the guidance noise and the DiffEdit draws (default seed 0).
+        negative_prompt: the unconditional half of CFG (default "").
+        inversion: a trajectory from :func:`invert_image` or an earlier result, to reuse.
+        callback: ``callback(step, info)`` after every denoising step of both passes.
+    """
+    options = options or MultimodalOptions()
+    image, conditions = _check_inputs(
+        model, image, prompt, source_prompt, negative_prompt, conditions, options
+    )
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    nets = _as_nets(controlnets, conditions)
+    for i, net in enumerate(nets):
+        _check_net(net, model, i)
+    f, n = model.vae_scale_factor, options.num_inference_steps
+    image_hw, latent_hw = (image.height, image.width), (image.height // f, image.width // f)
+    given_mask = None if mask is None else user_mask(mask, image_hw, latent_hw, options.mask_threshold)
+    control_pils = [control_image(c, image) for c in conditions]
+    timings, start_time = {}, time.perf_counter()
+
+    if inversion is None:
+        inversion = invert_image(model, image, source_prompt, n, generator, progress)
+    elif inversion.ndim != 4 or tuple(inversion.shape[2:]) != latent_hw:
+        raise InvalidInputError(
+            f"inversion has shape {tuple(inversion.shape)}; expected ({n + 1}, C, {latent_hw[0]}, {latent_hw[1]})"
+        )
+    elif inversion.shape[0] != n + 1:
+        raise InvalidInputError(
+            f"the inversion has {inversion.shape[0] - 1} steps but the edit asks for {n}; invert again"
+        )
+    inversion = inversion.to(model.device, torch.float32)
+    z0 = inversion[:1]
+    timings["invert_seconds"] = time.perf_counter() - start_time
+
+    controls = None
+    if nets:
+        scale_default = options.control_scale_single if len(nets) == 1 else options.control_scale_multi
+        for net in nets:
+            net.requires_grad_(False).eval()
+            p = next(net.parameters())
+            if p.device != model.device or p.dtype != model.dtype:
+                net.to(model.device, model.dtype)
+        controls = ControlStack(
+            nets,
+            [image_to_control_tensor(p, model.device, model.dtype) for p in control_pils],
+            [scale_default if c.scale is None else float(c.scale) for c in conditions],
+            [(c.start, c.end) for c in conditions],
+        )
+    emb = model.encode_prompts([negative_prompt, prompt])
+    denoiser = Denoiser(model, emb, options.guidance_scale, controls, n)
+    sched = make_scheduler(model, n)
+    inv_traj = {i: inversion[n - i : n - i + 1] for i in range(n)}  # z^inv at τ_i (step i)
+    x_input = (model.image_to_tensor(image) + 1) / 2 if options.loss_space == "pixel" else None
+    nets_all = [model.unet, *nets]
+
+    with gradient_checkpointing(nets_all, options.gradient_checkpointing):
+        # §1.3 guidance image: seeded random-noise start, L_pres only (λ = 1), user mask or none.
+        t0 = time.perf_counter()
+        strength = options.strength_for(bool(conditions))
+        i0, z_start, before = guidance_start_latent(
+            sched, z0, inversion, strength, options.guidance_start, generator
+        )
+        keep_user = None if given_mask is None else (~given_mask).float()[None, None].to(model.device)
+        g_targets = Targets(pres=x_input if x_input is not None else z0, pres_traj=inv_traj, keep=keep_user)
+        bar = tqdm(total=2 * n - i0, desc="multimodal", disable=not progress, leave=False)
+        if i0 < n:
+            z0_g, g_traj, g_losses = optimised_pass(
+                denoiser, sched, z_start, i0, options, 1.0, g_targets, progress_bar=bar, callback=callback,
+                stage="guidance",
+            )  # fmt: skip
+        else:
+            z0_g, g_traj, g_losses = z0, {}, []
+        guid_traj = {**before, **g_traj}
+        timings["guidance_seconds"] = time.perf_counter() - t0
+
+        # §1.4 mask.
+        t0 = time.perf_counter()
+        parts = {}
+        if given_mask is not None:
+            m = given_mask.to(model.device)
+        else:
+            if source_prompt != prompt:
+                parts["text"] = diffedit_mask(
+                    model, z0, prompt, source_prompt, options, generator, negative_prompt
+                )
+            parts["diff"] = difference_mask(z0_g, z0, options)
+            boxes = [layout_box(p, f) for c, p in zip(conditions, control_pils, strict=True)
+                     if c.kind in ("pose", "scribble")]  # fmt: skip
+            if boxes:
+                parts["layout"] = torch.stack(boxes).any(0).to(model.device)
+            m = estimate_mask(parts, options.mask_dilate)
+        timings["mask_seconds"] = time.perf_counter() - t0
+
+        # §1.5–1.6 main pass from the full inversion.
+        t0 = time.perf_counter()
+        edit_w = m.float()[None, None].to(model.device)
+        x_g = model.decode(z0_g) if x_input is not None else None
+        targets = Targets(
+            pres=x_input if x_input is not None else z0,
+            guid=x_g if x_g is not None else z0_g,
+            pres_traj=inv_traj,
+            guid_traj=guid_traj,
+            keep=1 - edit_w,
+            edit=edit_w,
+        )
+        blend = (edit_w, inversion) if options.post_blend else None
+        z_out, _, losses = optimised_pass(
+            denoiser, sched, inversion[-1:], 0, options, options.preservation_weight, targets, blend=blend,
+            progress_bar=bar, callback=callback,
+        )  # fmt: skip
+        bar.close()
+        timings["main_seconds"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    edited, guided, recon = to_pil(model.decode(torch.cat([z_out, z0_g, z0])))
+    timings["decode_seconds"] = time.perf_counter() - t0
+    timings["seconds"] = time.perf_counter() - start_time
+    timings["unet_forward_latent_evals"] = denoiser.counter.forward
+    timings["unet_backward_latent_evals"] = denoiser.counter.backward
+    return MultimodalResult(
+        image=edited,
+        guidance_image=guided,
+        reconstruction=recon,
+        mask=m.cpu(),
+        mask_image=mask_to_image(m, image_hw),
+        mask_estimated=given_mask is None,
+        mask_parts={k: v.cpu() for k, v in parts.items()},
+        control_images=control_pils,
+        latents=z_out,
+        guidance_latents=z0_g,
+        losses=losses,
+        guidance_losses=g_losses,
+        timings=timings,
+        options=asdict(options),
+        inversion=inversion,
+    )
