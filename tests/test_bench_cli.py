@@ -54,8 +54,9 @@ def test_bench_edit_and_speed_print_rows(tiny_model_dir, tmp_path, capsys):
     assert all(r["chunk_size"] == 2 and r["peak_memory_mb"] > 0 for r in rows)
     speed_path = tmp_path / "speed.json"
     assert main(["bench", "speed", "--model", str(tiny_model_dir), "--size", "64", "--steps", "1",
-                 "--masks", "1,2", "--out", str(speed_path)]) == 0  # fmt: skip
+                 "--masks", "1,2", "--repeats", "2", "--out", str(speed_path)]) == 0  # fmt: skip
     res = json.loads(speed_path.read_text())
     assert [r["n_masks"] for r in res["ratios"]] == [1, 2]
     assert res["ratios"][1]["unet_work_ratio"] == res["ratios"][1]["expected_work_ratio"]
+    assert res["repeats"] == 2
     assert "19N/(8N+11)" in capsys.readouterr().out

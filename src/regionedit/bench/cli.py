@@ -76,6 +76,7 @@ def add_parser(subparsers):
     _model_args(sp, default_model="sd2-base-random")
     sp.add_argument("--size", type=int, default=512, help="image side (default 512)")
     sp.add_argument("--masks", type=_ints, default=[1, 2, 4, 7])
+    sp.add_argument("--repeats", type=int, default=1, help="time each run this often, keep the fastest")
     sp.add_argument("--out", default=None, help="write the result JSON here")
 
     e = sub.add_parser("edit", help="seconds, UNet evaluations and peak memory per region count")
@@ -199,7 +200,9 @@ def run_speed(args) -> int:
     from .speed import format_ratios, format_rows, speed_bench
 
     model = _load_model(args)
-    res = speed_bench(model, args.masks, args.size, args.steps, _options(args).lomoe)
+    res = speed_bench(
+        model, args.masks, args.size, args.steps, _options(args).lomoe, repeats=max(1, args.repeats)
+    )
     print(f"{res['size']}x{res['size']}, {res['steps']} steps, {res['device']} {res['dtype']}")
     print(format_rows(res["rows"]))
     print()
