@@ -106,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--model", default=None, help="mini (default), a diffusers folder, a .safetensors file or a hub id"
     )
-    e.add_argument("--method", default=None, choices=["lomoe"], help="editing method (default lomoe)")
+    e.add_argument(
+        "--method", default=None, choices=["lomoe", "multimodal"], help="editing method (default lomoe)"
+    )
     e.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     e.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, ...")
     e.add_argument("--dtype", default=None, help="float32 (default), float16, bfloat16")
@@ -122,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         "cropped back to the input size) or crop (centre crop to the lower multiple)",
     )
     add_option_flags(e, LoMOEOptions)
+    _multimodal_cli().add_flags(e)  # after LoMOE: shared flag names keep one meaning
 
     s = sub.add_parser("shapes", help="generate a shapes-world scene")
     s.add_argument("--seed", type=int, default=0)
@@ -172,7 +175,15 @@ def _as_list(value, name) -> list:
     return value
 
 
+def _multimodal_cli():
+    from .multimodal import cli
+
+    return cli
+
+
 def run_edit(args) -> int:
+    if args.method == "multimodal":
+        return _multimodal_cli().run(args)
     from . import edit_api
 
     spec, base = ({}, Path.cwd()) if args.spec is None else _load_spec(args.spec)

@@ -1,0 +1,183 @@
+"""``regionedit edit --method multimodal``: the flags and the runner, kept out of ``cli.py``.
+
+Flags shared with LoMOE (``--steps``, ``--guidance-scale``, ``--learning-rate``,
+``--mask-threshold``) keep one meaning and one destination; unset, each method uses its own
+spec default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from ..errors import InvalidInputError
+from .options import MultimodalOptions
+
+# Shipped ControlNets of the mini model, one folder per kind (written by train_controlnet).
+MINI_CONTROLNET_DIR = Path(__file__).resolve().parent.parent / "data" / "controlnet-mini"
+FLAG_NAMES = {"num_inference_steps": "steps", "preservation_weight": "lambda"}
+
+
+def _type(f: dataclasses.Field):
+    t = str(f.type)
+    if t.startswith("bool"):
+        from ..cli import _bool
+
+        return _bool
+    if t.startswith("int"):
+        return int
+    if t.startswith("float"):
+        return float
+    return str
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Add the multimodal flags to the ``edit`` subcommand (after the LoMOE ones)."""
+    g = parser.add_argument_group("multimodal (--method multimodal; defaults from multimodal-spec.md)")
+    g.add_argument(
+        "--source-prompt", default=None, help="caption of the input (default: --background-prompt or '')"
+    )
+    g.add_argument(
+        "--control",
+        action="append",
+        default=None,
+        metavar="KIND=PATH|auto",
+        help="layout condition: edge=PATH|auto, scribble=PATH|auto, pose=KEYPOINTS.json|SKELETON.png, seg=PATH; "
+        "repeat for several",
+    )
+    g.add_argument(
+        "--control-scale", action="append", type=float, default=None, help="scale of each --control, in order"
+    )
+    g.add_argument(
+        "--controlnet",
+        action="append",
+        default=None,
+        metavar="KIND=DIR",
+        help="diffusers ControlNet folder for a kind (default: the bundled mini ControlNets)",
+    )
+    taken = set(parser._option_string_actions)
+    for f in dataclasses.fields(MultimodalOptions):
+        flag = "--" + FLAG_NAMES.get(f.name, f.name).replace("_", "-")
+        if flag in taken:  # a LoMOE flag of the same name and meaning: it fills the same dest
+            continue
+        g.add_argument(flag, dest=f"opt_{f.name}", type=_type(f), default=None, metavar=f.name.upper(),
+                       help=f"default: {f.default!r}")  # fmt: skip
+
+
+def options_from_args(args) -> MultimodalOptions:
+    values = {}
+    for f in dataclasses.fields(MultimodalOptions):
+        v = getattr(args, f"opt_{f.name}", None)
+        if v is not None:
+            values[f.name] = v
+    return MultimodalOptions(**values)
+
+
+def _pairs(items, what: str) -> list[tuple[str, str]]:
+    out = []
+    for item in items or []:
+        kind, sep, value = item.partition("=")
+        if not sep or not kind or not value:
+            raise InvalidInputError(f"{what} must look like KIND=VALUE (e.g. edge=auto), got {item!r}")
+        out.append((kind.strip(), value.strip()))
+    return out
+
+
+def _conditions(args):
+    from .conditions import Condition
+
+    pairs = _pairs(args.control, "--control")
+    scales = args.control_scale or []
+    if len(scales) > len(pairs):
+        raise InvalidInputError(f"got {len(scales)} --control-scale for {len(pairs)} --control")
+    conds = []
+    for i, (kind, value) in enumerate(pairs):
+        scale = scales[i] if i < len(scales) else None
+        conds.append(Condition(kind, value, scale=scale))
+    return conds
+
+
+def _controlnets(args, conditions, model):
+    from diffusers import ControlNetModel
+
+    given = dict(_pairs(args.controlnet, "--controlnet"))
+    nets = {}
+    for c in conditions:
+        if c.kind in nets:
+            continue
+        path = Path(given[c.kind]) if c.kind in given else MINI_CONTROLNET_DIR / c.kind
+        if not (path / "config.json").is_file():
+            hint = (
+                "train it with `python -m regionedit.multimodal.train_controlnet`"
+                if c.kind not in given
+                else "give a diffusers ControlNet folder"
+            )
+            raise InvalidInputError(
+                f"no ControlNet for {c.kind} at {path}: pass --controlnet {c.kind}=DIR or {hint}"
+            )
+        try:
+            nets[c.kind] = ControlNetModel.from_pretrained(str(path), torch_dtype=model.dtype).to(
+                model.device
+            )
+        except Exception as exc:  # diffusers raises many types; one clear line for the user
+            raise InvalidInputError(f"cannot load the {c.kind} ControlNet from {path}: {exc}") from None
+    return nets
+
+
+def run(args) -> int:
+    """Handler of ``edit --method multimodal``."""
+    import torch
+
+    from .. import edit_api
+    from ..io import load_image, save_image
+    from .editor import edit
+
+    if args.spec:
+        raise InvalidInputError("--spec is not supported with --method multimodal yet; pass the flags")
+    if getattr(args, "resize", None):
+        raise InvalidInputError("--resize is not supported with --method multimodal yet; resize the image first")
+    if not args.image or not args.out:
+        raise InvalidInputError("--method multimodal needs --image IN and --out OUT.png")
+    if not args.prompt or len(args.prompt) != 1:
+        raise InvalidInputError("--method multimodal takes exactly one --prompt (the target prompt)")
+    if args.mask and len(args.mask) > 1:
+        raise InvalidInputError("--method multimodal takes at most one --mask (white = may change)")
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise InvalidInputError(f"output {out} must end in .png (parameters are stored in a PNG chunk)")
+    if out.exists() and not args.overwrite:
+        raise InvalidInputError(f"{out} exists; pass --overwrite to replace it")
+    source = args.source_prompt if args.source_prompt is not None else (args.background_prompt or "")
+    options = options_from_args(args)
+    conditions = _conditions(args)
+    image = load_image(args.image)
+    seed = 0 if args.seed is None else args.seed
+    model = edit_api.load_model(args.model or "mini", args.device, args.dtype, args.allow_pickle)
+    nets = _controlnets(args, conditions, model)
+    result = edit(
+        model, image, args.prompt[0], source, mask=args.mask[0] if args.mask else None,
+        controlnets=nets, conditions=conditions, options=options,
+        generator=torch.Generator().manual_seed(seed), progress=True,
+    )  # fmt: skip
+    meta = {
+        "method": "multimodal",
+        "model": args.model or "mini",
+        "seed": seed,
+        "prompt": args.prompt[0],
+        "source_prompt": source,
+        "mask": args.mask[0] if args.mask else None,
+        "controls": [f"{c.kind}={c.source}" for c in conditions],
+        "control_scales": args.control_scale,
+        "options": dataclasses.asdict(options),
+        "timings": result.timings,
+    }
+    path = save_image(result.image, out, overwrite=args.overwrite, text={"regionedit": json.dumps(meta)})
+    if args.save_masks:
+        save_image(result.mask_image, out.with_name(f"{out.stem}_mask.png"), overwrite=True)
+        save_image(result.guidance_image, out.with_name(f"{out.stem}_guidance.png"), overwrite=True)
+        for c, im in zip(conditions, result.control_images, strict=True):
+            save_image(im, out.with_name(f"{out.stem}_control_{c.kind}.png"), overwrite=True)
+    print(path)
+    return 0

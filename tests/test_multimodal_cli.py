@@ -1,0 +1,65 @@
+"""`regionedit edit --method multimodal` on the tiny model saved as a diffusers folder."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from regionedit.cli import main
+from regionedit.edit_api import read_metadata
+
+from .test_multimodal import make_controlnet
+
+FAST = ["--steps", "4", "--optimize-steps", "2", "--grad-steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, tiny_components, image64):
+    d = tmp_path_factory.mktemp("mmcli")
+    image64.save(d / "in.png")
+    mask = np.zeros((64, 64), np.uint8)
+    mask[8:24, 8:24] = 255
+    Image.fromarray(mask).save(d / "mask.png")
+    make_controlnet(tiny_components["unet"], 0).save_pretrained(d / "cn_edge", safe_serialization=True)
+    kp = np.zeros((18, 3))
+    kp[0], kp[1] = (32, 12, 1), (32, 20, 1)
+    (d / "pose.json").write_text(json.dumps({"people": [{"pose_keypoints_2d": kp.ravel().tolist()}]}))
+    return d
+
+
+def test_cli_multimodal_edit_with_edge_control(files, tiny_model_dir, capsys):
+    out = files / "out.png"
+    rc = main(["edit", "--method", "multimodal", "--model", str(tiny_model_dir), "--image", str(files / "in.png"),
+               "--mask", str(files / "mask.png"), "--prompt", "a blue circle", "--source-prompt", "a red square",
+               "--control", "edge=auto", "--controlnet", f"edge={files / 'cn_edge'}", "--control-scale", "0.7",
+               "--lambda", "0.8", "--save-masks", "--out", str(out), *FAST])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    meta = read_metadata(out)
+    assert meta["method"] == "multimodal" and meta["options"]["preservation_weight"] == 0.8
+    assert meta["options"]["num_inference_steps"] == 4 and meta["control_scales"] == [0.7]
+    assert Image.open(out).size == (64, 64)
+    assert (files / "out_mask.png").exists() and (files / "out_control_edge.png").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--control", "edge"], "KIND=VALUE"),
+        (["--control", "pose=KP.json", "--controlnet", "pose=NOWHERE"], "no ControlNet for pose"),
+        (["--control", "edge=auto", "--controlnet", "edge=CN", "--control-scale", "1", "--control-scale", "2"],
+         "--control-scale"),
+        (["--control", "pose=BAD.json", "--controlnet", "pose=CN"], "not valid JSON"),
+        (["--lambda", "2"], "preservation_weight"),
+    ],
+)  # fmt: skip
+def test_cli_multimodal_errors(files, tiny_model_dir, capsys, extra, message):
+    (files / "bad.json").write_text("{people")
+    sub = {"KP.json": str(files / "pose.json"), "NOWHERE": str(files / "nowhere"), "CN": str(files / "cn_edge"),
+           "BAD.json": str(files / "bad.json")}  # fmt: skip
+    extra = [next((e.replace(k, v) for k, v in sub.items() if k in e), e) for e in extra]
+    out = files / "err.png"
+    rc = main(["edit", "--method", "multimodal", "--model", str(tiny_model_dir), "--image", str(files / "in.png"),
+               "--prompt", "a blue circle", "--out", str(out), *FAST, *extra])  # fmt: skip
+    assert rc == 2 and message in capsys.readouterr().err
+    assert not out.exists()
