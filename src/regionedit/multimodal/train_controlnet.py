@@ -1,0 +1,202 @@
+"""Training recipe of the mini model's ControlNets (edge, scribble) on shapes-world scenes.
+
+The base model is frozen; the ControlNet starts as a copy of the UNet encoder (diffusers'
+``ControlNetModel.from_unet``) with zero-initialised output convolutions, and learns the
+model's own target (ε or v) with the control map as extra input. Captions are dropped 50 % of
+the time (the ControlNet paper's rule), so the net learns to read the map, not the words.
+
+Resumable: ``ckpt.safetensors`` (net + AdamW state) and ``ckpt.json`` (step) are written every
+``ckpt_every`` steps; every random draw comes from a generator seeded by ``(seed, step)``, so a
+stopped and resumed run gives the same weights. The result is a diffusers folder
+``OUT/<kind>`` (safetensors), to be copied into ``regionedit/data/controlnet-mini/<kind>``.
+
+    python -m regionedit.multimodal.train_controlnet --kind edge --out runs/controlnet-edge
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..models.loading import Model, load
+from ..shapes.world import random_scene, render
+from .conditions import canny_edges, scribble_from_image
+
+log = logging.getLogger(__name__)
+MAPS = {"edge": canny_edges, "scribble": scribble_from_image}
+
+
+@dataclass(frozen=True)
+class ControlTrainConfig:
+    kind: str = "edge"
+    seed: int = 0
+    num_scenes: int = 20_000  # 1-3 objects, the mini model's training distribution
+    max_objects: int = 3
+    steps: int = 3000
+    batch: int = 32
+    lr: float = 2e-4
+    lr_min: float = 2e-5
+    warmup_steps: int = 100
+    caption_dropout: float = 0.5  # ControlNet paper: half the prompts empty
+    embedding_channels: tuple[int, ...] = (16, 32, 64)  # 3 levels: 4x down, like the mini VAE
+    ckpt_every: int = 200
+
+
+def build_dataset(model: Model, cfg: ControlTrainConfig, size: int):
+    """Scenes -> (latents (N, 4, h, w) float32, control maps (N, 3, H, W) uint8, captions)."""
+    rng = np.random.default_rng(cfg.seed)
+    maps, latents, captions = [], [], []
+    batch_images = []
+    for _ in tqdm(range(cfg.num_scenes), desc="scenes", leave=False):
+        scene = random_scene(rng, int(rng.integers(1, cfg.max_objects + 1)), size=size)
+        image, _ = render(scene)
+        pil = Image.fromarray(image)
+        maps.append(torch.from_numpy(np.asarray(MAPS[cfg.kind](pil))).permute(2, 0, 1))
+        captions.append(scene.caption)
+        batch_images.append(model.image_to_tensor(pil))
+        if len(batch_images) == 64:
+            latents.append(model.encode(torch.cat(batch_images)).cpu())
+            batch_images = []
+    if batch_images:
+        latents.append(model.encode(torch.cat(batch_images)).cpu())
+    return torch.cat(latents), torch.stack(maps), captions
+
+
+def _lr(step: int, cfg: ControlTrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    p = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * p))
+
+
+def _save(folder: Path, step: int, net, opt, cfg: ControlTrainConfig) -> None:
+    tensors = {f"net.{k}": v.contiguous() for k, v in net.state_dict().items()}
+    state = opt.state_dict()
+    for idx, st in state["state"].items():
+        for k, v in st.items():
+            tensors[f"opt.{idx}.{k}"] = v.detach().reshape(-1) if v.ndim == 0 else v.contiguous()
+    save_file(tensors, folder / "ckpt.safetensors.tmp")
+    (folder / "ckpt.safetensors.tmp").replace(folder / "ckpt.safetensors")
+    meta = {"step": step, "config": asdict(cfg), "param_groups": state["param_groups"]}
+    (folder / "ckpt.json.tmp").write_text(json.dumps(meta))
+    (folder / "ckpt.json.tmp").replace(folder / "ckpt.json")
+
+
+def _resume(folder: Path, net, opt) -> int:
+    if not (folder / "ckpt.json").exists():
+        return 0
+    meta = json.loads((folder / "ckpt.json").read_text())
+    tensors = load_file(folder / "ckpt.safetensors")
+    net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+    state: dict = {}
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            _, idx, k = key.split(".", 2)
+            state.setdefault(int(idx), {})[k] = v.reshape(()) if k == "step" else v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return int(meta["step"])
+
+
+def train_controlnet(
+    model: Model, out: str | Path, cfg: ControlTrainConfig, max_minutes: float | None = None
+):
+    """Train (or resume) one ControlNet; returns the exported folder, or None if stopped early."""
+    from diffusers import ControlNetModel, DDIMScheduler
+
+    if cfg.kind not in MAPS:
+        raise ValueError(f"kind must be one of {sorted(MAPS)}, got {cfg.kind!r}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + (max_minutes * 60 if max_minutes is not None else float("inf"))
+    size = model.vae.config.sample_size
+    data_path = out / "dataset.safetensors"
+    if data_path.exists():  # deterministic from the seed; cached so a resume skips it
+        d = load_file(data_path)
+        latents, maps = d["latents"], d["maps"]
+        captions = json.loads((out / "captions.json").read_text())
+    else:
+        latents, maps, captions = build_dataset(model, cfg, size)
+        save_file({"latents": latents.contiguous(), "maps": maps.contiguous()}, data_path)
+        (out / "captions.json").write_text(json.dumps(captions))
+    with torch.random.fork_rng(devices=[]):  # from_unet draws from the global RNG: seed it, isolated
+        torch.manual_seed(cfg.seed)
+        net = ControlNetModel.from_unet(
+            model.unet, conditioning_embedding_out_channels=cfg.embedding_channels
+        )
+    net = net.to(model.device, torch.float32).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-2)
+    start = _resume(out, net, opt)
+    sched = DDIMScheduler.from_config(model.scheduler_config)
+    pred_type = sched.config.prediction_type
+    bar = tqdm(range(start, cfg.steps), desc=f"controlnet-{cfg.kind}", initial=start, total=cfg.steps)
+    for step in bar:
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        idx = torch.randint(0, len(latents), (cfg.batch,), generator=g)
+        z0 = latents[idx].to(model.device)
+        noise = torch.randn(z0.shape, generator=g).to(model.device)
+        t = torch.randint(0, sched.config.num_train_timesteps, (cfg.batch,), generator=g).to(model.device)
+        drop = torch.rand(cfg.batch, generator=g) < cfg.caption_dropout
+        emb = model.encode_prompts(
+            ["" if d else captions[i] for i, d in zip(idx.tolist(), drop.tolist(), strict=True)]
+        )
+        cond = maps[idx].float().div(255).to(model.device)
+        zt = sched.add_noise(z0, noise, t)
+        target = noise if pred_type == "epsilon" else sched.get_velocity(z0, noise, t)
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, cfg)
+        down, mid = net(zt, t, encoder_hidden_states=emb.float(), controlnet_cond=cond, return_dict=False)
+        pred = model.unet(
+            zt.to(model.dtype), t, encoder_hidden_states=emb,
+            down_block_additional_residuals=[d.to(model.dtype) for d in down],
+            mid_block_additional_residual=mid.to(model.dtype),
+        ).sample.float()  # fmt: skip
+        loss = F.mse_loss(pred, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        done = step + 1
+        if done % cfg.ckpt_every == 0 or done == cfg.steps or time.monotonic() > deadline:
+            _save(out, done, net, opt, cfg)
+            if time.monotonic() > deadline and done < cfg.steps:
+                log.warning("time budget reached at step %d; run the same command again to resume", done)
+                return None
+    folder = out / cfg.kind
+    net.eval().save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Train (or resume) a mini-model ControlNet on shapes-world maps.")
+    p.add_argument("--kind", choices=sorted(MAPS), default="edge")
+    p.add_argument("--out", required=True)
+    p.add_argument("--model", default="mini")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--num-scenes", type=int, default=None)
+    p.add_argument("--max-minutes", type=float, default=None)
+    p.add_argument("--device", default=None)
+    args = p.parse_args(argv)
+    over = {k: getattr(args, k) for k in ("steps", "batch", "num_scenes") if getattr(args, k) is not None}
+    cfg = ControlTrainConfig(kind=args.kind, seed=args.seed, **over)
+    folder = train_controlnet(load(args.model, device=args.device), args.out, cfg, args.max_minutes)
+    print(folder if folder else f"stopped early; run the same command again to resume from {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
