@@ -16,7 +16,7 @@ gradio_client = pytest.importorskip("gradio_client")
 
 from regionedit.edit_api import read_metadata  # noqa: E402
 from regionedit.lomoe.options import LoMOEOptions  # noqa: E402
-from regionedit.ui.app import build_app  # noqa: E402
+from regionedit.ui.app import build_app, launch  # noqa: E402
 from regionedit.ui.engine import MAX_OBJECTS, collect_regions  # noqa: E402
 
 from .conftest import box  # noqa: E402
@@ -42,7 +42,7 @@ def server(tiny_model, tmp_path_factory):
         output_dir=tmp_path_factory.mktemp("ui-out"),
     )
     port = free_port()
-    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    launch(app, "127.0.0.1", port, block=False, quiet=True)
     try:
         yield app, gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
     finally:

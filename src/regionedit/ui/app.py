@@ -29,6 +29,35 @@ Re-editing the same image reuses its inversion, so later edits are faster.
 """
 
 
+OUTPUT_HEIGHT = 300
+# Small images (the mini model's are 64x64) are shown enlarged with visible pixels, not blurred.
+CSS = """
+#input-image img, #mask-image img, #result-image img {
+  image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain;
+}
+"""
+
+
+def native_size(model) -> int:
+    """The image side the model was trained at (UNet sample size times the VAE factor)."""
+    size = getattr(model.unet.config, "sample_size", 64) or 64
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    return int(size) * model.vae_scale_factor
+
+
+def launch(app, host: str = "127.0.0.1", port: int = 7860, block: bool = True, quiet: bool = False):
+    """Start the app's server; the one launch path of ``regionedit serve`` and the tests."""
+    return app.queue().launch(
+        server_name=host,
+        server_port=port,
+        prevent_thread_lock=not block,
+        quiet=quiet,
+        show_error=False,  # errors are our one-line gr.Error messages; never tracebacks
+        css=CSS,
+        footer_links=["api"],
+    )
+
+
 def import_gradio():
     try:
         import gradio as gr
@@ -95,6 +124,8 @@ def build_app(
     engine = Engine(model, model_name, max_pixels=max_pixels, output_dir=output_dir)
     base = options or LoMOEOptions(paste_back=True)
 
+    brush_size = max(2, native_size(model) // 16)  # radius; "auto" (25) covers half a 64x64 image
+
     with gr.Blocks(title="regionedit") as demo:
         gr.Markdown(INTRO + f"\nModel: `{engine.model_name}`", elem_id="intro")
         with gr.Row():
@@ -109,7 +140,10 @@ def build_app(
                         allow_additional_layers=True,
                     ),
                     brush=gr.Brush(
-                        colors=LAYER_COLOURS, default_color=LAYER_COLOURS[0], color_mode="defaults"
+                        default_size=brush_size,
+                        colors=LAYER_COLOURS,
+                        default_color=LAYER_COLOURS[0],
+                        color_mode="defaults",
                     ),
                     transforms=("crop",),
                     sources=("upload", "clipboard"),
@@ -177,9 +211,15 @@ def build_app(
                 run = gr.Button("Edit", variant="primary", elem_id="run")
         status = gr.Markdown(elem_id="status")
         with gr.Row():
-            shown_input = gr.Image(label="Input", type="pil", format="png", elem_id="input-image")
-            shown_masks = gr.Image(label="Masks", type="pil", format="png", elem_id="mask-image")
-            shown_result = gr.Image(label="Result", type="pil", format="png", elem_id="result-image")
+            shown_input = gr.Image(
+                label="Input", type="pil", format="png", elem_id="input-image", height=OUTPUT_HEIGHT
+            )
+            shown_masks = gr.Image(
+                label="Masks", type="pil", format="png", elem_id="mask-image", height=OUTPUT_HEIGHT
+            )
+            shown_result = gr.Image(
+                label="Result", type="pil", format="png", elem_id="result-image", height=OUTPUT_HEIGHT
+            )
         download = gr.File(label="Edited PNG (parameters embedded)", elem_id="download")
 
         def on_edit(

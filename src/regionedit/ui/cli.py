@@ -37,7 +37,7 @@ def add_parser(subparsers):
 
 def run_serve(args) -> int:
     from ..errors import InvalidInputError
-    from .app import build_app, import_gradio
+    from .app import build_app, import_gradio, launch
 
     import_gradio()  # fail with the install hint before spending time on the model
     if not 1 <= args.port <= 65535:
@@ -51,5 +51,5 @@ def run_serve(args) -> int:
     model = edit_api.load_model(args.model, args.device, args.dtype, args.allow_pickle)
     app = build_app(model, model_name=args.model, max_pixels=args.max_pixels, output_dir=args.output_dir)
     print(f"regionedit web UI on http://{args.host}:{args.port} (Ctrl+C stops it)")
-    app.queue().launch(server_name=args.host, server_port=args.port, show_error=False, footer_links=["api"])
+    launch(app, args.host, args.port)
     return 0

@@ -1,0 +1,88 @@
+"""End to end in a real headless Chromium: upload, paint a layer, type a prompt, run, see the result.
+
+`make test` installs Debian's chromium first (`make browser`); without it this test skips.
+The screenshot of the finished page is saved to tests/artifacts/ui_browser.png.
+"""
+
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("gradio", reason="the web UI needs the ui extra: pip install 'regionedit[ui]'")
+pytest.importorskip("playwright", reason="the browser test needs playwright: pip install 'regionedit[dev]'")
+
+from regionedit.lomoe.options import LoMOEOptions  # noqa: E402
+from regionedit.ui.app import build_app, launch  # noqa: E402
+from regionedit.ui.browser import (  # noqa: E402
+    VIEWPORT,
+    chromium_path,
+    free_port,
+    launch_chromium,
+    paint_stroke,
+    wait_for_result,
+    wait_for_upload,
+)
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+pytestmark = pytest.mark.skipif(
+    chromium_path() is None,
+    reason="no Chromium at /usr/bin/chromium: run `make browser` (needs root and apt) to install it",
+)
+
+
+@pytest.fixture(scope="module")
+def url(tiny_model, tmp_path_factory):
+    options = LoMOEOptions(num_inference_steps=2, bootstrap_steps=1, paste_back=True)
+    app = build_app(tiny_model, model_name="tiny", options=options, output_dir=tmp_path_factory.mktemp("out"))
+    port = free_port()
+    launch(app, "127.0.0.1", port, block=False, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        app.close()
+
+
+def test_upload_paint_prompt_run_in_chromium(url, image64, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    image64.save(tmp_path / "input.png")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            page = browser.new_page(viewport=VIEWPORT)
+            page.goto(url)
+            page.set_input_files("#editor input[type=file]", str(tmp_path / "input.png"))
+            wait_for_upload(page)
+            page.fill("#background-prompt textarea", "a red square and a blue square on a gray background")
+            page.fill("#prompt-1 textarea", "a yellow circle")
+            # Nothing painted yet: the page shows the message, not a traceback.
+            page.click("#run")
+            page.get_by_text("no layer is painted").first.wait_for(timeout=30_000)
+            assert page.get_by_text("Traceback").count() == 0
+            paint_stroke(page)
+            page.click("#run")
+            wait_for_result(page)
+            page.screenshot(path=str(ARTIFACTS / "ui_browser.png"), full_page=True)
+            status = page.inner_text("#status")
+            size = page.evaluate(
+                "() => { const i = document.querySelector('#result-image img');"
+                " return [i.naturalWidth, i.naturalHeight]; }"
+            )
+            href = page.get_attribute("#download a", "href")
+        finally:
+            browser.close()
+    assert "layer 1: 'a yellow circle'" in status
+    assert size == [64, 64]
+    # The downloaded PNG changed where the stroke went (the middle) and nowhere else.
+    with urllib.request.urlopen(href if href.startswith("http") else url.rstrip("/") + href) as r:
+        (tmp_path / "out.png").write_bytes(r.read())
+    out = np.asarray(Image.open(tmp_path / "out.png").convert("RGB")).astype(int)
+    src = np.asarray(image64).astype(int)
+    changed = np.abs(out - src).max(axis=-1) > 0
+    assert changed[28:36, 28:36].any()
+    assert not changed[:8, :].any() and not changed[-8:, :].any()
