@@ -50,30 +50,59 @@ def scheduler_config() -> dict:
     )
 
 
+BASE_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789,.!?'-"
+
+
+def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Plain BPE: merge the lowest-ranked adjacent pair until none applies."""
+    while len(symbols) > 1:
+        pairs = [(ranks.get(p, 1 << 30), i) for i, p in enumerate(zip(symbols, symbols[1:], strict=False))]
+        rank, i = min(pairs)
+        if rank == 1 << 30:
+            break
+        symbols = symbols[:i] + [symbols[i] + symbols[i + 1]] + symbols[i + 2 :]
+    return symbols
+
+
+def word_merges(words) -> list[tuple[str, str]]:
+    """BPE merges that turn every word into a single token, built deterministically.
+
+    Words are taken in sorted order; each is first split by the merges so far, then joined
+    left to right by new merges. Later merges rank lower, so they never pre-empt an earlier
+    word's chain, and the same pair always yields the same token: every word ends whole.
+    """
+    merges: list[tuple[str, str]] = []
+    ranks: dict[tuple[str, str], int] = {}
+    for word in sorted(set(words)):
+        pieces = _bpe(list(word[:-1]) + [word[-1] + "</w>"], ranks)
+        acc = pieces[0]
+        for piece in pieces[1:]:
+            if (acc, piece) not in ranks:
+                ranks[(acc, piece)] = len(merges)
+                merges.append((acc, piece))
+            acc += piece
+    return merges
+
+
 def build_tokenizer(max_tokens: int = 48):
     """A CLIP tokenizer whose vocabulary holds every shapes-world word as one token.
 
-    The merges are learnt by ``tokenizers``' BPE trainer on the word list, so each word is
-    rebuilt by its own merges; written as ``vocab.json``/``merges.txt`` and loaded through
-    ``CLIPTokenizer.from_pretrained`` so it works offline with any transformers version.
+    Vocabulary and merges are built without randomness (``tokenizers``' trainer numbers
+    tokens differently in every process, which would break resuming a training run), written
+    as ``vocab.json``/``merges.txt`` and loaded through ``CLIPTokenizer.from_pretrained`` so it
+    works offline with any transformers version. Other words fall back to characters.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import CLIPTokenizer
 
-    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(
-        vocab_size=2000,
-        special_tokens=["<|startoftext|>", "<|endoftext|>"],
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    bpe.train_from_iterator([" ".join(VOCAB_WORDS)] * 8, trainer)
-    spec = json.loads(bpe.to_str())["model"]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["merges"]]
+    merges = word_merges(VOCAB_WORDS)
+    tokens = ["<|startoftext|>", "<|endoftext|>"]
+    tokens += [c for c in BASE_CHARS] + [c + "</w>" for c in BASE_CHARS]
+    tokens += [a + b for a, b in merges]
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
     with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "vocab.json").write_text(json.dumps(spec["vocab"]))
-        Path(tmp, "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+        Path(tmp, "vocab.json").write_text(json.dumps(vocab))
+        lines = [f"{a} {b}" for a, b in merges]
+        Path(tmp, "merges.txt").write_text("#version: 0.2\n" + "\n".join(lines) + "\n")
         tokenizer = CLIPTokenizer.from_pretrained(tmp, model_max_length=max_tokens)
     return tokenizer
 
