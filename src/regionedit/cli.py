@@ -144,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--vae-steps", type=int, default=None)
     t.add_argument("--unet-steps", type=int, default=None)
     t.add_argument("--num-scenes", type=int, default=None)
+    ev = sub.add_parser("eval-mini", help="measure a mini model: VAE PSNR and text-to-image binding")
+    ev.add_argument("--model", default="mini")
+    ev.add_argument("--n", type=int, default=100, help="text-to-image prompts")
+    ev.add_argument("--vae-n", type=int, default=200, help="held-out scenes for the VAE")
+    ev.add_argument("--steps", type=int, default=25)
+    ev.add_argument("--guidance-scale", type=float, default=5.0)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--out", default=None, help="also write the results as JSON here")
     for module in EXTRA_COMMANDS:
         name, handler = importlib.import_module(module).add_parser(sub)
         COMMANDS[name] = handler
@@ -261,7 +269,31 @@ def run_train(args) -> int:
     return 0
 
 
-COMMANDS = {"edit": run_edit, "shapes": run_shapes, "demo": run_demo, "train-mini": run_train}
+def run_eval_mini(args) -> int:
+    from .io import write_text_atomic
+    from .models.loading import load
+    from .shapes.evaluate import text_to_image_accuracy, vae_psnr
+    from .shapes.judge import load_judge
+
+    model = load(args.model)
+    res = {"model": args.model, "vae_psnr_db": vae_psnr(model, args.vae_n)}
+    res["text_to_image"] = text_to_image_accuracy(
+        model, load_judge(), args.n, args.steps, args.guidance_scale, args.seed
+    )
+    text = json.dumps(res, indent=2)
+    if args.out:
+        write_text_atomic(args.out, text)
+    print(text)
+    return 0
+
+
+COMMANDS = {
+    "edit": run_edit,
+    "shapes": run_shapes,
+    "demo": run_demo,
+    "train-mini": run_train,
+    "eval-mini": run_eval_mini,
+}
 # Modules adding a subcommand: each has ``add_parser(subparsers) -> (name, handler)`` where
 # ``handler(args) -> int``; their heavy imports stay inside the handler.
 EXTRA_COMMANDS: list[str] = ["regionedit.ui.cli", "regionedit.bench.cli", "regionedit.batch.cli"]
