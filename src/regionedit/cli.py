@@ -144,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--vae-steps", type=int, default=None)
     t.add_argument("--unet-steps", type=int, default=None)
     t.add_argument("--num-scenes", type=int, default=None)
+    tj = sub.add_parser("train-judge", help="train the shapes-world judge; prints held-out accuracy")
+    tj.add_argument("--out", required=True, help="safetensors file to write")
+    tj.add_argument("--steps", type=int, default=800)
+    tj.add_argument("--seed", type=int, default=0)
     ev = sub.add_parser("eval-mini", help="measure a mini model: VAE PSNR and text-to-image binding")
     ev.add_argument("--model", default="mini")
     ev.add_argument("--n", type=int, default=100, help="text-to-image prompts")
@@ -269,6 +273,15 @@ def run_train(args) -> int:
     return 0
 
 
+def run_train_judge(args) -> int:
+    from .shapes.judge import train_judge
+
+    if args.steps < 1:
+        raise InvalidInputError(f"--steps must be >= 1, got {args.steps}")
+    print(json.dumps(train_judge(args.out, steps=args.steps, seed=args.seed), indent=2))
+    return 0
+
+
 def run_eval_mini(args) -> int:
     from .io import write_text_atomic
     from .models.loading import load
@@ -293,6 +306,7 @@ COMMANDS = {
     "demo": run_demo,
     "train-mini": run_train,
     "eval-mini": run_eval_mini,
+    "train-judge": run_train_judge,
 }
 # Modules adding a subcommand: each has ``add_parser(subparsers) -> (name, handler)`` where
 # ``handler(args) -> int``; their heavy imports stay inside the handler.
