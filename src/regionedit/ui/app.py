@@ -94,10 +94,13 @@ def example_value(seed: int, num_objects: int = 2, size: int = 64):
     for i, obj in enumerate(scene.objects):
         layer = np.zeros((size, size, 4), np.uint8)
         colour = [int(LAYER_COLOURS[i % len(LAYER_COLOURS)][k : k + 2], 16) for k in (1, 3, 5)]
-        layer[box_mask(obj, size)] = [*colour, 255]
+        layer[box_mask(obj, size)] = [*colour, 128]  # translucent: the object shows through
         layers.append(layer)
     rgba = np.concatenate([image, np.full((size, size, 1), 255, np.uint8)], axis=-1)
-    value = {"background": rgba, "layers": layers, "composite": None}
+    composite = Image.fromarray(rgba)
+    for layer in layers:
+        composite = Image.alpha_composite(composite, Image.fromarray(layer))
+    value = {"background": rgba, "layers": layers, "composite": np.asarray(composite)}
     return value, scene
 
 

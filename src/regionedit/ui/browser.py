@@ -123,6 +123,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Screenshot the web UI after one example edit.")
     parser.add_argument("--model", default="mini")
     parser.add_argument("--out", default="docs/ui.png")
+    parser.add_argument("--name", default=None, help="model name shown in the page (default: --model)")
     parser.add_argument("--seed", type=int, default=3, help="shapes-world example seed")
     parser.add_argument("--steps", type=int, default=None, help="edit steps (default: the spec's)")
     args = parser.parse_args(argv)
@@ -137,7 +138,7 @@ def main(argv=None) -> int:
     options = LoMOEOptions(paste_back=True)
     if args.steps:
         options = dataclasses.replace(options, num_inference_steps=args.steps)
-    app = build_app(model, model_name=args.model, options=options)
+    app = build_app(model, model_name=args.name or args.model, options=options)
     port = free_port()
     launch(app, "127.0.0.1", port, block=False, quiet=True)
     try:
