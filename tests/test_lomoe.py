@@ -149,3 +149,23 @@ def test_changed_guidance_recomputes_reference(tiny_model, inv):
 def test_option_errors_name_the_option(field, value):
     with pytest.raises(R.InvalidOptionError, match=field):
         R.LoMOEOptions(**{field: value})
+
+
+def test_edit_from_image_equals_edit_from_its_inversion(tiny_model, image64):
+    """Invert once, edit many: a cached inversion reproduces a fresh edit with the same seed."""
+    regions = two_regions()
+    opts = dataclasses.replace(OPTS, bootstrap_steps=3)
+    fresh = R.edit(
+        tiny_model,
+        image64,
+        regions,
+        background_prompt=CAPTION,
+        options=opts,
+        generator=torch.Generator().manual_seed(3),
+        progress=False,
+    )
+    inv = R.invert(tiny_model, image64, CAPTION, R.InversionOptions(num_inference_steps=4), progress=False)
+    cached = R.edit(
+        tiny_model, inv, regions, options=opts, generator=torch.Generator().manual_seed(3), progress=False
+    )
+    assert torch.equal(fresh.latents, cached.latents)

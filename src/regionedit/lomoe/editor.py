@@ -68,7 +68,7 @@ def _constant_colour_pool(model: Model, size: tuple[int, int], generator: torch.
     return torch.cat([model.encode(images[i : i + 10]) for i in range(0, BOOTSTRAP_POOL, 10)])
 
 
-def _prepare(model: Model, image, background_prompt, options: LoMOEOptions, generator, progress):
+def _prepare(model: Model, image, background_prompt, options: LoMOEOptions, progress):
     if isinstance(image, Inversion):
         inv = image
         if inv.num_steps != options.num_inference_steps:
@@ -113,6 +113,9 @@ def _prepare(model: Model, image, background_prompt, options: LoMOEOptions, gene
     inv_opts = InversionOptions(
         num_inference_steps=options.num_inference_steps, regularize=options.regularize_inversion
     )
+    # The inversion draws from its own fixed-seed generator (invert's default), not the edit's:
+    # it is then a function of image, caption and options alone, so an edit from a cached
+    # Inversion equals an edit from the image with the same seed.
     return invert(
         model,
         image,
@@ -120,7 +123,6 @@ def _prepare(model: Model, image, background_prompt, options: LoMOEOptions, gene
         inv_opts,
         guidance_scale=options.guidance_scale,
         temperature=options.temperature,
-        generator=generator,
         progress=progress,
     )
 
@@ -160,7 +162,7 @@ def edit(
         model.check_image_size(image.height, image.width)
     height, width = image.image_size if isinstance(image, Inversion) else (image.height, image.width)
     masks = validate_regions(list(regions), height, width, options.mask_threshold)
-    inv = _prepare(model, image, background_prompt, options, generator, progress)
+    inv = _prepare(model, image, background_prompt, options, progress)
     invert_seconds = time.perf_counter() - start_time
 
     f = model.vae_scale_factor

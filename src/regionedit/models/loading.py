@@ -50,7 +50,7 @@ class Model:
             nh, nw = max(f, round(height / f) * f), max(f, round(width / f) * f)
             raise ImageSizeError(
                 f"image is {width}x{height}; sizes must be multiples of {f} for this model — "
-                f"use {nw}x{nh} or pass resize='pad' or 'crop' (CLI: --resize)"
+                f"use {nw}x{nh} (CLI: --resize pad|crop; EditRequest(resize=...))"
             )
 
     @torch.no_grad()
