@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..lomoe.options import LoMOEOptions
-from ..models.loading import Model
+from ..models.loading import Model, from_components
 from .datasets import BenchItem
 from .measure import measure
 from .methods import MethodConfig, run_iterative, run_lomoe
@@ -95,16 +95,7 @@ def sd2_base_components(device="cpu", dtype=torch.float32, seed: int = 0, text_l
 
 
 def timing_model(components: dict, device="cpu", dtype=torch.float32, name="random") -> Model:
-    return _TimingModel(
-        vae=components["vae"].to(device, dtype),
-        unet=components["unet"].to(device, dtype),
-        text_encoder=components["text_encoder"].to(device, dtype),
-        tokenizer=components["tokenizer"],
-        scheduler_config=dict(components["scheduler"].config),
-        name=name,
-        device=torch.device(device),
-        dtype=dtype,
-    )
+    return from_components(components, name=name, device=device, dtype=dtype, cls=_TimingModel)
 
 
 def grid_item(n: int, size: int, seed: int = 0, factor: int = 8) -> BenchItem:

@@ -218,10 +218,13 @@ def load(model: str | os.PathLike = "mini", device=None, dtype=None, allow_pickl
     return m
 
 
-def from_components(components: dict, name: str = "components", device=None, dtype=None) -> Model:
-    """Wrap in-memory components (as built in tests) into a :class:`Model`."""
+def from_components(components: dict, name: str = "components", device=None, dtype=None, cls=Model) -> Model:
+    """Wrap in-memory components (as built in tests) into a :class:`Model` (or subclass ``cls``).
+
+    The modules are moved to ``device``/``dtype`` in place (``nn.Module.to``), as diffusers does.
+    """
     device, dtype = _resolve_device(device, dtype)
-    return Model(
+    return cls(
         vae=components["vae"].to(device, dtype),
         unet=components["unet"].to(device, dtype),
         text_encoder=components["text_encoder"].to(device, dtype),

@@ -21,16 +21,9 @@ FLAG_NAMES = {"num_inference_steps": "steps", "preservation_weight": "lambda"}
 
 
 def _type(f: dataclasses.Field):
-    t = str(f.type)
-    if t.startswith("bool"):
-        from ..cli import _bool
+    from ..cli import _option_type  # lazy: regionedit.cli imports this module
 
-        return _bool
-    if t.startswith("int"):
-        return int
-    if t.startswith("float"):
-        return float
-    return str
+    return _option_type(f)
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
@@ -137,7 +130,9 @@ def run(args) -> int:
     if args.spec:
         raise InvalidInputError("--spec is not supported with --method multimodal yet; pass the flags")
     if getattr(args, "resize", None):
-        raise InvalidInputError("--resize is not supported with --method multimodal yet; resize the image first")
+        raise InvalidInputError(
+            "--resize is not supported with --method multimodal yet; resize the image first"
+        )
     if not args.image or not args.out:
         raise InvalidInputError("--method multimodal needs --image IN and --out OUT.png")
     if not args.prompt or len(args.prompt) != 1:

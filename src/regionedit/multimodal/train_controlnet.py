@@ -5,7 +5,7 @@ The base model is frozen; the ControlNet starts as a copy of the UNet encoder (d
 model's own target (ε or v) with the control map as extra input. Captions are dropped 50 % of
 the time (the ControlNet paper's rule), so the net learns to read the map, not the words.
 
-Resumable: ``ckpt.safetensors`` (net + AdamW state) and ``ckpt.json`` (step) are written every
+Resumable: ``controlnet.safetensors`` (net + AdamW state) and ``controlnet.json`` (step) are written every
 ``ckpt_every`` steps; every random draw comes from a generator seeded by ``(seed, step)``, so a
 stopped and resumed run gives the same weights. The result is a diffusers folder
 ``OUT/<kind>`` (safetensors), to be copied into ``regionedit/data/controlnet-mini/<kind>``.
@@ -30,6 +30,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..models.loading import Model, load
 from ..shapes.world import random_scene, render
 from .conditions import canny_edges, scribble_from_image
@@ -81,34 +82,6 @@ def _lr(step: int, cfg: ControlTrainConfig) -> float:
     return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * p))
 
 
-def _save(folder: Path, step: int, net, opt, cfg: ControlTrainConfig) -> None:
-    tensors = {f"net.{k}": v.contiguous() for k, v in net.state_dict().items()}
-    state = opt.state_dict()
-    for idx, st in state["state"].items():
-        for k, v in st.items():
-            tensors[f"opt.{idx}.{k}"] = v.detach().reshape(-1) if v.ndim == 0 else v.contiguous()
-    save_file(tensors, folder / "ckpt.safetensors.tmp")
-    (folder / "ckpt.safetensors.tmp").replace(folder / "ckpt.safetensors")
-    meta = {"step": step, "config": asdict(cfg), "param_groups": state["param_groups"]}
-    (folder / "ckpt.json.tmp").write_text(json.dumps(meta))
-    (folder / "ckpt.json.tmp").replace(folder / "ckpt.json")
-
-
-def _resume(folder: Path, net, opt) -> int:
-    if not (folder / "ckpt.json").exists():
-        return 0
-    meta = json.loads((folder / "ckpt.json").read_text())
-    tensors = load_file(folder / "ckpt.safetensors")
-    net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-    state: dict = {}
-    for key, v in tensors.items():
-        if key.startswith("opt."):
-            _, idx, k = key.split(".", 2)
-            state.setdefault(int(idx), {})[k] = v.reshape(()) if k == "step" else v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    return int(meta["step"])
-
-
 def train_controlnet(
     model: Model, out: str | Path, cfg: ControlTrainConfig, max_minutes: float | None = None
 ):
@@ -137,7 +110,7 @@ def train_controlnet(
         )
     net = net.to(model.device, torch.float32).train()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-2)
-    start = _resume(out, net, opt)
+    start = load_checkpoint(out, "controlnet", {"net": net}, opt)
     sched = DDIMScheduler.from_config(model.scheduler_config)
     pred_type = sched.config.prediction_type
     bar = tqdm(range(start, cfg.steps), desc=f"controlnet-{cfg.kind}", initial=start, total=cfg.steps)
@@ -170,7 +143,7 @@ def train_controlnet(
         bar.set_postfix(loss=f"{loss.item():.4f}")
         done = step + 1
         if done % cfg.ckpt_every == 0 or done == cfg.steps or time.monotonic() > deadline:
-            _save(out, done, net, opt, cfg)
+            save_checkpoint(out, "controlnet", done, {"net": net}, opt, {"config": asdict(cfg)})
             if time.monotonic() > deadline and done < cfg.steps:
                 log.warning("time budget reached at step %d; run the same command again to resume", done)
                 return None

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..models.mini import MiniConfig, build_components, save_pipeline
 from .world import caption_for, random_scene, render
 
@@ -80,44 +81,6 @@ def _caption(record, g: torch.Generator, cfg: TrainConfig) -> str:
     return caption_for(objects, background)
 
 
-def _save_ckpt(folder: Path, phase: str, step: int, modules: dict, opt) -> None:
-    tensors = {
-        f"{name}.{k}": v.contiguous() for name, m in modules.items() for k, v in m.state_dict().items()
-    }
-    state = opt.state_dict()
-    for idx, st in state["state"].items():
-        for k, v in st.items():
-            tensors[f"opt.{idx}.{k}"] = v.detach().reshape(-1) if v.ndim == 0 else v.contiguous()
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, folder / f"{phase}.safetensors.tmp")
-    (folder / f"{phase}.safetensors.tmp").replace(folder / f"{phase}.safetensors")
-    meta = {"phase": phase, "step": step, "param_groups": state["param_groups"]}
-    (folder / f"{phase}.json.tmp").write_text(json.dumps(meta))
-    (folder / f"{phase}.json.tmp").replace(folder / f"{phase}.json")
-
-
-def _load_ckpt(folder: Path, phase: str, modules: dict, opt) -> int:
-    """Restore modules and optimiser; return the step to continue from (0 if none)."""
-    meta_path = folder / f"{phase}.json"
-    if not meta_path.exists():
-        return 0
-    meta = json.loads(meta_path.read_text())
-    # clone: safetensors buffers may be less aligned than torch's allocator, and SIMD kernels
-    # round differently on unaligned edges, which breaks bit-identical resumes
-    tensors = {k: v.clone() for k, v in load_file(folder / f"{phase}.safetensors").items()}
-    for name, m in modules.items():
-        prefix = f"{name}."
-        m.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
-    if opt is not None:
-        state: dict = {}
-        for key, v in tensors.items():
-            if key.startswith("opt."):
-                _, idx, k = key.split(".", 2)
-                state.setdefault(int(idx), {})[k] = v.reshape(()) if k == "step" else v
-        opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    return int(meta["step"])
-
-
 def _cosine(step: int, total: int, lr: float, lr_min: float, warmup: int = 0) -> float:
     if step < warmup:
         return lr * (step + 1) / warmup
@@ -126,7 +89,7 @@ def _cosine(step: int, total: int, lr: float, lr_min: float, warmup: int = 0) ->
 
 
 def _run_phase(name, steps, step_fn, modules, opt, lr_at, ckpt, cfg, deadline):
-    start = _load_ckpt(ckpt, name, modules, opt)
+    start = load_checkpoint(ckpt, name, modules, opt)
     if start >= steps:
         return True
     bar = tqdm(range(start, steps), desc=name, initial=start, total=steps)
@@ -137,7 +100,7 @@ def _run_phase(name, steps, step_fn, modules, opt, lr_at, ckpt, cfg, deadline):
         bar.set_postfix(info)
         done = step + 1
         if done % cfg.ckpt_every == 0 or done == steps or time.monotonic() > deadline:
-            _save_ckpt(ckpt, name, done, modules, opt)
+            save_checkpoint(ckpt, name, done, modules, opt)
             if time.monotonic() > deadline and done < steps:
                 log.warning("time budget reached in phase %s at step %d; rerun to resume", name, done)
                 return False
@@ -197,7 +160,7 @@ def train_mini(
         deadline,
     ):
         return None
-    _load_ckpt(ckpt, "vae", {"vae": vae}, None)
+    load_checkpoint(ckpt, "vae", {"vae": vae}, None)
     vae.eval().requires_grad_(False)
 
     # Phase 2: latents (posterior means) of every scene and their scale.
@@ -263,7 +226,7 @@ def train_mini(
         deadline,
     ):
         return None
-    _load_ckpt(ckpt, "unet", {"unet": unet, "text_encoder": text_encoder}, None)
+    load_checkpoint(ckpt, "unet", {"unet": unet, "text_encoder": text_encoder}, None)
     unet.eval()
     text_encoder.eval()
     return save_pipeline(comps, out / "pipeline")
