@@ -149,7 +149,6 @@ def train_judge(
     progress: bool = True,
 ) -> dict:
     """Train the judge on fresh generator samples; return held-out accuracies."""
-    g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         judge = Judge()
@@ -166,7 +165,6 @@ def train_judge(
         opt.step()
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
-    del g
     judge.eval()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
