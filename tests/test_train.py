@@ -4,7 +4,14 @@ from regionedit.models.mini import MiniConfig
 from regionedit.shapes.train import TrainConfig, train_mini
 
 CFG = TrainConfig(
-    num_scenes=12, vae_steps=3, unet_steps=3, vae_batch=4, unet_batch=4, ckpt_every=2, warmup_steps=1
+    num_scenes=12,
+    vae_steps=3,
+    unet_steps=3,
+    decoder_steps=3,
+    vae_batch=4,
+    unet_batch=4,
+    ckpt_every=2,
+    warmup_steps=1,
 )
 MODEL = MiniConfig(vae_channels=(32, 32, 32), unet_channels=(16, 32, 32), text_width=32)
 
@@ -23,7 +30,7 @@ def test_interrupted_training_resumes_to_identical_weights(tmp_path):
         b = load_file(next((tmp_path / "resumed" / "pipeline" / part).glob("*.safetensors")))
         assert a.keys() == b.keys()
         worst = max((a[k] - b[k]).abs().max().item() for k in a)
-        # The VAE phase resumes bit-identically. In the UNet phase, CPU kernels round ~1e-9
+        # The VAE phases resume bit-identically. In the UNet phase, CPU kernels round ~1e-9
         # differently after a reload and Adam magnifies that where gradients are near zero;
         # measured 3e-4 at most here, against 5e-3 when the optimiser state is not restored.
         assert worst == 0.0 if part == "vae" else worst < 1e-3, (part, worst)

@@ -51,6 +51,8 @@ class TrainConfig:
     caption_dropout: float = 0.1
     no_background_caption: float = 0.2  # region prompts ("a blue circle") name no background
     min_snr_gamma: float = 5.0
+    decoder_steps: int = 600  # decoder-only fine-tune on frozen-encoder means: latents unchanged
+    decoder_lr: float = 3e-4
     ckpt_every: int = 200
 
 
@@ -229,4 +231,66 @@ def train_mini(
     load_checkpoint(ckpt, "unet", {"unet": unet, "text_encoder": text_encoder}, None)
     unet.eval()
     text_encoder.eval()
+    # Phase 4: the decoder alone, on the encoder's means: the UNet's latents stay valid.
+    if not finetune_decoder(vae, images, cfg, model_cfg, ckpt, deadline):
+        return None
     return save_pipeline(comps, out / "pipeline")
+
+
+def finetune_decoder(
+    vae, images, cfg: TrainConfig, model_cfg: MiniConfig, ckpt: Path, deadline: float
+) -> bool:
+    """Train ``post_quant_conv`` + decoder on posterior means of random crops (encoder frozen)."""
+    if cfg.decoder_steps <= 0:
+        return True
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    opt = torch.optim.Adam(params, lr=cfg.decoder_lr)
+    vae.decoder.train()
+    for p in params:
+        p.requires_grad_(True)
+
+    def dec_step(step):
+        g = _gen(cfg, 4, step)
+        idx = torch.randint(0, len(images), (cfg.vae_batch,), generator=g)
+        c, s = cfg.vae_crop, model_cfg.image_size
+        ox, oy = (int(v) for v in torch.randint(0, s - c + 1, (2,), generator=g))
+        x = images[idx, :, oy : oy + c, ox : ox + c].float() / 127.5 - 1
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mean
+        mse = F.mse_loss(vae.decode(z).sample, x)
+        opt.zero_grad(set_to_none=True)
+        mse.backward()
+        opt.step()
+        return {"psnr": f"{10 * math.log10(4 / max(mse.item(), 1e-10)):.1f}"}
+
+    done = _run_phase(
+        "decoder",
+        cfg.decoder_steps,
+        dec_step,
+        {"vae": vae},
+        opt,
+        lambda s: _cosine(s, cfg.decoder_steps, cfg.decoder_lr, 0.0),
+        ckpt,
+        cfg,
+        deadline,
+    )
+    load_checkpoint(ckpt, "decoder", {"vae": vae}, None)
+    vae.eval().requires_grad_(False)
+    return done
+
+
+def export_checkpoint(out: str | Path, folder: str | Path) -> Path:
+    """Write the latest checkpoints of a (possibly unfinished) run as a pipeline, to judge it."""
+    out = Path(out)
+    meta = json.loads((out / "config.json").read_text())
+    cfg, model_cfg = (
+        TrainConfig(**meta["train"]),
+        MiniConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["model"].items()}),
+    )
+    comps = build_components(model_cfg, seed=cfg.seed)
+    load_checkpoint(out / "ckpt", "vae", {"vae": comps["vae"]})
+    load_checkpoint(out / "ckpt", "decoder", {"vae": comps["vae"]})  # no-op before phase 4
+    load_checkpoint(out / "ckpt", "unet", {"unet": comps["unet"], "text_encoder": comps["text_encoder"]})
+    latents = load_file(out / "latents.safetensors")["latents"]
+    comps["vae"].register_to_config(scaling_factor=float(1.0 / latents.std()))
+    return save_pipeline(comps, folder)
