@@ -23,7 +23,7 @@ from regionedit.errors import InvalidInputError
 
 from .conftest import box
 
-FAST = {"steps": 2, "bootstrap_steps": 1}
+FAST = {"steps": 3, "bootstrap_steps": 2}  # t=999 is pure noise: seeds act from step 2
 N_JOBS = 5
 
 

@@ -68,7 +68,10 @@ def test_ray_engine_matches_local_and_resumes(local_ray, tmp_path, image64, tiny
         r["id"]: r["status"] for r in _records(tmp_path / "local")
     }
     assert "image's size" in next(r for r in recs if r["id"] == "r1")["error"]
-    assert np.array_equal(_pixels(out / "r2.png"), _pixels(tmp_path / "local" / "r2.png"))
+    # Ray workers run with OMP_NUM_THREADS=1, this process with more threads: CPU kernels round
+    # differently, so pixels may differ by a grey level; a different edit differs by far more.
+    diff = np.abs(_pixels(out / "r2.png").astype(int) - _pixels(tmp_path / "local" / "r2.png").astype(int))
+    assert diff.max() <= 2, diff.max()
 
     again = run_batch(manifest, out, model=str(tiny_model_dir), engine="ray")
     assert (again.done, again.failed, again.skipped) == (0, 0, 3)

@@ -144,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--vae-steps", type=int, default=None)
     t.add_argument("--unet-steps", type=int, default=None)
     t.add_argument("--num-scenes", type=int, default=None)
+    t.add_argument("--decoder-steps", type=int, default=None)
+    t.add_argument("--init-from", default=None, help="start from a saved pipeline folder, or 'mini'")
     tj = sub.add_parser("train-judge", help="train the shapes-world judge; prints held-out accuracy")
     tj.add_argument("--out", required=True, help="safetensors file to write")
     tj.add_argument("--steps", type=int, default=800)
@@ -266,7 +268,8 @@ def run_demo(args) -> int:
 def run_train(args) -> int:
     from .shapes.train import TrainConfig, train_mini
 
-    overrides = {k: getattr(args, k) for k in ("vae_steps", "unet_steps", "num_scenes") if getattr(args, k)}
+    keys = ("vae_steps", "unet_steps", "num_scenes", "decoder_steps", "init_from")
+    overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     cfg = dataclasses.replace(TrainConfig(seed=args.seed), **overrides)
     result = train_mini(args.out, cfg, max_minutes=args.max_minutes)
     print(result if result else f"stopped early; run the same command again to resume from {args.out}")

@@ -51,8 +51,9 @@ class TrainConfig:
     caption_dropout: float = 0.1
     no_background_caption: float = 0.2  # region prompts ("a blue circle") name no background
     min_snr_gamma: float = 5.0
-    decoder_steps: int = 600  # decoder-only fine-tune on frozen-encoder means: latents unchanged
+    decoder_steps: int = 400  # decoder-only fine-tune on frozen-encoder means: latents unchanged
     decoder_lr: float = 3e-4
+    init_from: str | None = None  # a pipeline folder ("mini" = the shipped one) to start from
     ckpt_every: int = 200
 
 
@@ -81,6 +82,22 @@ def _caption(record, g: torch.Generator, cfg: TrainConfig) -> str:
     if u < cfg.caption_dropout + cfg.no_background_caption:
         return caption_for(objects, None)
     return caption_for(objects, background)
+
+
+def _init_from(comps: dict, folder: str) -> None:
+    """Copy weights of a saved pipeline (e.g. the shipped mini model) into fresh components.
+
+    Lets a later session go on training from committed weights (a fresh optimiser, with the
+    warm-up) when the run's own checkpoints are gone: set ``vae_steps=0`` to keep the VAE.
+    """
+    from ..models.mini import MINI_DIR
+
+    path = MINI_DIR if folder == "mini" else Path(folder)
+    for part in ("vae", "unet", "text_encoder"):
+        files = sorted((path / part).glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"no {part} weights (*.safetensors) in {path / part}")
+        comps[part].load_state_dict(load_file(files[0]))
 
 
 def _cosine(step: int, total: int, lr: float, lr_min: float, warmup: int = 0) -> float:
@@ -127,6 +144,8 @@ def train_mini(
     (out / "config.json").write_text(json.dumps({"train": asdict(cfg), "model": asdict(model_cfg)}, indent=2))
     deadline = time.monotonic() + (max_minutes * 60 if max_minutes is not None else float("inf"))
     comps = build_components(model_cfg, seed=cfg.seed)
+    if cfg.init_from:
+        _init_from(comps, cfg.init_from)
     vae, unet, text_encoder, tok = comps["vae"], comps["unet"], comps["text_encoder"], comps["tokenizer"]
     images, records = make_dataset(cfg, model_cfg.image_size)
 
