@@ -22,8 +22,8 @@ from regionedit.ui.browser import (  # noqa: E402
     free_port,
     launch_chromium,
     paint_stroke,
+    upload,
     wait_for_result,
-    wait_for_upload,
 )
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -56,8 +56,7 @@ def test_upload_paint_prompt_run_in_chromium(url, image64, tmp_path):
         try:
             page = browser.new_page(viewport=VIEWPORT)
             page.goto(url)
-            page.set_input_files("#editor input[type=file]", str(tmp_path / "input.png"))
-            wait_for_upload(page)
+            upload(page, tmp_path / "input.png")
             page.fill("#background-prompt textarea", "a red square and a blue square on a gray background")
             page.fill("#prompt-1 textarea", "a yellow circle")
             # Nothing painted yet: the page shows the message, not a traceback.

@@ -9,6 +9,7 @@ Playwright's own browser download is not used.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import socket
 from pathlib import Path
@@ -46,6 +47,27 @@ def launch_chromium(playwright):
             "no Chromium found; install it with `make browser` (Debian: apt-get install chromium)"
         )
     return playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+
+
+def upload(page, path, timeout_ms: float = 30_000) -> None:
+    """Put an image into the editor and wait until it shows; retried once.
+
+    Right after ``goto`` the file input can exist before Gradio's handlers are attached (seen
+    on a loaded machine), and then the file is silently dropped.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page.wait_for_selector("#editor input[type=file]", state="attached", timeout=timeout_ms)
+    with contextlib.suppress(PlaywrightTimeout):
+        page.wait_for_load_state("networkidle", timeout=timeout_ms / 3)
+    for attempt in range(2):
+        page.set_input_files("#editor input[type=file]", str(path))
+        try:
+            wait_for_upload(page, timeout_ms / 2 if attempt == 0 else timeout_ms)
+            return
+        except PlaywrightTimeout:
+            if attempt == 1:
+                raise
 
 
 def wait_for_upload(page, timeout_ms: float = 30_000) -> None:
