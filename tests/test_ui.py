@@ -33,10 +33,12 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model, tmp_path_factory):
+def server(tmp_path_factory):
+    from regionedit import load
+
     app = build_app(
-        tiny_model,
-        model_name="tiny",
+        load("mini"),  # the shipped model, as a user runs `regionedit serve`
+        model_name="mini",
         options=FAST,
         max_pixels=MAX_PIXELS,
         output_dir=tmp_path_factory.mktemp("ui-out"),
@@ -99,7 +101,7 @@ def test_edit_two_layers_keeps_background_and_embeds_parameters(server, image64,
     meta = read_metadata(png)
     assert meta["prompts"] == ["a blue circle", "a green triangle"]
     assert meta["negative_prompts"][1] == "a red square" and meta["negative_prompts"][0]
-    assert meta["seed"] == 5 and meta["background_prompt"] == CAPTION and meta["model"] == "tiny"
+    assert meta["seed"] == 5 and meta["background_prompt"] == CAPTION and meta["model"] == "mini"
     assert meta["options"]["num_inference_steps"] == 2
     assert np.array_equal(np.asarray(Image.open(png).convert("RGB")), out)
     assert status.startswith("Edited in")
