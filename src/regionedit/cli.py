@@ -47,14 +47,13 @@ def add_option_flags(parser: argparse.ArgumentParser, cls) -> None:
     """One flag per field of an options dataclass; ``--help`` shows the spec default."""
     group = parser.add_argument_group(f"{cls.__name__} (defaults from the method's spec)")
     for f in dataclasses.fields(cls):
-        comment = ""
         group.add_argument(
             _flag(f.name),
             dest=f"opt_{f.name}",
             type=_option_type(f),
             default=None,
             metavar=f.name.upper(),
-            help=f"default: {f.default!r}{comment}",
+            help=f"default: {f.default!r}",
         )
 
 
@@ -165,13 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_spec(path: str) -> tuple[dict, Path]:
+    from .io import read_json
+
     p = Path(path)
-    if not p.is_file():
-        raise InvalidInputError(f"spec file not found: {p}")
-    try:
-        spec = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"spec file {p} is not valid JSON: {exc}") from None
+    spec = read_json(p, "spec")
     if not isinstance(spec, dict):
         raise InvalidInputError(f"spec file {p} must hold a JSON object")
     from .edit_api import check_spec

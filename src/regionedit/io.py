@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -81,6 +82,17 @@ def save_image(
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def read_json(path: str | Path, what: str, error: type[Exception] = InvalidInputError):
+    """Parse a JSON file, raising ``error`` with a one-line message when it is missing or invalid."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} file not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{what} file {path} is not valid JSON: {exc}") from None
 
 
 def write_text_atomic(path: str | Path, content: str) -> Path:

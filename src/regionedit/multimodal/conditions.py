@@ -9,7 +9,6 @@ OpenPose-18 keypoint JSON that we render to the standard skeleton image ourselve
 from __future__ import annotations
 
 import colorsys
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 from PIL import Image
 
 from ..errors import DependencyError, InvalidInputError
-from ..io import load_image
+from ..io import load_image, read_json
 
 KINDS = ("edge", "scribble", "pose", "seg")
 AUTO = "auto"  # derive the map from the input image itself
@@ -214,12 +213,7 @@ def read_keypoints(source, what: str = "pose keypoints"):
     """A keypoint JSON path, text, dict or list -> (people, canvas)."""
     if isinstance(source, (str, Path)) and str(source).lower().endswith(".json"):
         path = Path(source)
-        if not path.is_file():
-            raise InvalidConditionError(f"{what} file not found: {path}")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InvalidConditionError(f"{what} file {path} is not valid JSON: {exc}") from None
+        data = read_json(path, what, InvalidConditionError)
         return parse_keypoints(data, f"{what} {path.name}")
     return parse_keypoints(source, what)
 

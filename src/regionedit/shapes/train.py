@@ -74,6 +74,14 @@ def _gen(cfg: TrainConfig, phase: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(cfg.seed * 1_000_003 + phase * 100_003 + step)
 
 
+def _random_crops(images: torch.Tensor, cfg: TrainConfig, model_cfg: MiniConfig, g) -> torch.Tensor:
+    """A batch of random scenes, one random ``vae_crop`` window for all, in [-1, 1]."""
+    idx = torch.randint(0, len(images), (cfg.vae_batch,), generator=g)
+    c, s = cfg.vae_crop, model_cfg.image_size
+    ox, oy = (int(v) for v in torch.randint(0, s - c + 1, (2,), generator=g))
+    return images[idx, :, oy : oy + c, ox : ox + c].float() / 127.5 - 1
+
+
 def _caption(record, g: torch.Generator, cfg: TrainConfig) -> str:
     objects, background = record
     u = torch.rand((), generator=g).item()
@@ -154,10 +162,7 @@ def train_mini(
 
     def vae_step(step):
         g = _gen(cfg, 1, step)
-        idx = torch.randint(0, len(images), (cfg.vae_batch,), generator=g)
-        c, s = cfg.vae_crop, model_cfg.image_size
-        ox, oy = (int(v) for v in torch.randint(0, s - c + 1, (2,), generator=g))
-        x = images[idx, :, oy : oy + c, ox : ox + c].float() / 127.5 - 1
+        x = _random_crops(images, cfg, model_cfg, g)
         post = vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
         rec = vae.decode(z).sample
@@ -270,10 +275,7 @@ def finetune_decoder(
 
     def dec_step(step):
         g = _gen(cfg, 4, step)
-        idx = torch.randint(0, len(images), (cfg.vae_batch,), generator=g)
-        c, s = cfg.vae_crop, model_cfg.image_size
-        ox, oy = (int(v) for v in torch.randint(0, s - c + 1, (2,), generator=g))
-        x = images[idx, :, oy : oy + c, ox : ox + c].float() / 127.5 - 1
+        x = _random_crops(images, cfg, model_cfg, g)
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mean
         mse = F.mse_loss(vae.decode(z).sample, x)
