@@ -49,6 +49,28 @@ def test_single_set_has_one_mask():
         assert item.num_masks == 1 and item.image.shape == (64, 64, 3)
 
 
+def test_shape_set_changes_the_shape_only_and_renders_the_target():
+    from regionedit.shapes.judge import load_judge
+
+    judge = load_judge()
+    for item in shapes_bench(8, which="shape", seed=2):
+        ((t, s),) = zip(item.targets, item.sources, strict=True)
+        assert t["colour"] == s["colour"] and t["shape"] != s["shape"]
+        # the target image holds the new object where the mask is, and nothing else changed
+        v = judge.classify(item.target_image, item.masks[0])
+        assert (v.colour, v.shape) == (t["colour"], t["shape"])
+        outside = ~item.masks[0]
+        assert np.array_equal(item.target_image[outside], item.image[outside])
+
+
+def test_single_set_is_unchanged_by_the_shape_set():
+    # adding the "shape" set must not move the "single" items already measured (values read
+    # from the generator before the "shape" set existed)
+    item = shapes_item(0, 3, which="single")
+    assert item.prompts == ["a yellow circle"]
+    assert item.source_caption == "a yellow square on a brown background"
+
+
 def test_bad_ranges_are_refused():
     with pytest.raises(ValueError, match="min_masks"):
         shapes_item(0, 0, min_masks=5, max_masks=3)

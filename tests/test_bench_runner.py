@@ -1,21 +1,24 @@
 """The benchmark runner, baselines and CLI on the tiny random model: plumbing, UNet work
 counts against the analytic formula, determinism and resuming after an interruption."""
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from regionedit.bench.datasets import shapes_bench
 from regionedit.bench.methods import METHODS, MethodConfig, MethodOutput, get_methods
-from regionedit.bench.report import markdown_table, write_report
-from regionedit.bench.runner import RESULTS, load_results, run_benchmark, work_ratio
+from regionedit.bench.report import markdown_table, sweep_points, write_report
+from regionedit.bench.runner import RESULTS, item_seed, load_results, run_benchmark, work_ratio
 from regionedit.errors import InvalidInputError
 from regionedit.lomoe.options import LoMOEOptions
 from regionedit.shapes.judge import Judge
 
 T = 2
-CFG = MethodConfig(num_inference_steps=T, lomoe=LoMOEOptions(bootstrap_steps=1))
+# multimodal without a ControlNet here (the shipped one fits the mini model, not the tiny one)
+CFG = MethodConfig(num_inference_steps=T, lomoe=LoMOEOptions(bootstrap_steps=1), multimodal_control="none")
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +100,75 @@ def test_methods_are_seeded(tiny_model, items, name):
     a = fn(tiny_model, items[0], CFG, torch.Generator().manual_seed(5)).image
     b = fn(tiny_model, items[0], CFG, torch.Generator().manual_seed(5)).image
     assert np.array_equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def edge_net_dir(tiny_model, tmp_path_factory):
+    from .test_multimodal import make_controlnet
+
+    path = tmp_path_factory.mktemp("controlnet") / "edge"
+    make_controlnet(tiny_model.unet, 0).save_pretrained(str(path), safe_serialization=True)
+    return path
+
+
+def test_multimodal_uses_the_target_edge_map_through_the_controlnet(tiny_model, edge_net_dir):
+    import torch
+
+    from regionedit.bench import methods
+
+    item = shapes_bench(1, which="shape", seed=0)[0]
+    cfg = dataclasses.replace(CFG, multimodal_control="edge", controlnet=str(edge_net_dir))
+    seen = []
+    net = methods._edge_controlnet(tiny_model, cfg)
+    hook = net.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append(kwargs["controlnet_cond"].clone()), with_kwargs=True
+    )
+    try:
+        with_edges = methods.run_multimodal(tiny_model, item, cfg, torch.Generator().manual_seed(1)).image
+    finally:
+        hook.remove()
+    assert seen, "the ControlNet was never called"
+    from regionedit.multimodal.conditions import canny_edges
+
+    expected = np.asarray(canny_edges(Image.fromarray(item.target_image)), np.float32)[..., 0] / 255
+    assert np.allclose(seen[0][0, 0].float().numpy(), expected)
+    text_only = methods.run_multimodal(tiny_model, item, CFG, torch.Generator().manual_seed(1)).image
+    assert not np.array_equal(with_edges, text_only)
+
+
+def test_lambda_variants_share_seeds_and_differ_in_lambda(tiny_model, items):
+    import torch
+
+    found = get_methods("multimodal@0,multimodal@1")
+    assert item_seed(0, "x", "multimodal@0") == item_seed(0, "x", "multimodal@1")
+    assert item_seed(0, "x", "multimodal@0") != item_seed(0, "x", "lomoe")
+    a = found["multimodal@0"](tiny_model, items[0], CFG, torch.Generator().manual_seed(2)).image
+    b = found["multimodal@1"](tiny_model, items[0], CFG, torch.Generator().manual_seed(2)).image
+    c = METHODS["multimodal"](tiny_model, items[0], CFG, torch.Generator().manual_seed(2)).image
+    assert not np.array_equal(a, b)
+    assert not np.array_equal(c, a) and not np.array_equal(c, b)  # default λ = 0.6
+    for bad in ("multimodal@x", "multimodal@2", "lomoe@0.5"):
+        with pytest.raises(ValueError):
+            get_methods(bad)
+
+
+def test_sweep_report_plots_accuracy_and_psnr_against_lambda(tmp_path):
+    summary = {
+        "methods": {
+            f"multimodal@{lam}": {
+                "n": 3,
+                "accuracy": 1 - lam,
+                "shape_accuracy": 1 - lam,
+                "bg_psnr": 20 + 10 * lam,
+            }
+            for lam in (0.0, 0.5, 1.0)
+        },
+        "by_masks": {},
+    }
+    assert [p[0] for p in sweep_points(summary)["multimodal"]] == [0.0, 0.5, 1.0]
+    write_report(summary, tmp_path)
+    assert (tmp_path / "multimodal_lambda_sweep.png").stat().st_size > 1000
+    assert "multimodal_lambda_sweep.png" in (tmp_path / "report.md").read_text()
 
 
 class _Counting:

@@ -36,9 +36,22 @@ def _model_args(p, default_model="mini"):
     p.add_argument("--bootstrap-steps", type=int, default=None, help="LoMOE bootstrapping steps")
 
 
-def _run_args(p, methods="lomoe,iterative,blended,diffedit,sdedit"):
+def _run_args(p, methods="lomoe,iterative,blended,diffedit,sdedit,multimodal"):
     _model_args(p)
-    p.add_argument("--methods", default=methods, help=f"comma-separated (default {methods})")
+    p.add_argument(
+        "--methods",
+        default=methods,
+        help=f"comma-separated (default {methods}); multimodal@L sets its λ, e.g. a sweep "
+        "multimodal@0,multimodal@0.5,multimodal@1",
+    )
+    p.add_argument("--lambda", dest="lam", type=float, default=None, help="multimodal λ (default 0.6)")
+    p.add_argument(
+        "--multimodal-control",
+        choices=["edge", "none"],
+        default="edge",
+        help="multimodal: the target scene's edge map through an edge ControlNet (ShapesBench), or text only",
+    )
+    p.add_argument("--controlnet", default=None, help="edge ControlNet folder (default: the mini model's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder (resumed when it exists)")
     p.add_argument("--clip", default=None, help="local CLIPModel folder for CLIP scores (else skipped)")
@@ -51,7 +64,13 @@ def add_parser(subparsers):
 
     s = sub.add_parser("shapes", help="ShapesBench: shapes-world edits scored by the judge")
     s.add_argument("--n", type=int, default=100, help="number of items")
-    s.add_argument("--set", dest="which", choices=["multi", "single"], default="multi")
+    s.add_argument(
+        "--set",
+        dest="which",
+        choices=["multi", "single", "shape"],
+        default="multi",
+        help="multi: every object of a 2-7 object scene; single: one object; shape: one object's shape",
+    )
     s.add_argument("--min-masks", type=int, default=2)
     s.add_argument("--max-masks", type=int, default=7)
     s.add_argument("--size", type=int, default=64, help="scene size in pixels")
@@ -92,6 +111,7 @@ def add_parser(subparsers):
 
 def _options(args):
     from ..lomoe.options import LoMOEOptions
+    from ..multimodal.options import MultimodalOptions
     from .methods import MethodConfig
 
     extra = {}
@@ -100,7 +120,12 @@ def _options(args):
     if args.bootstrap_steps is not None:
         extra["bootstrap_steps"] = args.bootstrap_steps
     lomoe = LoMOEOptions(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, **extra)
-    return MethodConfig(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, lomoe=lomoe)
+    mm = {}
+    if getattr(args, "lam", None) is not None:
+        mm["multimodal"] = MultimodalOptions(preservation_weight=args.lam)
+    if getattr(args, "multimodal_control", None):
+        mm.update(multimodal_control=args.multimodal_control, controlnet=args.controlnet)
+    return MethodConfig(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, lomoe=lomoe, **mm)
 
 
 def _load_model(args):

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..shapes.world import COLOURS, SHAPES, ShapeObject, box_mask, caption_for, random_scene, render
+from ..shapes.world import COLOURS, SHAPES, Scene, ShapeObject, box_mask, caption_for, random_scene, render
 
-SETS = ("multi", "single")
-_SET_CODE = {"multi": 1, "single": 2}
+SETS = ("multi", "single", "shape")
+_SET_CODE = {"multi": 1, "single": 2, "shape": 3}
 
 
 @dataclass
@@ -34,6 +34,8 @@ class BenchItem:
             repeated when unknown.
         targets: per region ``{"colour", "shape"}`` for the judge; None for real data.
         sources: per region the original attributes; None for real data.
+        target_image: ShapesBench only: the scene rendered with the targets, from which
+            layout conditions (an edge map of the new shape) are drawn.
     """
 
     id: str
@@ -45,6 +47,7 @@ class BenchItem:
     captions: list[str] = field(default_factory=list)
     targets: list[dict] | None = None
     sources: list[dict] | None = None
+    target_image: np.ndarray | None = None
 
     @property
     def num_masks(self) -> int:
@@ -55,9 +58,9 @@ class BenchItem:
             self.captions = [self.source_caption] * self.num_masks + [self.target_caption]
 
 
-def _new_attributes(rng: np.random.Generator, obj: ShapeObject) -> tuple[str, str]:
-    """A different colour, shape, or both (each a third of the time)."""
-    kind = int(rng.integers(0, 3))
+def _new_attributes(rng: np.random.Generator, obj: ShapeObject, shape_only: bool = False) -> tuple[str, str]:
+    """A different colour, shape, or both (each a third of the time); or only a new shape."""
+    kind = 1 if shape_only else int(rng.integers(0, 3))
     colour, shape = obj.colour, obj.shape
     if kind in (0, 2):
         colour = str(rng.choice([c for c in COLOURS if c != obj.colour]))
@@ -70,7 +73,8 @@ def shapes_item(
     seed: int, index: int, which: str = "multi", min_masks: int = 2, max_masks: int = 7, size: int = 64
 ) -> BenchItem:
     """Item ``index`` of ShapesBench ``which`` ("multi": every object of a 2–7 object scene is
-    edited, like LoMOE-Bench; "single": one object of a 1–3 object scene, like LoSOE-Bench)."""
+    edited, like LoMOE-Bench; "single": one object of a 1–3 object scene, like LoSOE-Bench;
+    "shape": as "single", but the edit changes the shape only, keeping the colour)."""
     if which not in SETS:
         raise ValueError(f"unknown ShapesBench set {which!r}; choose one of {SETS}")
     if not 1 <= min_masks <= max_masks <= 7:
@@ -89,13 +93,14 @@ def shapes_item(
     masks, prompts, targets, sources = [], [], [], []
     for k in edited:
         obj = objects[k]
-        colour, shape = _new_attributes(rng, obj)
+        colour, shape = _new_attributes(rng, obj, shape_only=which == "shape")
         masks.append(box_mask(obj, size, margin=1))
         prompts.append(f"a {colour} {shape}")
         targets.append({"colour": colour, "shape": shape})
         sources.append({"colour": obj.colour, "shape": obj.shape})
         objects[k] = ShapeObject(shape=shape, colour=colour, bbox=obj.bbox)
         captions.append(caption_for(objects, scene.background))
+    target_image, _ = render(Scene(size=scene.size, background=scene.background, objects=objects))
     return BenchItem(
         id=f"shapes-{which}-{seed}-{index:05d}",
         image=image,
@@ -106,6 +111,7 @@ def shapes_item(
         captions=captions,
         targets=targets,
         sources=sources,
+        target_image=target_image,
     )
 
 

@@ -15,11 +15,16 @@ measures the algorithms, not different models or schedulers.
   outside the union of masks keep the inverted latent of each step.
 - ``sdedit``: SDEdit (Meng et al. 2022): noise the whole image to ``strength`` and denoise
   with the target caption; no mask (a global reference point).
+- ``multimodal``: the optimisation editor (arXiv 2311.16882) with the union of the masks and
+  the target caption; on ShapesBench also the edge map of the target scene through the mini
+  model's edge ControlNet. ``multimodal@0.2`` runs it with λ = 0.2 (a λ sweep is a list of them).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,6 +33,7 @@ from PIL import Image
 from ..inversion import InversionOptions, ddim_invert, make_scheduler
 from ..lomoe.options import LoMOEOptions
 from ..models.loading import Model, to_pil
+from ..multimodal.options import MultimodalOptions
 from ..regions import Region, latent_masks
 from .datasets import BenchItem
 
@@ -41,10 +47,24 @@ class MethodConfig:
     strength_blended: float = 1.0  # Blended Latent Diffusion starts from pure noise
     negative_prompt: str = ""  # for the baselines; LoMOE keeps its own region negative prompt
     lomoe: LoMOEOptions = field(default_factory=LoMOEOptions)
+    multimodal: MultimodalOptions = field(default_factory=MultimodalOptions)
+    multimodal_control: str = "edge"  # "edge": the target scene's edge map where known; "none"
+    controlnet: str | None = None  # edge ControlNet folder; None: the mini model's shipped one
 
     def lomoe_options(self) -> LoMOEOptions:
         return replace(
             self.lomoe, num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale
+        )
+
+    def multimodal_options(self, lam: float | None = None) -> MultimodalOptions:
+        """The editor's options at this config's steps and CFG; t_u stays the first half."""
+        steps = self.num_inference_steps
+        return replace(
+            self.multimodal,
+            num_inference_steps=steps,
+            guidance_scale=self.guidance_scale,
+            optimize_steps=min(self.multimodal.optimize_steps, steps // 2),
+            preservation_weight=self.multimodal.preservation_weight if lam is None else lam,
         )
 
 
@@ -184,23 +204,84 @@ def run_sdedit(model: Model, item: BenchItem, cfg: MethodConfig, generator) -> M
     return MethodOutput(_decode(model, z))
 
 
+_CONTROLNETS: dict = {}
+
+
+def _edge_controlnet(model: Model, cfg: MethodConfig):
+    """The edge ControlNet, loaded once per model and folder."""
+    from ..multimodal.nets import load_controlnet, mini_controlnet_path
+
+    path = Path(cfg.controlnet) if cfg.controlnet else mini_controlnet_path("edge")
+    key = (str(path), id(model))
+    if key not in _CONTROLNETS:
+        _CONTROLNETS.clear()  # one model at a time
+        _CONTROLNETS[key] = load_controlnet(path, model, "edge", given=cfg.controlnet is not None)
+    return _CONTROLNETS[key]
+
+
+def run_multimodal(
+    model: Model, item: BenchItem, cfg: MethodConfig, generator, lam: float | None = None
+) -> MethodOutput:
+    from ..multimodal.conditions import Condition, canny_edges
+    from ..multimodal.editor import edit
+
+    if cfg.multimodal_control not in ("edge", "none"):
+        raise ValueError(f"multimodal_control must be 'edge' or 'none', got {cfg.multimodal_control!r}")
+    union = np.logical_or.reduce([np.asarray(m, bool) for m in item.masks])
+    conditions, nets = [], []
+    if cfg.multimodal_control == "edge" and item.target_image is not None:
+        conditions = [Condition("edge", canny_edges(_pil(item.target_image)))]
+        nets = [_edge_controlnet(model, cfg)]
+    res = edit(
+        model, _pil(item.image), item.target_caption, item.source_caption, mask=union,
+        controlnets=nets, conditions=conditions, options=cfg.multimodal_options(lam),
+        generator=generator,
+    )  # fmt: skip
+    return MethodOutput(np.asarray(res.image), res.timings["unet_backward_latent_evals"])
+
+
 METHODS = {
     "lomoe": run_lomoe,
     "iterative": run_iterative,
     "blended": run_blended,
     "diffedit": run_diffedit,
     "sdedit": run_sdedit,
+    "multimodal": run_multimodal,
 }
+SWEEPABLE = {"multimodal": "lam"}  # "multimodal@0.4": the method with that λ
 
 
 def register_method(name: str, fn) -> None:
-    """Add a method (e.g. ``multimodal`` once it lands) with the common signature."""
+    """Add a method with the common signature."""
     METHODS[name] = fn
+
+
+def base_name(name: str) -> str:
+    """``multimodal@0.4`` -> ``multimodal``: variants of one method share its seeds."""
+    return name.split("@", 1)[0]
+
+
+def _resolve(name: str):
+    base, _, value = name.partition("@")
+    if base not in METHODS:
+        return None
+    if not value:
+        return METHODS[base]
+    if base not in SWEEPABLE:
+        raise ValueError(f"{base} takes no @value; only {sorted(SWEEPABLE)} do")
+    try:
+        v = float(value)
+    except ValueError:
+        raise ValueError(f"{name}: the value after @ must be a number") from None
+    if not 0 <= v <= 1:
+        raise ValueError(f"{name}: λ must be in [0, 1]")
+    return functools.partial(METHODS[base], **{SWEEPABLE[base]: v})
 
 
 def get_methods(names) -> dict:
     names = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
-    unknown = [n for n in names if n not in METHODS]
+    found = {n: _resolve(n) for n in names}
+    unknown = [n for n, fn in found.items() if fn is None]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; known: {sorted(METHODS)}")
-    return {n: METHODS[n] for n in names}
+    return found

@@ -49,11 +49,8 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_by_masks(summary: dict, out_dir: str | Path) -> list[Path]:
-    """Seconds per edit, accuracy and background PSNR against the number of masks (PNGs).
-
-    Needs matplotlib (the ``bench`` extra); without it, logs why and returns no files.
-    """
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend, or None (logged) without the ``bench`` extra."""
     try:
         import matplotlib
 
@@ -61,6 +58,58 @@ def plot_by_masks(summary: dict, out_dir: str | Path) -> list[Path]:
         import matplotlib.pyplot as plt
     except ImportError:
         log.warning("matplotlib is not installed (pip install regionedit[bench]); skipping plots")
+        return None
+    return plt
+
+
+def sweep_points(summary: dict) -> dict[str, list[tuple[float, dict]]]:
+    """``{"multimodal": [(λ, means), ...]}`` for methods run as ``name@value``, sorted by value."""
+    out: dict[str, list] = {}
+    for name, m in summary["methods"].items():
+        base, sep, value = name.partition("@")
+        if sep:
+            out.setdefault(base, []).append((float(value), m))
+    return {k: sorted(v, key=lambda p: p[0]) for k, v in out.items() if len(v) > 1}
+
+
+def plot_sweep(summary: dict, out_dir: str | Path) -> list[Path]:
+    """Judge accuracy and background PSNR against λ for each swept method (one PNG each)."""
+    sweeps = sweep_points(summary)
+    plt = _pyplot() if sweeps else None
+    if plt is None:
+        return []
+    written = []
+    for base, pts in sweeps.items():
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        xs = [p[0] for p in pts]
+        for key, label, colour in (("accuracy", "judge accuracy", "tab:blue"),
+                                   ("shape_accuracy", "shape accuracy", "tab:green")):  # fmt: skip
+            ys = [p[1].get(key) for p in pts]
+            if all(y is not None for y in ys):
+                ax.plot(xs, ys, marker="o", color=colour, label=label)
+        ax.set_xlabel("λ (preservation weight)")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1)
+        ax.legend(loc="lower left")
+        ax2 = ax.twinx()
+        ax2.plot(xs, [p[1].get("bg_psnr") for p in pts], marker="s", color="tab:red")
+        ax2.set_ylabel("background PSNR (dB)", color="tab:red")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = Path(out_dir) / f"{base}_lambda_sweep.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def plot_by_masks(summary: dict, out_dir: str | Path) -> list[Path]:
+    """Seconds per edit, accuracy and background PSNR against the number of masks (PNGs).
+
+    Needs matplotlib (the ``bench`` extra); without it, logs why and returns no files.
+    """
+    plt = _pyplot()
+    if plt is None:
         return []
     out_dir = Path(out_dir)
     written = []
@@ -94,7 +143,7 @@ def plot_by_masks(summary: dict, out_dir: str | Path) -> list[Path]:
 def write_report(summary: dict, out_dir: str | Path, title: str = "Benchmark") -> Path:
     """``DIR/report.md``: the table and the plots."""
     out_dir = Path(out_dir)
-    plots = plot_by_masks(summary, out_dir)
+    plots = plot_by_masks(summary, out_dir) + plot_sweep(summary, out_dir)
     text = f"# {title}\n\n" + markdown_table(summary)
     text += "".join(f"\n![{p.stem}]({p.name})\n" for p in plots)
     path = out_dir / "report.md"

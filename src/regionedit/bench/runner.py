@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InvalidInputError
 from .measure import measure
-from .methods import MethodConfig
+from .methods import MethodConfig, base_name
 from .metrics import attribute_accuracy, image_metrics
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,12 @@ def work_ratio(n: int) -> float:
 
 
 def item_seed(seed: int, item_id: str, method: str) -> int:
-    """Seed of one (item, method): independent of run order, so resumed runs match."""
-    return zlib.crc32(f"{seed}/{item_id}/{method}".encode())
+    """Seed of one (item, method): independent of run order, so resumed runs match.
+
+    Variants of a method (``multimodal@0.2``, ``multimodal@0.4``) share the seed, so a sweep
+    compares them on the same noise.
+    """
+    return zlib.crc32(f"{seed}/{item_id}/{base_name(method)}".encode())
 
 
 def load_results(out_dir: Path) -> list[dict]:

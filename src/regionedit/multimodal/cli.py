@@ -13,10 +13,9 @@ import json
 from pathlib import Path
 
 from ..errors import InvalidInputError
+from .nets import load_controlnet, mini_controlnet_path
 from .options import MultimodalOptions
 
-# Shipped ControlNets of the mini model, one folder per kind (written by train_controlnet).
-MINI_CONTROLNET_DIR = Path(__file__).resolve().parent.parent / "data" / "controlnet-mini"
 FLAG_NAMES = {"num_inference_steps": "steps", "preservation_weight": "lambda"}
 
 
@@ -93,29 +92,12 @@ def _conditions(args):
 
 
 def _controlnets(args, conditions, model):
-    from diffusers import ControlNetModel
-
     given = dict(_pairs(args.controlnet, "--controlnet"))
     nets = {}
     for c in conditions:
-        if c.kind in nets:
-            continue
-        path = Path(given[c.kind]) if c.kind in given else MINI_CONTROLNET_DIR / c.kind
-        if not (path / "config.json").is_file():
-            hint = (
-                "train it with `python -m regionedit.multimodal.train_controlnet`"
-                if c.kind not in given
-                else "give a diffusers ControlNet folder"
-            )
-            raise InvalidInputError(
-                f"no ControlNet for {c.kind} at {path}: pass --controlnet {c.kind}=DIR or {hint}"
-            )
-        try:
-            nets[c.kind] = ControlNetModel.from_pretrained(str(path), torch_dtype=model.dtype).to(
-                model.device
-            )
-        except Exception as exc:  # diffusers raises many types; one clear line for the user
-            raise InvalidInputError(f"cannot load the {c.kind} ControlNet from {path}: {exc}") from None
+        if c.kind not in nets:
+            path = Path(given[c.kind]) if c.kind in given else mini_controlnet_path(c.kind)
+            nets[c.kind] = load_controlnet(path, model, c.kind, given=c.kind in given)
     return nets
 
 
