@@ -60,3 +60,24 @@ def test_bench_edit_and_speed_print_rows(tiny_model_dir, tmp_path, capsys):
     assert res["ratios"][1]["unet_work_ratio"] == res["ratios"][1]["expected_work_ratio"]
     assert res["repeats"] == 2
     assert "19N/(8N+11)" in capsys.readouterr().out
+
+
+def test_bench_flags_reach_the_method_config():
+    import argparse
+
+    from regionedit.bench import cli as bench_cli
+
+    parser = argparse.ArgumentParser()
+    bench_cli.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["bench", "shapes", "--out", "x", "--bootstrap-steps", "25", "--region-negative-prompt", "",
+         "--lambda", "0.2", "--multimodal-control", "none", "--steps", "25"]
+    )  # fmt: skip
+    cfg = bench_cli._options(args)
+    assert cfg.lomoe.bootstrap_steps == 25 and cfg.lomoe.region_negative_prompt == ""
+    assert cfg.multimodal_control == "none"
+    opts = cfg.multimodal_options()
+    assert opts.preservation_weight == 0.2 and opts.num_inference_steps == 25 and opts.optimize_steps == 12
+    defaults = bench_cli._options(parser.parse_args(["bench", "shapes", "--out", "x"]))
+    assert defaults.lomoe.region_negative_prompt.startswith("artifacts")
+    assert defaults.multimodal_options().preservation_weight == 0.6

@@ -34,6 +34,11 @@ def _model_args(p, default_model="mini"):
     p.add_argument("--guidance-scale", type=float, default=7.5)
     p.add_argument("--chunk-size", type=int, default=None, help="LoMOE branches per gradient chunk")
     p.add_argument("--bootstrap-steps", type=int, default=None, help="LoMOE bootstrapping steps")
+    p.add_argument(
+        "--region-negative-prompt",
+        default=None,
+        help="LoMOE region negative prompt (default: the official one; '' suits the mini model's vocabulary)",
+    )
 
 
 def _run_args(p, methods="lomoe,iterative,blended,diffedit,sdedit,multimodal"):
@@ -119,6 +124,8 @@ def _options(args):
         extra["chunk_size"] = args.chunk_size
     if args.bootstrap_steps is not None:
         extra["bootstrap_steps"] = args.bootstrap_steps
+    if args.region_negative_prompt is not None:
+        extra["region_negative_prompt"] = args.region_negative_prompt
     lomoe = LoMOEOptions(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, **extra)
     mm = {}
     if getattr(args, "lam", None) is not None:
