@@ -9,7 +9,7 @@ from regionedit.bench.metrics import background_of, background_psnr
 from regionedit.cli import main
 from regionedit.edit_api import read_metadata
 from regionedit.models.mini import MINI_DIR
-from regionedit.shapes.world import make_scene, write_scene
+from regionedit.shapes.world import make_scene, render, write_scene
 
 
 def test_mini_is_a_small_diffusers_model():
@@ -36,7 +36,7 @@ def test_cli_edit_three_masks_is_deterministic_and_keeps_the_background(tmp_path
         "--steps",
         "20",
         "--bootstrap-steps",
-        "8",
+        "16",
         "--seed",
         "5",
     ]
@@ -49,8 +49,33 @@ def test_cli_edit_three_masks_is_deterministic_and_keeps_the_background(tmp_path
     assert hashlib.sha256((d / "image.png").read_bytes()).hexdigest() == before
     masks = [np.asarray(Image.open(d / f"mask_{i}.png")) > 127 for i in (1, 2, 3)]
     src = np.asarray(Image.open(d / "image.png"))
-    # A regression guard at the measured level (24.8 dB on this scene with these settings), not
-    # the 28 dB target, which the shipped mini model does not reach yet (BENCHMARKS.md).
+    # A regression guard below the measured level (24.0 dB on this scene with these settings;
+    # with 8 bootstrap steps of 20 the black background turns teal, 10.4 dB), not the issue's
+    # 28 dB target, which the shipped mini model does not reach on ShapesBench (BENCHMARKS.md).
     assert background_psnr(src, a, background_of(masks, src.shape[:2])) >= 22.0
     meta = read_metadata(tmp_path / "a.png")
     assert meta["prompts"] == targets and meta["seed"] == 5 and meta["options"]["num_inference_steps"] == 20
+
+
+def test_shipped_edge_controlnet_fits_the_mini_model_and_runs_from_the_cli(tmp_path):
+    from regionedit.multimodal.conditions import canny_edges
+    from regionedit.multimodal.nets import mini_controlnet_path
+
+    path = mini_controlnet_path("edge")
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    assert size <= 15 * 2**20, size
+    scene = make_scene(4, 2)
+    d = write_scene(scene, tmp_path / "scene")
+    target = make_scene(5, 2)  # any other layout: its edge map is the instruction
+    edges = tmp_path / "edges.png"
+    canny_edges(Image.fromarray(render(target)[0])).save(edges)
+    out = tmp_path / "mm.png"
+    args = ["edit", "--method", "multimodal", "--image", str(d / "image.png"), "--prompt", target.caption,
+            "--source-prompt", scene.caption, "--control", f"edge={edges}", "--steps", "6", "--seed", "1",
+            "--save-masks", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    edited = np.asarray(Image.open(out))
+    assert edited.shape == (64, 64, 3)
+    assert np.asarray(Image.open(tmp_path / "mm_control_edge.png")).max() == 255
+    # the estimated mask is not empty: the edge map asks for new shapes somewhere
+    assert np.asarray(Image.open(tmp_path / "mm_mask.png")).max() == 255
