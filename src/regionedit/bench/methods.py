@@ -56,15 +56,15 @@ class MethodConfig:
             self.lomoe, num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale
         )
 
+    def __post_init__(self):
+        if self.multimodal_control not in ("edge", "none"):
+            raise ValueError(f"multimodal_control must be 'edge' or 'none', got {self.multimodal_control!r}")
+
     def multimodal_options(self, lam: float | None = None) -> MultimodalOptions:
         """The editor's options at this config's steps and CFG; t_u stays the first half."""
-        steps = self.num_inference_steps
-        return replace(
-            self.multimodal,
-            num_inference_steps=steps,
-            guidance_scale=self.guidance_scale,
-            optimize_steps=min(self.multimodal.optimize_steps, steps // 2),
-            preservation_weight=self.multimodal.preservation_weight if lam is None else lam,
+        lam = self.multimodal.preservation_weight if lam is None else lam
+        return replace(self.multimodal, guidance_scale=self.guidance_scale, preservation_weight=lam).at_steps(
+            self.num_inference_steps
         )
 
 
@@ -225,8 +225,6 @@ def run_multimodal(
     from ..multimodal.conditions import Condition, canny_edges
     from ..multimodal.editor import edit
 
-    if cfg.multimodal_control not in ("edge", "none"):
-        raise ValueError(f"multimodal_control must be 'edge' or 'none', got {cfg.multimodal_control!r}")
     union = np.logical_or.reduce([np.asarray(m, bool) for m in item.masks])
     conditions, nets = [], []
     if cfg.multimodal_control == "edge" and item.target_image is not None:

@@ -64,9 +64,9 @@ def options_from_args(args) -> MultimodalOptions:
         v = getattr(args, f"opt_{f.name}", None)
         if v is not None:
             values[f.name] = v
-    steps = values.get("num_inference_steps")
-    if steps is not None and "optimize_steps" not in values:  # t_u stays the first half
-        values["optimize_steps"] = min(MultimodalOptions.optimize_steps, steps // 2)
+    if "num_inference_steps" in values and "optimize_steps" not in values:
+        steps = values.pop("num_inference_steps")
+        return MultimodalOptions(**values).at_steps(steps)  # t_u: the first half of the steps
     return MultimodalOptions(**values)
 
 

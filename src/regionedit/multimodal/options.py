@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import InvalidOptionError
 
@@ -93,6 +93,10 @@ class MultimodalOptions:
         for name in ("post_blend", "mask_dilate", "gradient_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidOptionError(f"{name} must be true or false, got {getattr(self, name)!r}")
+
+    def at_steps(self, steps: int) -> MultimodalOptions:
+        """These options at ``steps`` DDIM steps, t_u clamped to the first half of them."""
+        return replace(self, num_inference_steps=steps, optimize_steps=min(self.optimize_steps, steps // 2))
 
     def strength_for(self, has_layout: bool) -> float:
         """s_g (§1.3): erase the old layout fully when a ControlNet must impose a new one."""
