@@ -31,3 +31,24 @@ def test_scribble_kind_and_model_untouched(tiny_model, tmp_path):
     assert (train_controlnet(tiny_model, tmp_path, cfg) / "config.json").exists()
     assert all(torch.equal(before[k], v) for k, v in tiny_model.unet.state_dict().items())
     assert all(not p.requires_grad for p in tiny_model.unet.parameters())
+
+
+def test_init_from_a_trained_net_starts_from_its_weights(tiny_model, tmp_path):
+    first = train_controlnet(tiny_model, tmp_path / "a", CFG)
+    a = load_file(first / "diffusion_pytorch_model.safetensors")
+    # With no steps to take, the export is the starting point: the given net, or a fresh copy.
+    same = train_controlnet(
+        tiny_model, tmp_path / "b", dataclasses.replace(CFG, steps=0, init_from=str(first))
+    )
+    fresh = train_controlnet(tiny_model, tmp_path / "c", dataclasses.replace(CFG, steps=0))
+    b = load_file(same / "diffusion_pytorch_model.safetensors")
+    c = load_file(fresh / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_init_from_a_missing_folder_says_so(tiny_model, tmp_path):
+    import pytest
+
+    with pytest.raises(FileNotFoundError, match="no ControlNet folder"):
+        train_controlnet(tiny_model, tmp_path, dataclasses.replace(CFG, init_from=str(tmp_path / "nope")))

@@ -50,3 +50,29 @@ def test_training_can_start_from_a_saved_pipeline(tmp_path):
     ub = load_file(second / "unet" / "diffusion_pytorch_model.safetensors")
     worst = max((ua[k] - ub[k]).abs().max().item() for k in ua)
     assert 0 < worst < 0.01  # one more small step from the same weights, not a fresh start
+
+
+def test_partial_captions_name_a_strict_subset_without_background():
+    import numpy as np
+    import pytest
+
+    from regionedit.errors import InvalidOptionError
+    from regionedit.shapes.train import _caption
+    from regionedit.shapes.world import random_scene
+
+    scene = random_scene(np.random.default_rng(3), 3)
+    record = (scene.objects, scene.background)
+    cfg = dataclasses.replace(CFG, caption_dropout=0.0, no_background_caption=0.0, partial_caption=1.0)
+    g = torch.Generator().manual_seed(0)
+    captions = {_caption(record, g, cfg) for _ in range(40)}
+    phrases = [o.phrase for o in scene.objects]
+    for c in captions:
+        named = [p for p in phrases if p in c]
+        assert 1 <= len(named) < 3 and "background" not in c
+    assert len(captions) > 2  # different subsets are drawn
+    single = (scene.objects[:1], scene.background)  # one object: nothing to leave out, full caption
+    assert _caption(single, g, cfg).endswith("background")
+    with pytest.raises(InvalidOptionError, match="max_objects"):
+        TrainConfig(max_objects=8)
+    with pytest.raises(InvalidOptionError, match="sum"):
+        TrainConfig(partial_caption=0.8)

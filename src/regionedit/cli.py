@@ -145,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--num-scenes", type=int, default=None)
     t.add_argument("--decoder-steps", type=int, default=None)
     t.add_argument("--init-from", default=None, help="start from a saved pipeline folder, or 'mini'")
+    t.add_argument("--max-objects", type=int, default=None, help="objects per training scene: 1 to this")
+    t.add_argument(
+        "--partial-caption", type=float, default=None, help="share of captions naming a subset of the objects"
+    )
     tj = sub.add_parser("train-judge", help="train the shapes-world judge; prints held-out accuracy")
     tj.add_argument("--out", required=True, help="safetensors file to write")
     tj.add_argument("--steps", type=int, default=800)
@@ -264,7 +268,15 @@ def run_demo(args) -> int:
 def run_train(args) -> int:
     from .shapes.train import TrainConfig, train_mini
 
-    keys = ("vae_steps", "unet_steps", "num_scenes", "decoder_steps", "init_from")
+    keys = (
+        "vae_steps",
+        "unet_steps",
+        "num_scenes",
+        "decoder_steps",
+        "init_from",
+        "max_objects",
+        "partial_caption",
+    )
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     cfg = dataclasses.replace(TrainConfig(seed=args.seed), **overrides)
     result = train_mini(args.out, cfg, max_minutes=args.max_minutes)

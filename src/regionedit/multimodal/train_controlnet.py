@@ -53,6 +53,7 @@ class ControlTrainConfig:
     caption_dropout: float = 0.5  # ControlNet paper: half the prompts empty
     embedding_channels: tuple[int, ...] = (16, 32, 64)  # 3 levels: 4x down, like the mini VAE
     ckpt_every: int = 200
+    init_from: str | None = None  # a ControlNet folder, or "shipped" for data/controlnet-mini/<kind>
 
 
 def build_dataset(model: Model, cfg: ControlTrainConfig, size: int):
@@ -82,6 +83,15 @@ def _lr(step: int, cfg: ControlTrainConfig) -> float:
     return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * p))
 
 
+def _init_path(cfg: ControlTrainConfig) -> Path:
+    from .nets import mini_controlnet_path
+
+    path = mini_controlnet_path(cfg.kind) if cfg.init_from == "shipped" else Path(cfg.init_from)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no ControlNet folder (config.json) at {path}")
+    return path
+
+
 def train_controlnet(
     model: Model, out: str | Path, cfg: ControlTrainConfig, max_minutes: float | None = None
 ):
@@ -103,11 +113,14 @@ def train_controlnet(
         latents, maps, captions = build_dataset(model, cfg, size)
         save_file({"latents": latents.contiguous(), "maps": maps.contiguous()}, data_path)
         (out / "captions.json").write_text(json.dumps(captions))
-    with torch.random.fork_rng(devices=[]):  # from_unet draws from the global RNG: seed it, isolated
-        torch.manual_seed(cfg.seed)
-        net = ControlNetModel.from_unet(
-            model.unet, conditioning_embedding_out_channels=cfg.embedding_channels
-        )
+    if cfg.init_from is not None:  # go on from committed weights (a fresh optimiser and warm-up)
+        net = ControlNetModel.from_pretrained(str(_init_path(cfg)))
+    else:
+        with torch.random.fork_rng(devices=[]):  # from_unet draws from the global RNG: seed it, isolated
+            torch.manual_seed(cfg.seed)
+            net = ControlNetModel.from_unet(
+                model.unet, conditioning_embedding_out_channels=cfg.embedding_channels
+            )
     net = net.to(model.device, torch.float32).train()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-2)
     start = load_checkpoint(out, "controlnet", {"net": net}, opt)
@@ -163,8 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-scenes", type=int, default=None)
     p.add_argument("--max-minutes", type=float, default=None)
     p.add_argument("--device", default=None)
+    p.add_argument(
+        "--init-from", default=None, help='ControlNet folder to start from; "shipped" = the packaged one'
+    )
     args = p.parse_args(argv)
-    over = {k: getattr(args, k) for k in ("steps", "batch", "num_scenes") if getattr(args, k) is not None}
+    keys = ("steps", "batch", "num_scenes", "init_from")
+    over = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     cfg = ControlTrainConfig(kind=args.kind, seed=args.seed, **over)
     folder = train_controlnet(load(args.model, device=args.device), args.out, cfg, args.max_minutes)
     print(folder if folder else f"stopped early; run the same command again to resume from {args.out}")

@@ -28,8 +28,9 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..checkpoint import load_checkpoint, save_checkpoint
+from ..errors import InvalidOptionError
 from ..models.mini import MiniConfig, build_components, save_pipeline
-from .world import caption_for, random_scene, render
+from .world import MAX_OBJECTS, caption_for, random_scene, render
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,22 @@ class TrainConfig:
     warmup_steps: int = 100
     caption_dropout: float = 0.1
     no_background_caption: float = 0.2  # region prompts ("a blue circle") name no background
+    partial_caption: float = 0.0  # name a random subset of the objects, no background, as a
+    # LoMOE region prompt does in a scene with other objects (third run: 0.25)
     min_snr_gamma: float = 5.0
     decoder_steps: int = 400  # decoder-only fine-tune on frozen-encoder means: latents unchanged
     decoder_lr: float = 3e-4
     init_from: str | None = None  # a pipeline folder ("mini" = the shipped one) to start from
     ckpt_every: int = 200
+
+    def __post_init__(self):
+        if not 1 <= self.max_objects <= MAX_OBJECTS:
+            raise InvalidOptionError(f"max_objects must be in 1..{MAX_OBJECTS}, got {self.max_objects}")
+        shares = (self.caption_dropout, self.no_background_caption, self.partial_caption)
+        if any(not 0 <= v <= 1 for v in shares) or sum(shares) > 1:
+            raise InvalidOptionError(
+                "caption_dropout, no_background_caption and partial_caption must be in [0, 1] and sum to <= 1"
+            )
 
 
 def make_dataset(cfg: TrainConfig, size: int) -> tuple[torch.Tensor, list[tuple[list, str]]]:
@@ -89,6 +101,10 @@ def _caption(record, g: torch.Generator, cfg: TrainConfig) -> str:
         return ""
     if u < cfg.caption_dropout + cfg.no_background_caption:
         return caption_for(objects, None)
+    if u < cfg.caption_dropout + cfg.no_background_caption + cfg.partial_caption and len(objects) > 1:
+        k = int(torch.randint(1, len(objects), (), generator=g))
+        keep = sorted(torch.randperm(len(objects), generator=g)[:k].tolist())
+        return caption_for([objects[i] for i in keep], None)
     return caption_for(objects, background)
 
 
@@ -106,6 +122,8 @@ def _init_from(comps: dict, folder: str) -> None:
         if not files:
             raise FileNotFoundError(f"no {part} weights (*.safetensors) in {path / part}")
         comps[part].load_state_dict(load_file(files[0]))
+    scale = json.loads((path / "vae" / "config.json").read_text()).get("scaling_factor")
+    comps["vae"].register_to_config(scaling_factor=scale)
 
 
 def _cosine(step: int, total: int, lr: float, lr_min: float, warmup: int = 0) -> float:
@@ -201,7 +219,8 @@ def train_mini(
                 chunks.append(vae.encode(x).latent_dist.mean)
         latents = torch.cat(chunks)
         save_file({"latents": latents.contiguous()}, lat_path)
-    scale = float(1.0 / latents.std())
+    # A fresh model takes 1/std; one that goes on keeps its scale, so its UNet's latents stay valid.
+    scale = vae.config.scaling_factor if cfg.init_from else float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scale)
     latents = latents * scale
 
