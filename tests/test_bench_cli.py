@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from regionedit.cli import main
 
 
@@ -81,3 +83,30 @@ def test_bench_flags_reach_the_method_config():
     defaults = bench_cli._options(parser.parse_args(["bench", "shapes", "--out", "x"]))
     assert defaults.lomoe.region_negative_prompt.startswith("artifacts")
     assert defaults.multimodal_options().preservation_weight == 0.6
+
+
+def test_shards_share_one_run_and_report_counts_finished_items(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["bench", "shapes", "--model", str(tiny_model_dir), "--n", "3", "--min-masks", "1",
+            "--max-masks", "2", "--methods", "sdedit,diffedit", "--steps", "1", "--no-judge",
+            "--no-images", "--out", str(out)]  # fmt: skip
+    assert main([*base, "--shard", "1/2"]) == 0
+    items = {json.loads(line)["item"] for line in (out / "results.jsonl").read_text().splitlines()}
+    assert items == {"shapes-multi-0-00001"}
+    assert main([*base, "--shard", "0/2"]) == 0
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted({r["item"] for r in records}) == [f"shapes-multi-0-0000{i}" for i in range(3)]
+    assert len(records) == 6
+    # drop one method's record of one item: the report compares methods on the 2 items both finished
+    kept = [r for r in records if not (r["item"].endswith("2") and r["method"] == "diffedit")]
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    capsys.readouterr()
+    assert main(["bench", "report", str(out)]) == 0
+    assert "2 items finished by every method" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["methods"]["sdedit"]["n"] == 2 and summary["methods"]["diffedit"]["n"] == 2
+    assert main(["bench", "report", str(out), "--all-items"]) == 0
+    assert json.loads((out / "summary.json").read_text())["methods"]["sdedit"]["n"] == 3
+    with pytest.raises(SystemExit) as exc:
+        main([*base, "--shard", "2/2"])
+    assert exc.value.code == 2 and "I/K" in capsys.readouterr().err

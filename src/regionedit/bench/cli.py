@@ -26,6 +26,16 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, k = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/K such as 0/2, got {text!r}") from None
+    if not 0 <= i < k:
+        raise argparse.ArgumentTypeError(f"need 0 <= I < K in I/K, got {text!r}")
+    return i, k
+
+
 def _model_args(p, default_model="mini"):
     p.add_argument("--model", default=default_model, help=f"model to load (default {default_model})")
     p.add_argument("--device", default=None, help="cpu (default), cuda, ...")
@@ -61,6 +71,12 @@ def _run_args(p, methods="lomoe,iterative,blended,diffedit,sdedit,multimodal"):
     p.add_argument("--out", required=True, help="output folder (resumed when it exists)")
     p.add_argument("--clip", default=None, help="local CLIPModel folder for CLIP scores (else skipped)")
     p.add_argument("--no-images", action="store_true", help="do not save edited images")
+    p.add_argument(
+        "--shard",
+        type=_shard,
+        default=(0, 1),
+        help="I/K: run items I, I+K, I+2K, ... only; K processes with the same --out share one run",
+    )
 
 
 def add_parser(subparsers):
@@ -109,8 +125,11 @@ def add_parser(subparsers):
     e.add_argument("--regions", type=_ints, default=[1, 2, 4, 8, 16])
     e.add_argument("--out", default=None, help="write the rows as JSON here")
 
-    r = sub.add_parser("report", help="(re)write report.md and plots from DIR/summary.json")
+    r = sub.add_parser("report", help="(re)write summary.json, report.md and plots from DIR's results")
     r.add_argument("dir")
+    r.add_argument(
+        "--all-items", action="store_true", help="also count items that some methods have not finished"
+    )
     return "bench", run
 
 
@@ -160,9 +179,10 @@ def _run_quality(args, items, settings, judge=None) -> int:
     except ValueError as exc:
         raise InvalidInputError(str(exc)) from None
     model = _load_model(args)
+    shard, shards = args.shard
     summary = run_benchmark(
         model,
-        items,
+        items[shard::shards],
         methods,
         args.out,
         config=_options(args),
@@ -257,10 +277,21 @@ def run_edit_scaling(args) -> int:
 def run_report(args) -> int:
     from .report import markdown_table, write_report
 
-    path = Path(args.dir) / "summary.json"
-    if not path.is_file():
-        raise InvalidInputError(f"{path} not found; run a benchmark with --out {args.dir} first")
-    summary = json.loads(path.read_text())
+    from .runner import RESULTS, complete_items, load_results, summarise
+
+    out = Path(args.dir)
+    path = out / "summary.json"
+    records = load_results(out)
+    if records:  # recompute: shards or an interrupted run may have left it behind
+        kept = records if args.all_items else complete_items(records)
+        n_items = len({r["item"] for r in kept})
+        print(f"{n_items} items{'' if args.all_items else ' finished by every method'}")
+        summary = summarise(kept)
+        path.write_text(json.dumps(summary, indent=2))
+    elif path.is_file():
+        summary = json.loads(path.read_text())
+    else:
+        raise InvalidInputError(f"no {RESULTS} or summary.json in {out}; run a benchmark with --out {out} first")
     print(markdown_table(summary))
     print(f"wrote {write_report(summary, args.dir)}")
     return 0

@@ -93,6 +93,15 @@ def load_results(out_dir: Path) -> list[dict]:
     return records
 
 
+def complete_items(records: list[dict]) -> list[dict]:
+    """The records of items that every method in ``records`` finished (a fair comparison)."""
+    methods = {r["method"] for r in records}
+    done: dict[str, set] = {}
+    for r in records:
+        done.setdefault(r["item"], set()).add(r["method"])
+    return [r for r in records if done[r["item"]] == methods]
+
+
 def _append(path: Path, record: dict) -> None:
     with open(path, "a") as fh:
         fh.write(json.dumps(record) + "\n")
