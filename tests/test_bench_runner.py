@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from regionedit.bench import methods
 from regionedit.bench.datasets import shapes_bench
 from regionedit.bench.methods import METHODS, MethodConfig, MethodOutput, get_methods
 from regionedit.bench.report import markdown_table, sweep_points, write_report
@@ -114,8 +115,6 @@ def edge_net_dir(tiny_model, tmp_path_factory):
 def test_multimodal_uses_the_target_edge_map_through_the_controlnet(tiny_model, edge_net_dir):
     import torch
 
-    from regionedit.bench import methods
-
     item = shapes_bench(1, which="shape", seed=0)[0]
     cfg = dataclasses.replace(CFG, multimodal_control="edge", controlnet=str(edge_net_dir))
     seen = []
@@ -150,6 +149,22 @@ def test_lambda_variants_share_seeds_and_differ_in_lambda(tiny_model, items):
     for bad in ("multimodal@x", "multimodal@2", "lomoe@0.5"):
         with pytest.raises(ValueError):
             get_methods(bad)
+
+
+def test_sweep_reuses_the_guidance_pass_and_reports_full_cost(tiny_model, items):
+    from regionedit.bench.runner import evaluate_one
+
+    found = get_methods("multimodal@0,multimodal@1")
+    methods._GUIDANCE.clear()
+    first = evaluate_one(tiny_model, items[0], "multimodal@0", found["multimodal@0"], CFG)
+    second = evaluate_one(tiny_model, items[0], "multimodal@1", found["multimodal@1"], CFG)
+    assert methods._GUIDANCE  # the pass was kept for the next variant
+    methods._GUIDANCE.clear()
+    alone = evaluate_one(tiny_model, items[0], "multimodal@1", found["multimodal@1"], CFG)
+    assert np.array_equal(second["_image"], alone["_image"])  # reuse changes nothing
+    # the reused pass's work is counted back in: every variant reports a standalone edit's cost
+    for key in ("unet_evals", "unet_backward_evals"):
+        assert first[key] == second[key] == alone[key]
 
 
 def test_sweep_report_plots_accuracy_and_psnr_against_lambda(tmp_path):

@@ -310,6 +310,26 @@ def test_seeded_and_deterministic(model, image64):
     assert not torch.equal(a.guidance_latents, c.guidance_latents)
 
 
+def test_reused_guidance_pass_gives_the_same_edit_at_another_lambda(model, image64):
+    """A λ sweep computes the guidance pass once: reuse must equal recomputing, draw for draw."""
+    opts = dataclasses.replace(FAST, preservation_weight=0.2)
+    first = edit(model, image64, "a blue circle", SOURCE, options=FAST, generator=gen(1))  # estimated mask
+    fresh = edit(model, image64, "a blue circle", SOURCE, options=opts, generator=gen(1))
+    reused = edit(
+        model, image64, "a blue circle", SOURCE, options=opts, generator=gen(1), guidance=first.guidance
+    )
+    assert torch.equal(fresh.latents, reused.latents) and torch.equal(fresh.mask, reused.mask)
+    assert reused.timings.get("guidance_reused") and not fresh.timings.get("guidance_reused")
+    assert not torch.equal(first.latents, fresh.latents)  # λ did change the edit
+    assert first.guidance.unet_evals > 0 and first.guidance.unet_backward_evals > 0
+    with pytest.raises(InvalidInputError, match="guidance pass"):  # another seed
+        edit(model, image64, "a blue circle", SOURCE, options=opts, generator=gen(2), guidance=first.guidance)
+    with pytest.raises(InvalidInputError, match="guidance pass"):  # another prompt
+        edit(
+            model, image64, "a green circle", SOURCE, options=opts, generator=gen(1), guidance=first.guidance
+        )
+
+
 # --- T11: mask estimation -------------------------------------------------------------------
 
 

@@ -276,7 +276,6 @@ def run_edit_scaling(args) -> int:
 
 def run_report(args) -> int:
     from .report import markdown_table, write_report
-
     from .runner import RESULTS, complete_items, load_results, summarise
 
     out = Path(args.dir)
@@ -291,7 +290,9 @@ def run_report(args) -> int:
     elif path.is_file():
         summary = json.loads(path.read_text())
     else:
-        raise InvalidInputError(f"no {RESULTS} or summary.json in {out}; run a benchmark with --out {out} first")
+        raise InvalidInputError(
+            f"no {RESULTS} or summary.json in {out}; run a benchmark with --out {out} first"
+        )
     print(markdown_table(summary))
     print(f"wrote {write_report(summary, args.dir)}")
     return 0

@@ -184,6 +184,10 @@ def evaluate_one(model, item, name, method, config, judge=None, clip=None, seed:
     with measure(model) as m:
         out = method(model, item, config, generator)
     m.unet_backward_evals = out.unet_backward_evals
+    if out.reused is not None:  # count shared work as if this edit had done it alone
+        m.seconds += out.reused[0]
+        m.unet_evals += out.reused[1]
+        m.unet_backward_evals += out.reused[2]
     edited = np.array(out.image, dtype=np.uint8)  # a writable copy (torch warns on read-only arrays)
     record = {"item": item.id, "method": name, "n_masks": item.num_masks}
     record.update({k: _finite(v) for k, v in image_metrics(item.image, edited, item.masks).items()})

@@ -8,9 +8,10 @@ only through the ControlNet residuals, so the optimisation itself is condition-a
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -37,6 +38,45 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class GuidancePass:
+    """The guidance pass of an edit (§1.3). It does not depend on λ or on blending after t_u,
+    so edits that differ only in those can share it (a λ sweep computes it once).
+
+    Attributes:
+        latents: ``(1, C, h, w)`` z^g, the guidance image's latent.
+        trajectory: step -> latent of the guidance trajectory (the L_guid targets).
+        losses: the pass's per-step losses.
+        seconds: its wall time when computed.
+        unet_evals / unet_backward_evals: its UNet latent evaluations (all; back-propagated).
+        key: digest of everything it depends on; an edit refuses a pass with another key.
+        generator_state: the generator after the pass; an edit reusing the pass resumes from
+            it, so its later draws are those of an edit that computed the pass itself.
+    """
+
+    latents: torch.Tensor
+    trajectory: dict
+    losses: list
+    seconds: float
+    unet_evals: int
+    unet_backward_evals: int
+    key: str
+    generator_state: torch.Tensor
+
+
+def _guidance_key(z0, prompt, source_prompt, negative_prompt, options, given_mask, controls, conditions, gen):
+    h = hashlib.sha256()
+    neutral = replace(options, preservation_weight=0.0, post_blend=False)
+    h.update(repr((prompt, source_prompt, negative_prompt, asdict(neutral))).encode())
+    h.update(repr([(c.kind, c.scale, c.start, c.end) for c in conditions]).encode())
+    h.update(repr([] if controls is None else [id(net) for net in controls.nets]).encode())  # same objects
+    tensors = [z0, gen.get_state()] + ([] if given_mask is None else [given_mask])
+    tensors += [] if controls is None else list(controls.images)
+    for t in tensors:
+        h.update(t.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass
 class MultimodalResult:
     """What :func:`edit` returns.
 
@@ -55,6 +95,7 @@ class MultimodalResult:
         timings: seconds per stage and UNet latent evaluations.
         options: the options used, as a dict.
         inversion: ``(N + 1, C, h, w)`` trajectory z_0..z_T; pass it back to edit again.
+        guidance: the :class:`GuidancePass`; pass it back to edit again with another λ.
     """
 
     image: Image.Image
@@ -72,6 +113,7 @@ class MultimodalResult:
     timings: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
     inversion: torch.Tensor | None = None
+    guidance: GuidancePass | None = None
 
 
 def invert_image(
@@ -133,6 +175,31 @@ def _check_net(net, model: Model, i: int) -> None:
         )
 
 
+def _guidance_pass(denoiser, sched, z0, inversion, inv_traj, x_input, given_mask, options, has_layout,
+                   generator, bar, callback, key) -> GuidancePass:  # fmt: skip
+    """§1.3: from a seeded random-noise start, optimise L_pres only (λ = 1) with the user mask."""
+    t0, before_f, before_b = time.perf_counter(), denoiser.counter.forward, denoiser.counter.backward
+    n = options.num_inference_steps
+    strength = options.strength_for(has_layout)
+    i0, z_start, before = guidance_start_latent(
+        sched, z0, inversion, strength, options.guidance_start, generator
+    )
+    keep_user = None if given_mask is None else (~given_mask).float()[None, None].to(z0.device)
+    targets = Targets(pres=x_input if x_input is not None else z0, pres_traj=inv_traj, keep=keep_user)
+    if i0 < n:
+        z0_g, traj, losses = optimised_pass(
+            denoiser, sched, z_start, i0, options, 1.0, targets, progress_bar=bar, callback=callback,
+            stage="guidance",
+        )  # fmt: skip
+    else:
+        z0_g, traj, losses = z0, {}, []
+    back = denoiser.counter.backward - before_b
+    evals = denoiser.counter.forward - before_f + back
+    return GuidancePass(
+        z0_g, {**before, **traj}, losses, time.perf_counter() - t0, evals, back, key, generator.get_state()
+    )
+
+
 def _check_inputs(model, image, prompt, source_prompt, negative_prompt, conditions, options):
     if isinstance(image, (str, Path)):
         image = load_image(image)
@@ -170,6 +237,7 @@ def edit(
     generator: torch.Generator | None = None,
     negative_prompt: str = "",
     inversion: torch.Tensor | None = None,
+    guidance: GuidancePass | None = None,
     progress: bool = False,
     callback=None,
 ) -> MultimodalResult:
@@ -190,6 +258,8 @@ def edit(
         generator: seeds the guidance noise and the DiffEdit draws (default seed 0).
         negative_prompt: the unconditional half of CFG (default "").
         inversion: a trajectory from :func:`invert_image` or an earlier result, to reuse.
+        guidance: an earlier result's :class:`GuidancePass`, to reuse: the same image, prompts,
+            mask, conditions, seed and options but for λ and ``post_blend`` (checked).
         callback: ``callback(step, info)`` after every denoising step of both passes.
     """
     options = options or MultimodalOptions()
@@ -244,21 +314,28 @@ def edit(
     with gradient_checkpointing(nets_all, options.gradient_checkpointing):
         # §1.3 guidance image: seeded random-noise start, L_pres only (λ = 1), user mask or none.
         t0 = time.perf_counter()
-        strength = options.strength_for(bool(conditions))
-        i0, z_start, before = guidance_start_latent(
-            sched, z0, inversion, strength, options.guidance_start, generator
+        key = _guidance_key(
+            z0, prompt, source_prompt, negative_prompt, options, given_mask, controls, conditions, generator
         )
-        keep_user = None if given_mask is None else (~given_mask).float()[None, None].to(model.device)
-        g_targets = Targets(pres=x_input if x_input is not None else z0, pres_traj=inv_traj, keep=keep_user)
-        bar = tqdm(total=2 * n - i0, desc="multimodal", disable=not progress, leave=False)
-        if i0 < n:
-            z0_g, g_traj, g_losses = optimised_pass(
-                denoiser, sched, z_start, i0, options, 1.0, g_targets, progress_bar=bar, callback=callback,
-                stage="guidance",
-            )  # fmt: skip
+        i0 = n - min(int(n * options.strength_for(bool(conditions))), n)  # as guidance_start_latent
+        bar = tqdm(
+            total=n + (n - i0 if guidance is None else 0),
+            desc="multimodal",
+            disable=not progress,
+            leave=False,
+        )
+        if guidance is None:
+            guidance = _guidance_pass(denoiser, sched, z0, inversion, inv_traj, x_input, given_mask,
+                                      options, bool(conditions), generator, bar, callback, key)  # fmt: skip
+        elif guidance.key != key:
+            raise InvalidInputError(
+                "the given guidance pass was made for another image, prompt, mask, condition, seed "
+                "or option (only λ and post_blend may differ); run the edit without guidance="
+            )
         else:
-            z0_g, g_traj, g_losses = z0, {}, []
-        guid_traj = {**before, **g_traj}
+            generator.set_state(guidance.generator_state)
+            timings["guidance_reused"] = True
+        z0_g, guid_traj, g_losses = guidance.latents, guidance.trajectory, guidance.losses
         timings["guidance_seconds"] = time.perf_counter() - t0
 
         # §1.4 mask.
@@ -321,4 +398,5 @@ def edit(
         timings=timings,
         options=asdict(options),
         inversion=inversion,
+        guidance=guidance,
     )
