@@ -61,6 +61,9 @@ def _run_args(p, methods="lomoe,iterative,blended,diffedit,sdedit,multimodal"):
     )
     p.add_argument("--lambda", dest="lam", type=float, default=None, help="multimodal λ (default 0.6)")
     p.add_argument(
+        "--post-blend", action="store_true", help="multimodal: blend the inversion outside the mask after t_u"
+    )
+    p.add_argument(
         "--multimodal-control",
         choices=["edge", "none"],
         default="edge",
@@ -147,8 +150,13 @@ def _options(args):
         extra["region_negative_prompt"] = args.region_negative_prompt
     lomoe = LoMOEOptions(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, **extra)
     mm = {}
+    mm_over = {}
     if getattr(args, "lam", None) is not None:
-        mm["multimodal"] = MultimodalOptions(preservation_weight=args.lam)
+        mm_over["preservation_weight"] = args.lam
+    if getattr(args, "post_blend", False):
+        mm_over["post_blend"] = True
+    if mm_over:
+        mm["multimodal"] = MultimodalOptions(**mm_over)
     if getattr(args, "multimodal_control", None):
         mm.update(multimodal_control=args.multimodal_control, controlnet=args.controlnet)
     return MethodConfig(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, lomoe=lomoe, **mm)
