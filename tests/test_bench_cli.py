@@ -110,3 +110,14 @@ def test_shards_share_one_run_and_report_counts_finished_items(tiny_model_dir, t
     with pytest.raises(SystemExit) as exc:
         main([*base, "--shard", "2/2"])
     assert exc.value.code == 2 and "I/K" in capsys.readouterr().err
+
+
+def test_lambda_and_post_blend_flags_reach_the_multimodal_options():
+    from regionedit.bench.cli import _options
+    from regionedit.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "shapes", "--out", "x", "--lambda", "0.3", "--post-blend"])
+    cfg = _options(args)
+    assert cfg.multimodal.preservation_weight == 0.3 and cfg.multimodal.post_blend
+    plain = _options(build_parser().parse_args(["bench", "shapes", "--out", "x"])).multimodal
+    assert plain.preservation_weight == 0.6 and not plain.post_blend
