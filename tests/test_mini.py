@@ -3,6 +3,7 @@
 import hashlib
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from regionedit.bench.metrics import background_of, background_psnr
@@ -62,25 +63,26 @@ def test_cli_edit_three_masks_is_deterministic_and_keeps_the_background(tmp_path
     assert meta["prompts"] == targets and meta["seed"] == 5 and meta["options"]["num_inference_steps"] == 25
 
 
-def test_shipped_edge_controlnet_fits_the_mini_model_and_runs_from_the_cli(tmp_path):
-    from regionedit.multimodal.conditions import canny_edges
-    from regionedit.multimodal.nets import mini_controlnet_path
+@pytest.mark.parametrize("kind", ["edge", "scribble"])
+def test_shipped_controlnets_fit_the_mini_model_and_run_from_the_cli(tmp_path, kind):
+    from regionedit.multimodal.conditions import canny_edges, scribble_from_image
+    from regionedit.multimodal.nets import MINI_CONTROLNET_DIR
 
-    path = mini_controlnet_path("edge")
-    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    assert size <= 15 * 2**20, size
+    size = sum(p.stat().st_size for p in MINI_CONTROLNET_DIR.rglob("*") if p.is_file())
+    assert size <= 15 * 2**20, size  # every shipped ControlNet together
     scene = make_scene(4, 2)
     d = write_scene(scene, tmp_path / "scene")
     target = make_scene(5, 2)  # any other layout: its edge map is the instruction
     edges = tmp_path / "edges.png"
-    canny_edges(Image.fromarray(render(target)[0])).save(edges)
+    to_map = canny_edges if kind == "edge" else scribble_from_image
+    to_map(Image.fromarray(render(target)[0])).save(edges)
     out = tmp_path / "mm.png"
     args = ["edit", "--method", "multimodal", "--image", str(d / "image.png"), "--prompt", target.caption,
-            "--source-prompt", scene.caption, "--control", f"edge={edges}", "--steps", "6", "--seed", "1",
+            "--source-prompt", scene.caption, "--control", f"{kind}={edges}", "--steps", "6", "--seed", "1",
             "--save-masks", "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     edited = np.asarray(Image.open(out))
     assert edited.shape == (64, 64, 3)
-    assert np.asarray(Image.open(tmp_path / "mm_control_edge.png")).max() == 255
+    assert np.asarray(Image.open(tmp_path / f"mm_control_{kind}.png")).max() == 255
     # the estimated mask is not empty: the edge map asks for new shapes somewhere
     assert np.asarray(Image.open(tmp_path / "mm_mask.png")).max() == 255
