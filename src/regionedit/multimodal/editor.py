@@ -30,6 +30,7 @@ from .guidance import (
     gradient_checkpointing,
     guidance_start_latent,
     optimised_pass,
+    start_index,
 )
 from .mask import diffedit_mask, difference_mask, estimate_mask, mask_to_image, user_mask
 from .options import MultimodalOptions
@@ -317,7 +318,7 @@ def edit(
         key = _guidance_key(
             z0, prompt, source_prompt, negative_prompt, options, given_mask, controls, conditions, generator
         )
-        i0 = n - min(int(n * options.strength_for(bool(conditions))), n)  # as guidance_start_latent
+        i0 = start_index(n, options.strength_for(bool(conditions)))
         bar = tqdm(
             total=n + (n - i0 if guidance is None else 0),
             desc="multimodal",

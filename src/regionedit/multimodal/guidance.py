@@ -262,6 +262,11 @@ def optimised_pass(
     return z, traj, records
 
 
+def start_index(n: int, strength: float) -> int:
+    """img2img's first denoising step for a strength [diffusers]: ``N − min(int(N·s), N)``."""
+    return n - min(int(n * strength), n)
+
+
 def guidance_start_latent(sched, z0, inv_traj, strength, start_kind, generator):
     """§1.3 step 1: the img2img start index and latent, plus the trajectory before it.
 
@@ -269,7 +274,7 @@ def guidance_start_latent(sched, z0, inv_traj, strength, start_kind, generator):
     with seeded ε (paper: random noise), or the inverted latent at τ_i0 (option).
     """
     n = len(sched.timesteps)
-    i0 = n - min(int(n * strength), n)
+    i0 = start_index(n, strength)
     noise = torch.randn(z0.shape, generator=generator, dtype=torch.float32).to(z0.device)
     steps = range(min(i0, n - 1) + 1)
     if start_kind == "inversion":

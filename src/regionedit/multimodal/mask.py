@@ -17,6 +17,7 @@ from ..errors import InvalidMaskError
 from ..inversion import make_scheduler, to_epsilon
 from ..models.loading import Model
 from ..regions import mask_to_array
+from .guidance import start_index
 from .options import MultimodalOptions
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def diffedit_mask(
     """
     n = options.num_inference_steps
     sched = make_scheduler(model, n)
-    i0 = min(n - min(int(n * options.mask_encode_strength), n), n - 1)
+    i0 = min(start_index(n, options.mask_encode_strength), n - 1)
     t = sched.timesteps[i0]
     maps = options.mask_num_maps
     noise = torch.randn((maps, *z0.shape[1:]), generator=generator, dtype=torch.float32).to(z0.device)
