@@ -61,29 +61,11 @@ class _UNetCounter:
         self.backward_evals = 0
 
 
-def _constant_colour_pool(
-    model: Model, size: tuple[int, int], generator: torch.Generator, source: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Latents of ``BOOTSTRAP_POOL`` images of one colour each (seeded).
-
-    Colours are uniform in RGB, or with ``source`` (``(K, 3)`` pixel colours in [-1, 1])
-    drawn from those pixels.
-    """
-    if source is None or len(source) == 0:
-        colours = torch.rand((BOOTSTRAP_POOL, 3), generator=generator) * 2 - 1
-    else:
-        colours = source[torch.randint(0, len(source), (BOOTSTRAP_POOL,), generator=generator)]
-    images = colours[:, :, None, None].expand(-1, -1, *size).to(model.device, torch.float32)
+def _constant_colour_pool(model: Model, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+    """Latents of ``BOOTSTRAP_POOL`` images of one random colour each (seeded)."""
+    colours = torch.rand((BOOTSTRAP_POOL, 3, 1, 1), generator=generator) * 2 - 1
+    images = colours.expand(-1, -1, *size).to(model.device)
     return torch.cat([model.encode(images[i : i + 10]) for i in range(0, BOOTSTRAP_POOL, 10)])
-
-
-def _background_pixels(model: Model, inv: Inversion, background: torch.Tensor) -> torch.Tensor:
-    """``(K, 3)`` colours in [-1, 1] of the reconstructed input where only background is."""
-    h, w = inv.image_size
-    with torch.no_grad():
-        image = model.decode(inv.latents[:1].to(model.device))[0] * 2 - 1
-    keep = F.interpolate(background[None].float(), size=(h, w), mode="nearest")[0, 0] > 0.5
-    return image.permute(1, 2, 0)[keep.to(image.device)].cpu()
 
 
 def _prepare(model: Model, image, background_prompt, options: LoMOEOptions, progress):
@@ -234,8 +216,7 @@ def _denoise(model, inv, regions, weights, options, generator, counter, progress
     pool = None
     if options.bootstrap_steps > 0 and regions:
         h, w = inv.image_size
-        source = _background_pixels(model, inv, weights[0]) if options.bootstrap_colours == "image" else None
-        pool = _constant_colour_pool(model, (h, w), generator, source)
+        pool = _constant_colour_pool(model, (h, w), generator)
     optimise = options.learning_rate > 0 and (
         options.cross_attention_weight > 0 or options.background_weight > 0
     )
@@ -250,21 +231,14 @@ def _denoise(model, inv, regions, weights, options, generator, counter, progress
         counter.latent_evals += 2 * len(idx)
         eps_u, eps_c = out.chunk(2)
         eps = eps_u + options.guidance_scale * (eps_c - eps_u)
-        return sched.step(eps, t, views).prev_sample + offset[idx]
+        return sched.step(eps, t, views).prev_sample + offset
 
     z = z_T
-    if options.region_start_noise and regions:
-        noise = torch.randn(z_T.shape, generator=generator).to(z_T)
-        union = 1 - weights[:1]
-        z = z_T * (1 - union) + noise * union
-    keep = torch.ones(n_branch, 1, 1, 1, device=z_T.device, dtype=z_T.dtype)
-    if not options.region_offsets:
-        keep[1:] = 0
     losses = []
     with temperature_attention(model.unet, options.temperature) as store:
         for i, t in enumerate(tqdm(sched.timesteps, desc="edit", disable=not progress, leave=False)):
             w_i = active_weights(weights, regions, i, steps)
-            offset = inv.offsets[i : i + 1] * keep
+            offset = inv.offsets[i : i + 1]
             ref_latent = inv.latents[steps - 1 - i : steps - i]
             views = z.expand(n_branch, -1, -1, -1).clone()
             if pool is not None and i < options.bootstrap_steps:

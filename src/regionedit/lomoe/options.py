@@ -13,9 +13,6 @@ DEFAULT_REGION_NEGATIVE = (
 )
 
 
-BOOTSTRAP_COLOURS = ("random", "image")
-
-
 @dataclass(frozen=True)
 class LoMOEOptions:
     num_inference_steps: int = 50  # T: inversion and edit must match
@@ -32,9 +29,6 @@ class LoMOEOptions:
     chunk_size: int | None = None  # branches per gradient chunk (exact); None = all at once
     paste_back: bool = False  # copy original pixels outside the masks after decoding
     regularize_inversion: bool = True  # pix2pix-zero noise regularisation in the inversion
-    bootstrap_colours: str = "random"  # "random" (paper) or "image": colours of background pixels
-    region_offsets: bool = True  # add the reconstruction offsets δ_i to region branches too (spec)
-    region_start_noise: bool = False  # start inside the masks from seeded noise, not the inverted z_T
 
     def __post_init__(self):
         if not isinstance(self.num_inference_steps, int) or not 1 <= self.num_inference_steps <= 1000:
@@ -61,10 +55,6 @@ class LoMOEOptions:
             raise InvalidOptionError(f"bootstrap_steps must be an integer >= 0, got {self.bootstrap_steps!r}")
         if not isinstance(self.mask_threshold, (int, float)) or not 0 < self.mask_threshold <= 1:
             raise InvalidOptionError(f"mask_threshold must be in (0, 1], got {self.mask_threshold!r}")
-        if self.bootstrap_colours not in BOOTSTRAP_COLOURS:
-            raise InvalidOptionError(
-                f"bootstrap_colours must be one of {BOOTSTRAP_COLOURS}, got {self.bootstrap_colours!r}"
-            )
         if self.overlap not in OVERLAP_POLICIES:
             raise InvalidOptionError(f"overlap must be one of {OVERLAP_POLICIES}, got {self.overlap!r}")
         if self.chunk_size is not None and (not isinstance(self.chunk_size, int) or self.chunk_size < 1):
