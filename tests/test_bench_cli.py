@@ -121,3 +121,12 @@ def test_lambda_and_post_blend_flags_reach_the_multimodal_options():
     assert cfg.multimodal.preservation_weight == 0.3 and cfg.multimodal.post_blend
     plain = _options(build_parser().parse_args(["bench", "shapes", "--out", "x"])).multimodal
     assert plain.preservation_weight == 0.6 and not plain.post_blend
+
+
+def test_silhouette_masks_are_a_pinned_setting(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    base = ["bench", "shapes", "--model", str(tiny_model_dir), "--set", "shape", "--n", "1",
+            "--methods", "sdedit", "--steps", "1", "--no-judge", "--out", str(out)]  # fmt: skip
+    assert main([*base, "--mask", "silhouette"]) == 0
+    assert json.loads((out / "config.json").read_text())["mask"] == "silhouette"
+    assert main(base) == 2  # box masks into the same folder would mix two benchmarks

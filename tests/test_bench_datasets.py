@@ -170,3 +170,29 @@ def test_pie_bench_layout(tmp_path):
     assert it.source_caption == "a cat sitting on a bench" and it.prompts == ["a tiger sitting on a bench"]
     assert it.masks[0].shape == (64, 64) and it.masks[0][13:17, 26:31].all() and not it.masks[0][:10].any()
     assert load_pie_bench(tmp_path, categories=["9"]) == []
+
+
+def test_silhouette_masks_edit_the_outline_and_score_the_box():
+    from regionedit.shapes.world import SHAPES
+
+    for box_item, tight in zip(
+        shapes_bench(6, which="shape", seed=2),
+        shapes_bench(6, which="shape", seed=2, mask_kind="silhouette"),
+        strict=True,
+    ):
+        # same scene, targets and box masks for scoring; only the edit mask differs
+        assert np.array_equal(box_item.image, tight.image) and box_item.targets == tight.targets
+        assert np.array_equal(tight.eval_masks[0], box_item.masks[0])
+        assert np.array_equal(box_item.eval_masks[0], box_item.masks[0])
+        edit, box = tight.masks[0], tight.eval_masks[0]
+        assert edit.any() and not (edit & ~box).any() and (box & ~edit).any()
+        # the mask is the old object's own pixels: the source colour is there, not the background
+        colour = tight.image[edit].mean(0)
+        assert np.abs(colour.astype(float) - tight.image[~box].mean(0)).sum() > 30
+        # the new shape reaches outside the old outline unless the old object was a square
+        changed = np.any(tight.target_image != tight.image, axis=-1)
+        assert tight.sources[0]["shape"] in SHAPES
+        if tight.sources[0]["shape"] != "square":
+            assert (changed & ~edit).any()
+    with pytest.raises(ValueError, match="mask kind"):
+        shapes_item(0, 0, mask_kind="outline")

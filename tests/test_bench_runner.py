@@ -233,3 +233,22 @@ def test_work_ratio_formula():
     assert work_ratio(1) == pytest.approx(1.0)
     assert work_ratio(7) == pytest.approx(133 / 67)
     assert work_ratio(1000) < 19 / 8
+
+
+def test_metrics_read_the_eval_masks_not_the_edit_masks(tiny_model):
+    from regionedit.bench.datasets import shapes_item
+    from regionedit.bench.runner import evaluate_one
+
+    item = shapes_item(0, 1, which="shape", mask_kind="silhouette")
+    box, edit = item.eval_masks[0], item.masks[0]
+
+    def paint_box(model, it, cfg, generator):  # changes the box around the outline only
+        out = it.image.copy()
+        out[box & ~edit] = 255 - out[box & ~edit]
+        return MethodOutput(out)
+
+    record = evaluate_one(tiny_model, item, "paint", paint_box, CFG)
+    assert record["bg_psnr"] == 100.0 and record["bg_mse"] == 0.0
+    item.eval_masks = list(item.masks)  # scored under the outline, the same output loses background
+    tight = evaluate_one(tiny_model, item, "paint", paint_box, CFG)
+    assert tight["bg_mse"] > 1e-4 and tight["bg_psnr"] < 50

@@ -95,6 +95,14 @@ def add_parser(subparsers):
         default="multi",
         help="multi: every object of a 2-7 object scene; single: one object; shape: one object's shape",
     )
+    s.add_argument(
+        "--mask",
+        dest="mask_kind",
+        choices=["box", "silhouette"],
+        default="box",
+        help="edit masks: object boxes grown by 1 px, or the old objects' outlines (too tight for a "
+        "new shape; metrics still read the boxes)",
+    )
     s.add_argument("--min-masks", type=int, default=2)
     s.add_argument("--max-masks", type=int, default=7)
     s.add_argument("--size", type=int, default=64, help="scene size in pixels")
@@ -223,12 +231,15 @@ def run_shapes(args) -> int:
         if not path.is_file():
             raise InvalidInputError(f"judge weights not found at {path}; train the judge or pass --no-judge")
         judge = load_judge(path)
-    items = shapes_bench(args.n, args.which, args.seed, args.min_masks, args.max_masks, args.size)
+    items = shapes_bench(
+        args.n, args.which, args.seed, args.min_masks, args.max_masks, args.size, args.mask_kind
+    )
     settings = {
         "benchmark": f"ShapesBench ({args.which})",
         "min_masks": args.min_masks,
         "max_masks": args.max_masks,
         "size": args.size,
+        **({"mask": args.mask_kind} if args.mask_kind != "box" else {}),
         "judge": None if judge is None else str(args.judge or "shipped"),
     }
     return _run_quality(args, items, settings, judge)

@@ -190,9 +190,9 @@ def evaluate_one(model, item, name, method, config, judge=None, clip=None, seed:
         m.unet_backward_evals += out.reused[2]
     edited = np.array(out.image, dtype=np.uint8)  # a writable copy (torch warns on read-only arrays)
     record = {"item": item.id, "method": name, "n_masks": item.num_masks}
-    record.update({k: _finite(v) for k, v in image_metrics(item.image, edited, item.masks).items()})
+    record.update({k: _finite(v) for k, v in image_metrics(item.image, edited, item.eval_masks).items()})
     if judge is not None and item.targets is not None:
-        score = attribute_accuracy(judge, edited, item.masks, item.targets)
+        score = attribute_accuracy(judge, edited, item.eval_masks, item.targets)
         record.update(accuracy=score.both, colour_accuracy=score.colour, shape_accuracy=score.shape)
         record["verdicts"] = [[v.colour, v.shape] for v in score.verdicts]
     if clip is not None:
