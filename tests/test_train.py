@@ -76,3 +76,33 @@ def test_partial_captions_name_a_strict_subset_without_background():
         TrainConfig(max_objects=8)
     with pytest.raises(InvalidOptionError, match="sum"):
         TrainConfig(partial_caption=0.8)
+
+
+def test_plain_backgrounds_are_random_colours_captioned_without_background():
+    import numpy as np
+    import pytest
+
+    from regionedit.errors import InvalidOptionError
+    from regionedit.shapes.train import _caption, make_dataset
+    from regionedit.shapes.world import BACKGROUNDS, COLOURS
+
+    base = dataclasses.replace(CFG, num_scenes=12, max_objects=3)
+    named_imgs, named = make_dataset(base, 64)
+    plain_imgs, plain = make_dataset(dataclasses.replace(base, plain_background=1.0), 64)
+    g = torch.Generator().manual_seed(0)
+    corners = set()
+    for (objs_a, bg_a), (objs_b, bg_b), img in zip(named, plain, plain_imgs, strict=True):
+        assert objs_a == objs_b and bg_a in BACKGROUNDS and bg_b is None  # same scenes, no named background
+        assert "background" not in _caption((objs_b, bg_b), g, dataclasses.replace(base, caption_dropout=0.0))
+        corner = tuple(int(v) for v in img[:, 0, 0])
+        assert corner not in BACKGROUNDS.values()
+        assert all(
+            np.abs(np.array(corner) - COLOURS[o.colour]).sum() >= 90 for o in objs_b
+        )  # objects stay visible
+        corners.add(corner)
+    assert len(corners) == 12  # a new colour per scene
+    half = make_dataset(dataclasses.replace(base, plain_background=0.5), 64)[1]
+    assert 0 < sum(bg is None for _, bg in half) < 12
+    assert [o for o, _ in half] == [o for o, _ in named]
+    with pytest.raises(InvalidOptionError, match="plain_background"):
+        dataclasses.replace(base, plain_background=1.5)

@@ -149,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--partial-caption", type=float, default=None, help="share of captions naming a subset of the objects"
     )
+    t.add_argument(
+        "--plain-background",
+        type=float,
+        default=None,
+        help="share of scenes on a uniform random colour, captioned without a background",
+    )
     tj = sub.add_parser("train-judge", help="train the shapes-world judge; prints held-out accuracy")
     tj.add_argument("--out", required=True, help="safetensors file to write")
     tj.add_argument("--steps", type=int, default=800)
@@ -276,6 +282,7 @@ def run_train(args) -> int:
         "init_from",
         "max_objects",
         "partial_caption",
+        "plain_background",
     )
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     cfg = dataclasses.replace(TrainConfig(seed=args.seed), **overrides)

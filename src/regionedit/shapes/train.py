@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..errors import InvalidOptionError
 from ..models.mini import MiniConfig, build_components, save_pipeline
-from .world import MAX_OBJECTS, caption_for, random_scene, render
+from .world import COLOURS, MAX_OBJECTS, caption_for, random_scene, render
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ class TrainConfig:
     no_background_caption: float = 0.2  # region prompts ("a blue circle") name no background
     partial_caption: float = 0.0  # name a random subset of the objects, no background, as a
     # LoMOE region prompt does in a scene with other objects (third run: 0.25)
+    plain_background: float = 0.0  # share of scenes on a uniform random RGB background, captioned
+    # without one: the views LoMOE's bootstrapping shows a region branch (fourth run: 0.3)
     min_snr_gamma: float = 5.0
     decoder_steps: int = 400  # decoder-only fine-tune on frozen-encoder means: latents unchanged
     decoder_lr: float = 3e-4
@@ -62,6 +64,8 @@ class TrainConfig:
     def __post_init__(self):
         if not 1 <= self.max_objects <= MAX_OBJECTS:
             raise InvalidOptionError(f"max_objects must be in 1..{MAX_OBJECTS}, got {self.max_objects}")
+        if not 0 <= self.plain_background <= 1:
+            raise InvalidOptionError(f"plain_background must be in [0, 1], got {self.plain_background}")
         shares = (self.caption_dropout, self.no_background_caption, self.partial_caption)
         if any(not 0 <= v <= 1 for v in shares) or sum(shares) > 1:
             raise InvalidOptionError(
@@ -70,16 +74,34 @@ class TrainConfig:
 
 
 def make_dataset(cfg: TrainConfig, size: int) -> tuple[torch.Tensor, list[tuple[list, str]]]:
-    """Scenes as a uint8 tensor (N, 3, H, W) and their (objects, background) records."""
+    """Scenes as a uint8 tensor (N, 3, H, W) and their (objects, background) records.
+
+    A ``plain_background`` share of scenes is drawn on a uniform random colour instead, with
+    background None (captions then name none); those draws use their own generator, so the
+    scenes themselves do not depend on the share.
+    """
     rng = np.random.default_rng(cfg.seed)
+    plain_rng = np.random.default_rng([cfg.seed, 7])
     images = torch.empty((cfg.num_scenes, 3, size, size), dtype=torch.uint8)
     records = []
     for i in tqdm(range(cfg.num_scenes), desc="scenes", leave=False):
         scene = random_scene(rng, int(rng.integers(1, cfg.max_objects + 1)), size=size)
-        image, _ = render(scene)
+        rgb = None
+        if cfg.plain_background > 0 and plain_rng.random() < cfg.plain_background:
+            rgb = _distinct_colour(plain_rng, [COLOURS[o.colour] for o in scene.objects])
+        image, _ = render(scene, background_rgb=rgb)
         images[i] = torch.from_numpy(image).permute(2, 0, 1)
-        records.append((scene.objects, scene.background))
+        records.append((scene.objects, scene.background if rgb is None else None))
     return images, records
+
+
+def _distinct_colour(rng: np.random.Generator, avoid: list, min_l1: int = 90) -> tuple[int, int, int]:
+    """A uniform random RGB colour at least ``min_l1`` from every colour in ``avoid``."""
+    for _ in range(100):
+        rgb = rng.integers(0, 256, 3)
+        if all(np.abs(rgb - np.array(c)).sum() >= min_l1 for c in avoid):
+            break
+    return tuple(int(v) for v in rgb)
 
 
 def _gen(cfg: TrainConfig, phase: int, step: int) -> torch.Generator:

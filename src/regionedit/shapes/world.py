@@ -128,15 +128,20 @@ def _draw_shape(draw: ImageDraw.ImageDraw, obj: ShapeObject, scale: int, fill) -
         raise ValueError(f"unknown shape {obj.shape!r}; expected one of {SHAPES}")
 
 
-def render(scene: Scene) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Render a scene.
+def render(
+    scene: Scene, background_rgb: tuple[int, int, int] | None = None
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Render a scene, on its named background or on ``background_rgb`` when given.
 
     Returns:
         image: ``uint8`` array ``(size, size, 3)``.
         masks: one ``bool`` array ``(size, size)`` per object, True on the object.
     """
     big = scene.size * _SUPERSAMPLE
-    canvas = Image.new("RGB", (big, big), BACKGROUNDS[scene.background])
+    fill = (
+        tuple(int(v) for v in background_rgb) if background_rgb is not None else BACKGROUNDS[scene.background]
+    )
+    canvas = Image.new("RGB", (big, big), fill)
     draw = ImageDraw.Draw(canvas)
     masks = []
     for obj in scene.objects:
