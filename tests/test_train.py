@@ -87,7 +87,7 @@ def test_plain_backgrounds_are_random_colours_captioned_without_background():
     from regionedit.shapes.world import BACKGROUNDS, COLOURS
 
     base = dataclasses.replace(CFG, num_scenes=12, max_objects=3)
-    named_imgs, named = make_dataset(base, 64)
+    _, named = make_dataset(base, 64)
     plain_imgs, plain = make_dataset(dataclasses.replace(base, plain_background=1.0), 64)
     g = torch.Generator().manual_seed(0)
     corners = set()

@@ -239,6 +239,7 @@ def run_shapes(args) -> int:
         "min_masks": args.min_masks,
         "max_masks": args.max_masks,
         "size": args.size,
+        # pinned only when not the default, so run folders made before --mask still resume
         **({"mask": args.mask_kind} if args.mask_kind != "box" else {}),
         "judge": None if judge is None else str(args.judge or "shipped"),
     }
