@@ -123,6 +123,22 @@ def test_lambda_and_post_blend_flags_reach_the_multimodal_options():
     assert plain.preservation_weight == 0.6 and not plain.post_blend
 
 
+def test_optimize_steps_and_guidance_strength_flags_reach_the_multimodal_options(capsys):
+    from regionedit.bench.cli import _options
+    from regionedit.cli import build_parser
+
+    args = ["bench", "shapes", "--out", "x", "--steps", "20"]
+    cfg = _options(build_parser().parse_args([*args, "--optimize-steps", "20", "--guidance-strength", "0.7"]))
+    opts = cfg.multimodal_options(0.4)
+    assert (opts.optimize_steps, opts.num_inference_steps, opts.guidance_strength) == (20, 20, 0.7)
+    assert opts.preservation_weight == 0.4
+    plain = _options(build_parser().parse_args(args)).multimodal_options()
+    assert plain.optimize_steps == 10 and plain.guidance_strength is None  # first half, automatic s_g
+    # t_u beyond the steps: one line, exit 2, before any model loads (the path does not exist)
+    assert main([*args, "--optimize-steps", "21", "--model", "no/such/model"]) == 2
+    assert "0..20" in capsys.readouterr().err
+
+
 def test_silhouette_masks_are_a_pinned_setting(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     base = ["bench", "shapes", "--model", str(tiny_model_dir), "--set", "shape", "--n", "1",

@@ -229,6 +229,23 @@ def test_resume_with_other_settings_is_refused(tiny_model, tmp_path):
         run_benchmark(tiny_model, items, {"copy": _Counting()}, tmp_path, other, progress=False)
 
 
+def test_run_folders_from_before_a_new_option_still_resume(tiny_model, tmp_path):
+    items = shapes_bench(1, seed=1)
+    run_benchmark(tiny_model, items, {"copy": _Counting()}, tmp_path, CFG, progress=False)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["method_config"]["multimodal_optimize_steps"]  # as written before the field existed
+    del config["method_config"]["multimodal"]["gradient_checkpointing"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    again = _Counting()
+    run_benchmark(tiny_model, items, {"copy": again}, tmp_path, CFG, progress=False)
+    assert again.calls == []
+    changed = dataclasses.replace(
+        CFG, multimodal_optimize_steps=1
+    )  # the new option at another value is refused
+    with pytest.raises(InvalidInputError, match="other settings"):
+        run_benchmark(tiny_model, items, {"copy": _Counting()}, tmp_path, changed, progress=False)
+
+
 def test_work_ratio_formula():
     assert work_ratio(1) == pytest.approx(1.0)
     assert work_ratio(7) == pytest.approx(133 / 67)

@@ -64,6 +64,18 @@ def _run_args(p, methods="lomoe,iterative,blended,diffedit,sdedit,multimodal"):
         "--post-blend", action="store_true", help="multimodal: blend the inversion outside the mask after t_u"
     )
     p.add_argument(
+        "--optimize-steps",
+        type=int,
+        default=None,
+        help="multimodal t_u: optimised steps (default: the first half of --steps; all of them removes late drift)",
+    )
+    p.add_argument(
+        "--guidance-strength",
+        type=float,
+        default=None,
+        help="multimodal s_g of the guidance image (default: 1.0 with a layout condition, 0.8 text only)",
+    )
+    p.add_argument(
         "--multimodal-control",
         choices=["edge", "none"],
         default="edge",
@@ -163,10 +175,14 @@ def _options(args):
         mm_over["preservation_weight"] = args.lam
     if getattr(args, "post_blend", False):
         mm_over["post_blend"] = True
+    if getattr(args, "guidance_strength", None) is not None:
+        mm_over["guidance_strength"] = args.guidance_strength
     if mm_over:
         mm["multimodal"] = MultimodalOptions(**mm_over)
     if getattr(args, "multimodal_control", None):
         mm.update(multimodal_control=args.multimodal_control, controlnet=args.controlnet)
+    if getattr(args, "optimize_steps", None) is not None:
+        mm["multimodal_optimize_steps"] = args.optimize_steps
     return MethodConfig(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, lomoe=lomoe, **mm)
 
 
@@ -194,6 +210,7 @@ def _run_quality(args, items, settings, judge=None) -> int:
         methods = get_methods(args.methods)
     except ValueError as exc:
         raise InvalidInputError(str(exc)) from None
+    config = _options(args)  # bad options fail before the model loads
     model = _load_model(args)
     shard, shards = args.shard
     summary = run_benchmark(
@@ -201,7 +218,7 @@ def _run_quality(args, items, settings, judge=None) -> int:
         items[shard::shards],
         methods,
         args.out,
-        config=_options(args),
+        config=config,
         judge=judge,
         clip=load_clip(args.clip),
         seed=args.seed,

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, InvalidOptionError
 from ..inversion import InversionOptions, ddim_invert, make_scheduler
 from ..lomoe.options import LoMOEOptions
 from ..models.loading import Model, to_pil
@@ -51,6 +51,7 @@ class MethodConfig:
     multimodal: MultimodalOptions = field(default_factory=MultimodalOptions)
     multimodal_control: str = "edge"  # "edge": the target scene's edge map where known; "none"
     controlnet: str | None = None  # edge ControlNet folder; None: the mini model's shipped one
+    multimodal_optimize_steps: int | None = None  # t_u at these steps; None: the first half
 
     def lomoe_options(self) -> LoMOEOptions:
         return replace(
@@ -60,12 +61,21 @@ class MethodConfig:
     def __post_init__(self):
         if self.multimodal_control not in ("edge", "none"):
             raise ValueError(f"multimodal_control must be 'edge' or 'none', got {self.multimodal_control!r}")
+        t_u = self.multimodal_optimize_steps
+        if t_u is not None and (not isinstance(t_u, int) or not 0 <= t_u <= self.num_inference_steps):
+            raise InvalidOptionError(
+                f"multimodal optimize steps (t_u) must be an integer in 0..{self.num_inference_steps} "
+                f"(the number of steps), got {t_u!r}"
+            )
 
     def multimodal_options(self, lam: float | None = None) -> MultimodalOptions:
-        """The editor's options at this config's steps and CFG; t_u stays the first half."""
+        """The editor's options at this config's steps and CFG; t_u the first half unless set."""
         lam = self.multimodal.preservation_weight if lam is None else lam
-        return replace(self.multimodal, guidance_scale=self.guidance_scale, preservation_weight=lam).at_steps(
-            self.num_inference_steps
+        opts = replace(self.multimodal, guidance_scale=self.guidance_scale, preservation_weight=lam)
+        if self.multimodal_optimize_steps is None:
+            return opts.at_steps(self.num_inference_steps)
+        return replace(
+            opts, num_inference_steps=self.num_inference_steps, optimize_steps=self.multimodal_optimize_steps
         )
 
 

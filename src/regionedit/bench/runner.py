@@ -109,10 +109,21 @@ def _append(path: Path, record: dict) -> None:
         os.fsync(fh.fileno())
 
 
+def _with_new_defaults(old: dict) -> dict:
+    """``old`` with method-config fields added since it was written, at their defaults."""
+    defaults = json.loads(json.dumps(dataclasses.asdict(MethodConfig())))
+    if isinstance(old.get("method_config"), dict):
+        old = {**old, "method_config": {**defaults, **old["method_config"]}}
+        for key in ("lomoe", "multimodal"):
+            if isinstance(old["method_config"].get(key), dict):
+                old["method_config"][key] = {**defaults[key], **old["method_config"][key]}
+    return old
+
+
 def _check_config(out_dir: Path, settings: dict) -> None:
     path = out_dir / CONFIG
     if path.exists():
-        old = json.loads(path.read_text())
+        old = _with_new_defaults(json.loads(path.read_text()))
         if old != settings:
             diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
             raise InvalidInputError(
