@@ -136,7 +136,7 @@ def test_optimize_steps_and_guidance_strength_flags_reach_the_multimodal_options
     assert plain.optimize_steps == 10 and plain.guidance_strength is None  # first half, automatic s_g
     # t_u beyond the steps: one line, exit 2, before any model loads (the path does not exist)
     assert main([*args, "--optimize-steps", "21", "--model", "no/such/model"]) == 2
-    assert "0..20" in capsys.readouterr().err
+    assert "use at most 20" in capsys.readouterr().err
 
 
 def test_silhouette_masks_are_a_pinned_setting(tiny_model_dir, tmp_path):

@@ -239,9 +239,8 @@ def test_run_folders_from_before_a_new_option_still_resume(tiny_model, tmp_path)
     again = _Counting()
     run_benchmark(tiny_model, items, {"copy": again}, tmp_path, CFG, progress=False)
     assert again.calls == []
-    changed = dataclasses.replace(
-        CFG, multimodal_optimize_steps=1
-    )  # the new option at another value is refused
+    # the new option at another value is refused
+    changed = dataclasses.replace(CFG, multimodal_optimize_steps=1)
     with pytest.raises(InvalidInputError, match="other settings"):
         run_benchmark(tiny_model, items, {"copy": _Counting()}, tmp_path, changed, progress=False)
 

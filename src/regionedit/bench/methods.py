@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import InvalidInputError, InvalidOptionError
+from ..errors import InvalidInputError
 from ..inversion import InversionOptions, ddim_invert, make_scheduler
 from ..lomoe.options import LoMOEOptions
 from ..models.loading import Model, to_pil
@@ -61,22 +61,17 @@ class MethodConfig:
     def __post_init__(self):
         if self.multimodal_control not in ("edge", "none"):
             raise ValueError(f"multimodal_control must be 'edge' or 'none', got {self.multimodal_control!r}")
-        t_u = self.multimodal_optimize_steps
-        if t_u is not None and (not isinstance(t_u, int) or not 0 <= t_u <= self.num_inference_steps):
-            raise InvalidOptionError(
-                f"multimodal optimize steps (t_u) must be an integer in 0..{self.num_inference_steps} "
-                f"(the number of steps), got {t_u!r}"
-            )
+        if self.multimodal_optimize_steps is not None:
+            self.multimodal_options()  # MultimodalOptions checks t_u against the steps
 
     def multimodal_options(self, lam: float | None = None) -> MultimodalOptions:
         """The editor's options at this config's steps and CFG; t_u the first half unless set."""
         lam = self.multimodal.preservation_weight if lam is None else lam
         opts = replace(self.multimodal, guidance_scale=self.guidance_scale, preservation_weight=lam)
-        if self.multimodal_optimize_steps is None:
-            return opts.at_steps(self.num_inference_steps)
-        return replace(
-            opts, num_inference_steps=self.num_inference_steps, optimize_steps=self.multimodal_optimize_steps
-        )
+        opts = opts.at_steps(self.num_inference_steps)
+        if self.multimodal_optimize_steps is not None:
+            opts = replace(opts, optimize_steps=self.multimodal_optimize_steps)
+        return opts
 
 
 @dataclass

@@ -112,12 +112,14 @@ def _append(path: Path, record: dict) -> None:
 def _with_new_defaults(old: dict) -> dict:
     """``old`` with method-config fields added since it was written, at their defaults."""
     defaults = json.loads(json.dumps(dataclasses.asdict(MethodConfig())))
-    if isinstance(old.get("method_config"), dict):
-        old = {**old, "method_config": {**defaults, **old["method_config"]}}
-        for key in ("lomoe", "multimodal"):
-            if isinstance(old["method_config"].get(key), dict):
-                old["method_config"][key] = {**defaults[key], **old["method_config"][key]}
-    return old
+    mc = old.get("method_config")
+    if not isinstance(mc, dict):
+        return old
+    mc = {**defaults, **mc}
+    for key, value in defaults.items():  # nested option dataclasses (lomoe, multimodal)
+        if isinstance(value, dict) and isinstance(mc[key], dict):
+            mc[key] = {**value, **mc[key]}
+    return {**old, "method_config": mc}
 
 
 def _check_config(out_dir: Path, settings: dict) -> None:
