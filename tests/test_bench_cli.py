@@ -112,15 +112,16 @@ def test_shards_share_one_run_and_report_counts_finished_items(tiny_model_dir, t
     assert exc.value.code == 2 and "I/K" in capsys.readouterr().err
 
 
-def test_lambda_and_post_blend_flags_reach_the_multimodal_options():
+def test_lambda_post_blend_and_pres_mask_flags_reach_the_multimodal_options():
     from regionedit.bench.cli import _options
     from regionedit.cli import build_parser
 
-    args = build_parser().parse_args(["bench", "shapes", "--out", "x", "--lambda", "0.3", "--post-blend"])
-    cfg = _options(args)
+    args = ["bench", "shapes", "--out", "x", "--lambda", "0.3", "--post-blend", "--pres-mask", "none"]
+    cfg = _options(build_parser().parse_args(args))
     assert cfg.multimodal.preservation_weight == 0.3 and cfg.multimodal.post_blend
+    assert cfg.multimodal.pres_mask == "none"
     plain = _options(build_parser().parse_args(["bench", "shapes", "--out", "x"])).multimodal
-    assert plain.preservation_weight == 0.6 and not plain.post_blend
+    assert plain.preservation_weight == 0.6 and not plain.post_blend and plain.pres_mask == "keep"
 
 
 def test_optimize_steps_and_guidance_strength_flags_reach_the_multimodal_options(capsys):

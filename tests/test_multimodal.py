@@ -146,6 +146,24 @@ def test_identity_by_optimisation_alone(tiny_components, image64):
     assert psnr(plain.image, plain.reconstruction) < 25  # the random network alone does not reconstruct
 
 
+def test_whole_image_preservation_holds_the_edit_region_too(tiny_components, image64):
+    """pres_mask="none": L_pres covers m as well, so at λ = 1 even a full mask keeps the input,
+    while the default (m̄ only) has nothing to preserve there; one guidance pass serves both."""
+    model = make_model(tiny_components, SD_SCHEDULE, unit_latents=True, image=image64)
+    opts = MultimodalOptions(
+        num_inference_steps=4, optimize_steps=4, grad_steps=10, learning_rate=0.05, preservation_weight=1.0
+    )
+    full = np.ones((64, 64))
+    keep = edit(model, image64, SOURCE, SOURCE, mask=full, options=opts, generator=gen())
+    whole = edit(
+        model, image64, SOURCE, SOURCE, mask=full, options=dataclasses.replace(opts, pres_mask="none"),
+        generator=gen(), guidance=keep.guidance,
+    )  # fmt: skip
+    assert psnr(whole.image, whole.reconstruction) >= 30
+    assert psnr(keep.image, keep.reconstruction) < 25
+    assert whole.timings.get("guidance_reused")
+
+
 # --- T6: optimiser sanity -------------------------------------------------------------------
 
 
@@ -416,6 +434,7 @@ def test_option_validation():
         dict(learning_rate=float("nan")),
         dict(grad_steps=-1),
         dict(post_blend="yes"),
+        dict(pres_mask="edit"),
     ):
         with pytest.raises(InvalidOptionError):
             MultimodalOptions(**bad)

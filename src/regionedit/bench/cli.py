@@ -64,6 +64,12 @@ def _run_args(p, methods="lomoe,iterative,blended,diffedit,sdedit,multimodal"):
         "--post-blend", action="store_true", help="multimodal: blend the inversion outside the mask after t_u"
     )
     p.add_argument(
+        "--pres-mask",
+        choices=["keep", "none"],
+        default=None,
+        help="multimodal preservation region: outside the mask (keep, the default) or the whole image (none)",
+    )
+    p.add_argument(
         "--optimize-steps",
         type=int,
         default=None,
@@ -177,6 +183,8 @@ def _options(args):
         mm_over["post_blend"] = True
     if getattr(args, "guidance_strength", None) is not None:
         mm_over["guidance_strength"] = args.guidance_strength
+    if getattr(args, "pres_mask", None) is not None:
+        mm_over["pres_mask"] = args.pres_mask
     if mm_over:
         mm["multimodal"] = MultimodalOptions(**mm_over)
     if getattr(args, "multimodal_control", None):

@@ -66,7 +66,8 @@ class GuidancePass:
 
 def _guidance_key(z0, prompt, source_prompt, negative_prompt, options, given_mask, controls, conditions, gen):
     h = hashlib.sha256()
-    neutral = replace(options, preservation_weight=0.0, post_blend=False)
+    # main-pass-only options: a guidance pass serves every value of them
+    neutral = replace(options, preservation_weight=0.0, post_blend=False, pres_mask="keep", guid_mask="none")
     h.update(repr((prompt, source_prompt, negative_prompt, asdict(neutral))).encode())
     h.update(repr([(c.kind, c.scale, c.start, c.end) for c in conditions]).encode())
     h.update(repr([] if controls is None else [id(net) for net in controls.nets]).encode())  # same objects
@@ -260,7 +261,8 @@ def edit(
         negative_prompt: the unconditional half of CFG (default "").
         inversion: a trajectory from :func:`invert_image` or an earlier result, to reuse.
         guidance: an earlier result's :class:`GuidancePass`, to reuse: the same image, prompts,
-            mask, conditions, seed and options but for λ and ``post_blend`` (checked).
+            mask, conditions, seed and options but for the main-pass ones (λ, ``post_blend``,
+            ``pres_mask``, ``guid_mask``; checked).
         callback: ``callback(step, info)`` after every denoising step of both passes.
     """
     options = options or MultimodalOptions()
@@ -331,7 +333,7 @@ def edit(
         elif guidance.key != key:
             raise InvalidInputError(
                 "the given guidance pass was made for another image, prompt, mask, condition, seed "
-                "or option (only λ and post_blend may differ); run the edit without guidance="
+                "or option (only λ, post_blend, pres_mask and guid_mask may differ); run the edit without guidance="
             )
         else:
             generator.set_state(guidance.generator_state)
@@ -366,7 +368,7 @@ def edit(
             guid=x_g if x_g is not None else z0_g,
             pres_traj=inv_traj,
             guid_traj=guid_traj,
-            keep=1 - edit_w,
+            keep=None if options.pres_mask == "none" else 1 - edit_w,
             edit=edit_w,
         )
         blend = (edit_w, inversion) if options.post_blend else None

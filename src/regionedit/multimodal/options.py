@@ -10,6 +10,7 @@ from ..errors import InvalidOptionError
 
 LOSS_SPACES = ("x0", "noisy", "pixel")  # §1.5: predicted clean latent (default), z_t, decoded ẑ0
 GUID_MASKS = ("none", "edit")  # §1.5: L_guid over the whole image (default) or inside m only
+PRES_MASKS = ("keep", "none")  # §1.5: L_pres over m̄ (default) or over the whole image
 OPTIMIZERS = ("adam", "sgd")
 GUIDANCE_STARTS = ("noise", "inversion")  # §1.3: random-noise encoding (paper) or DDIM-inverted start
 
@@ -29,6 +30,8 @@ class MultimodalOptions:
     learning_rate: float = 1e-2  # η
     loss_space: str = "x0"  # ẑ0 latent (default); "noisy" has a closed-form optimum (T8)
     guid_mask: str = "none"  # "edit" multiplies L_guid by m (stricter, less robust to tight masks)
+    pres_mask: str = "keep"  # the preservation region: m̄ [paper†]; "none" = the whole image, so λ
+    # also weighs the input against the guidance image inside m (main pass only)
     guidance_strength: float | None = None  # s_g; None: 1.0 with a layout condition, 0.8 text-only
     guidance_start: str = "noise"  # "inversion" starts the guidance pass from z^inv instead of noise
     post_blend: bool = False  # after t_u: z ← m·z + m̄·z^inv (DiffEdit-style), off by default (§1.6)
@@ -85,6 +88,7 @@ class MultimodalOptions:
         for name, allowed in (
             ("loss_space", LOSS_SPACES),
             ("guid_mask", GUID_MASKS),
+            ("pres_mask", PRES_MASKS),
             ("optimizer", OPTIMIZERS),
             ("guidance_start", GUIDANCE_STARTS),
         ):
