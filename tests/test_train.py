@@ -106,3 +106,15 @@ def test_plain_backgrounds_are_random_colours_captioned_without_background():
     assert [o for o, _ in half] == [o for o, _ in named]
     with pytest.raises(InvalidOptionError, match="plain_background"):
         dataclasses.replace(base, plain_background=1.5)
+
+
+def test_learning_rate_flags_reach_the_config_and_bad_ones_are_refused(monkeypatch, tmp_path, capsys):
+    import regionedit.shapes.train as train
+    from regionedit.cli import main
+
+    seen = {}
+    monkeypatch.setattr(train, "train_mini", lambda out, cfg, max_minutes=None: seen.setdefault("cfg", cfg))
+    assert main(["train-mini", "--out", str(tmp_path), "--unet-lr", "3e-4", "--unet-lr-min", "3e-5"]) == 0
+    assert (seen["cfg"].unet_lr, seen["cfg"].unet_lr_min) == (3e-4, 3e-5)
+    assert main(["train-mini", "--out", str(tmp_path), "--unet-lr", "1e-5"]) == 2  # below the default min
+    assert "unet_lr_min <= unet_lr" in capsys.readouterr().err

@@ -146,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--decoder-steps", type=int, default=None)
     t.add_argument("--init-from", default=None, help="start from a saved pipeline folder, or 'mini'")
     t.add_argument("--max-objects", type=int, default=None, help="objects per training scene: 1 to this")
+    t.add_argument("--unet-lr", type=float, default=None, help="peak UNet learning rate (default 1e-3)")
+    t.add_argument("--unet-lr-min", type=float, default=None, help="end of its cosine (default 1e-4)")
     t.add_argument(
         "--partial-caption", type=float, default=None, help="share of captions naming a subset of the objects"
     )
@@ -283,6 +285,8 @@ def run_train(args) -> int:
         "max_objects",
         "partial_caption",
         "plain_background",
+        "unet_lr",
+        "unet_lr_min",
     )
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     cfg = dataclasses.replace(TrainConfig(seed=args.seed), **overrides)

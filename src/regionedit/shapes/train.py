@@ -64,6 +64,10 @@ class TrainConfig:
     def __post_init__(self):
         if not 1 <= self.max_objects <= MAX_OBJECTS:
             raise InvalidOptionError(f"max_objects must be in 1..{MAX_OBJECTS}, got {self.max_objects}")
+        if not 0 <= self.unet_lr_min <= self.unet_lr or not math.isfinite(self.unet_lr):
+            raise InvalidOptionError(
+                f"need 0 <= unet_lr_min <= unet_lr (finite), got {self.unet_lr_min} and {self.unet_lr}"
+            )
         if not 0 <= self.plain_background <= 1:
             raise InvalidOptionError(f"plain_background must be in [0, 1], got {self.plain_background}")
         shares = (self.caption_dropout, self.no_background_caption, self.partial_caption)
