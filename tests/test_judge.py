@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 
@@ -19,6 +21,11 @@ def test_crop_input_shape_and_mask_channel():
     assert x[:3].min() >= -1 and x[:3].max() <= 1
     with pytest.raises(ValueError, match="non-empty"):
         crop_input(image, np.zeros((64, 64), bool))
+    frozen = image.copy()
+    frozen.flags.writeable = False  # as np.asarray of a PIL image is
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns on non-writable arrays
+        assert np.array_equal(crop_input(frozen, box_mask(scene.objects[0], 64)), x)
 
 
 def test_shipped_judge_reads_fresh_scenes(judge):

@@ -80,7 +80,8 @@ def crop_input(image: np.ndarray, mask: np.ndarray) -> torch.Tensor:
     margin = max(1, int(round(side * 0.15)))
     cy, cx, half = (y0 + y1) / 2, (x0 + x1) / 2, side / 2 + margin
     box = [cx - half, cy - half, cx + half, cy + half]
-    img = torch.from_numpy(np.ascontiguousarray(image[..., :3])).float().permute(2, 0, 1) / 127.5 - 1
+    # a float copy: callers may pass read-only arrays (np.asarray of a PIL image)
+    img = torch.from_numpy(np.array(image[..., :3], dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
     m = torch.from_numpy(mask.astype(np.float32))[None]
     x = torch.cat([img, m])[None]
     h, w = mask.shape
