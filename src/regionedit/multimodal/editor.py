@@ -64,10 +64,13 @@ class GuidancePass:
     generator_state: torch.Tensor
 
 
+# Options the guidance pass never reads (main pass only): one guidance pass serves every value.
+MAIN_PASS_ONLY = dict(preservation_weight=0.0, post_blend=False, pres_mask="keep", guid_mask="none")
+
+
 def _guidance_key(z0, prompt, source_prompt, negative_prompt, options, given_mask, controls, conditions, gen):
     h = hashlib.sha256()
-    # main-pass-only options: a guidance pass serves every value of them
-    neutral = replace(options, preservation_weight=0.0, post_blend=False, pres_mask="keep", guid_mask="none")
+    neutral = replace(options, **MAIN_PASS_ONLY)
     h.update(repr((prompt, source_prompt, negative_prompt, asdict(neutral))).encode())
     h.update(repr([(c.kind, c.scale, c.start, c.end) for c in conditions]).encode())
     h.update(repr([] if controls is None else [id(net) for net in controls.nets]).encode())  # same objects
@@ -261,8 +264,8 @@ def edit(
         negative_prompt: the unconditional half of CFG (default "").
         inversion: a trajectory from :func:`invert_image` or an earlier result, to reuse.
         guidance: an earlier result's :class:`GuidancePass`, to reuse: the same image, prompts,
-            mask, conditions, seed and options but for the main-pass ones (λ, ``post_blend``,
-            ``pres_mask``, ``guid_mask``; checked).
+            mask, conditions, seed and options but for the main-pass ones
+            (``MAIN_PASS_ONLY``: λ, ``post_blend``, ``pres_mask``, ``guid_mask``; checked).
         callback: ``callback(step, info)`` after every denoising step of both passes.
     """
     options = options or MultimodalOptions()
@@ -333,7 +336,7 @@ def edit(
         elif guidance.key != key:
             raise InvalidInputError(
                 "the given guidance pass was made for another image, prompt, mask, condition, seed "
-                "or option (only λ, post_blend, pres_mask and guid_mask may differ); run the edit without guidance="
+                f"or option (only {', '.join(MAIN_PASS_ONLY)} may differ); run the edit without guidance="
             )
         else:
             generator.set_state(guidance.generator_state)
