@@ -41,6 +41,10 @@ def test_bench_shapes_refuses_bad_ranges(tmp_path, capsys):
     code = main(["bench", "shapes", "--methods", "lomoe,magic", "--no-judge", "--n", "1",
                  "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")])  # fmt: skip
     assert code == 2 and "magic" in capsys.readouterr().err
+    code = main(["bench", "shapes", "--background-weight", "-1", "--no-judge", "--n", "1",
+                 "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "z")])  # fmt: skip
+    assert code == 2 and "background_weight" in capsys.readouterr().err
+    assert not (tmp_path / "z").exists()
 
 
 def test_bench_edit_and_speed_print_rows(tiny_model_dir, tmp_path, capsys):
@@ -73,15 +77,18 @@ def test_bench_flags_reach_the_method_config():
     bench_cli.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(
         ["bench", "shapes", "--out", "x", "--bootstrap-steps", "25", "--region-negative-prompt", "",
-         "--lambda", "0.2", "--multimodal-control", "none", "--steps", "25"]
+         "--lambda", "0.2", "--multimodal-control", "none", "--steps", "25", "--background-weight", "10",
+         "--cross-attention-weight", "0"]
     )  # fmt: skip
     cfg = bench_cli._options(args)
     assert cfg.lomoe.bootstrap_steps == 25 and cfg.lomoe.region_negative_prompt == ""
+    assert cfg.lomoe.background_weight == 10 and cfg.lomoe.cross_attention_weight == 0
     assert cfg.multimodal_control == "none"
     opts = cfg.multimodal_options()
     assert opts.preservation_weight == 0.2 and opts.num_inference_steps == 25 and opts.optimize_steps == 12
     defaults = bench_cli._options(parser.parse_args(["bench", "shapes", "--out", "x"]))
     assert defaults.lomoe.region_negative_prompt.startswith("artifacts")
+    assert defaults.lomoe.background_weight == 1.75 and defaults.lomoe.cross_attention_weight == 1.0
     assert defaults.multimodal_options().preservation_weight == 0.6
 
 

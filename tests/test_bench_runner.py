@@ -12,7 +12,15 @@ from regionedit.bench import methods
 from regionedit.bench.datasets import shapes_bench
 from regionedit.bench.methods import METHODS, MethodConfig, MethodOutput, get_methods
 from regionedit.bench.report import markdown_table, sweep_points, write_report
-from regionedit.bench.runner import RESULTS, item_seed, load_results, run_benchmark, work_ratio
+from regionedit.bench.runner import (
+    RESULTS,
+    item_seed,
+    load_results,
+    paired,
+    run_benchmark,
+    summarise,
+    work_ratio,
+)
 from regionedit.errors import InvalidInputError
 from regionedit.lomoe.options import LoMOEOptions
 from regionedit.shapes.judge import Judge
@@ -165,6 +173,45 @@ def test_sweep_reuses_the_guidance_pass_and_reports_full_cost(tiny_model, items)
     # the reused pass's work is counted back in: every variant reports a standalone edit's cost
     for key in ("unet_evals", "unet_backward_evals"):
         assert first[key] == second[key] == alone[key]
+
+
+def _record(item, method, acc, psnr, n_masks=2):
+    return {"item": item, "method": method, "n_masks": n_masks, "accuracy": acc, "bg_psnr": psnr,
+            "seconds": 1.0, "unet_work": 10}  # fmt: skip
+
+
+def test_paired_differences_have_known_means_counts_and_intervals():
+    recs = []
+    for k in range(8):  # lomoe: +0.25 accuracy everywhere; bg PSNR +1 dB on 6 items, -3 dB on 2
+        recs += [
+            _record(f"i{k}", "lomoe", 0.75, 30.0 + (1 if k < 6 else -3)),
+            _record(f"i{k}", "iterative", 0.5, 30.0),
+        ]
+    recs.append(_record("only-lomoe", "lomoe", 0.0, 10.0))  # unpaired items are left out
+    p = paired(recs, "lomoe", "iterative")
+    assert p["items"] == 8
+    acc = p["accuracy"]
+    assert acc["diff"] == pytest.approx(0.25) and acc["ci95"] == pytest.approx([0.25, 0.25])
+    assert (acc["better"], acc["worse"]) == (8, 0)
+    bg = p["bg_psnr"]
+    assert bg["diff"] == pytest.approx(0.0) and (bg["better"], bg["worse"]) == (6, 2)
+    assert bg["ci95"][0] < 0 < bg["ci95"][1]  # a mixed sign: the interval straddles zero
+    assert paired(recs, "lomoe", "iterative") == p  # seeded: the same interval every time
+    assert paired(recs, "lomoe", "blended") is None
+
+
+def test_summary_and_table_compare_lomoe_with_every_other_method():
+    recs = []
+    for k in range(4):
+        recs += [
+            _record(f"i{k}", m, a, 25.0 + k)
+            for m, a in (("lomoe", 1.0), ("iterative", 0.5), ("blended", 0.0))
+        ]
+    summary = summarise(recs)
+    assert [p["against"] for p in summary["paired"]] == ["iterative", "blended"]
+    table = markdown_table(summary)
+    assert "| iterative | 4 | +0.500 [+0.500, +0.500] | 4 / 0 | +0.00 [+0.00, +0.00] | 0 / 0 |" in table
+    assert "| blended | 4 | +1.000" in table
 
 
 def test_sweep_report_plots_accuracy_and_psnr_against_lambda(tmp_path):

@@ -45,6 +45,18 @@ def _model_args(p, default_model="mini"):
     p.add_argument("--chunk-size", type=int, default=None, help="LoMOE branches per gradient chunk")
     p.add_argument("--bootstrap-steps", type=int, default=None, help="LoMOE bootstrapping steps")
     p.add_argument(
+        "--background-weight",
+        type=float,
+        default=None,
+        help="LoMOE λ_b, background latent loss (default 1.75)",
+    )
+    p.add_argument(
+        "--cross-attention-weight",
+        type=float,
+        default=None,
+        help="LoMOE λ_xa, cross-attention preservation loss (default 1.0)",
+    )
+    p.add_argument(
         "--region-negative-prompt",
         default=None,
         help="LoMOE region negative prompt (default: the official one; '' suits the mini model's vocabulary)",
@@ -174,6 +186,9 @@ def _options(args):
         extra["bootstrap_steps"] = args.bootstrap_steps
     if args.region_negative_prompt is not None:
         extra["region_negative_prompt"] = args.region_negative_prompt
+    for name in ("background_weight", "cross_attention_weight"):
+        if getattr(args, name) is not None:
+            extra[name] = getattr(args, name)
     lomoe = LoMOEOptions(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, **extra)
     mm = {}
     mm_over = {}

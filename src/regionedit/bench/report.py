@@ -46,6 +46,22 @@ def markdown_table(summary: dict) -> str:
                 f"| {s['n_masks']} | {s['time_ratio']:.2f} | {s['unet_work_ratio']:.2f} | "
                 f"{s['expected_work_ratio']:.2f} | {s['time_ratio_fraction']:.0%} |"
             )
+    if summary.get("paired"):
+        lines += [
+            "",
+            "| LoMOE against | items | accuracy diff [95% CI] | better / worse | bg PSNR diff (dB) [95% CI] | better / worse |",
+            "|---|---:|---|---:|---|---:|",
+        ]
+        for p in summary["paired"]:
+            cells = []
+            for field, spec in (("accuracy", "{:+.3f}"), ("bg_psnr", "{:+.2f}")):
+                f = p.get(field)
+                if f is None:
+                    cells += ["–", "–"]
+                    continue
+                lo, hi = (spec.format(v) for v in f["ci95"])
+                cells += [f"{spec.format(f['diff'])} [{lo}, {hi}]", f"{f['better']} / {f['worse']}"]
+            lines.append(f"| {p['against']} | {p['items']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
