@@ -1,10 +1,12 @@
 import dataclasses
+import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from regionedit.models.mini import MiniConfig
-from regionedit.shapes.train import TrainConfig, train_mini
+from regionedit.shapes.train import TrainConfig, export_checkpoint, train_mini
 
 CFG = TrainConfig(
     num_scenes=12,
@@ -50,6 +52,52 @@ def test_training_can_start_from_a_saved_pipeline(tmp_path):
     ub = load_file(second / "unet" / "diffusion_pytorch_model.safetensors")
     worst = max((ua[k] - ub[k]).abs().max().item() for k in ua)
     assert 0 < worst < 0.01  # one more small step from the same weights, not a fresh start
+
+
+def test_a_grown_unet_keeps_the_old_levels_and_starts_its_new_ones_as_pass_throughs():
+    import torch.nn.functional as F
+
+    from regionedit.models.mini import build_components, load_grown_unet
+
+    small = build_components(MODEL, seed=1)["unet"]
+    grown = build_components(dataclasses.replace(MODEL, image_size=128, unet_plain_levels=1), seed=2)["unet"]
+    load_grown_unet(grown, small.state_dict(), 1)
+    old, new = small.state_dict(), grown.state_dict()
+    assert torch.equal(
+        new["down_blocks.1.resnets.0.conv1.weight"], old["down_blocks.0.resnets.0.conv1.weight"]
+    )
+    assert torch.equal(new["up_blocks.2.resnets.0.conv1.weight"], old["up_blocks.2.resnets.0.conv1.weight"])
+    assert torch.equal(new["conv_in.weight"], old["conv_in.weight"])
+    c = MODEL.unet_channels[0]
+    g = torch.Generator().manual_seed(0)
+    h, temb = torch.randn(2, c, 16, 16, generator=g), torch.randn(2, 4 * c, generator=g)
+    with torch.no_grad():
+        down, _ = grown.down_blocks[0](h, temb)
+        assert torch.allclose(down, F.avg_pool2d(h, 2), atol=1e-6)  # identity resnet, 2x2 mean
+        up = grown.up_blocks[2].upsamplers[0](down)
+        assert torch.allclose(up, F.interpolate(down, scale_factor=2.0, mode="nearest"), atol=1e-6)
+        out = grown.up_blocks[3](h, (torch.randn_like(h), torch.randn_like(h)), temb)
+        assert torch.allclose(out, h, atol=1e-6)  # the skips are ignored at the start
+        # the whole grown net runs on 32x32 latents
+        fine = grown(torch.randn(1, 4, 32, 32, generator=g), 10, torch.randn(1, 48, 32)).sample
+        assert fine.shape == (1, 4, 32, 32)
+    unrelated = build_components(dataclasses.replace(MODEL, unet_channels=(32, 32, 32)), seed=1)["unet"]
+    with pytest.raises(ValueError, match="grown"):
+        load_grown_unet(grown, {**unrelated.state_dict(), "extra.weight": torch.zeros(1)}, 1)
+
+
+def test_training_can_grow_a_saved_pipeline_for_a_finer_grid(tmp_path):
+    first = train_mini(tmp_path / "a", CFG, MODEL)
+    cfg = dataclasses.replace(CFG, vae_steps=0, decoder_steps=0, unet_steps=1, init_from=str(first))
+    model = dataclasses.replace(MODEL, image_size=128, unet_plain_levels=1)
+    second = train_mini(tmp_path / "b", cfg, model)
+    config = json.loads((second / "unet" / "config.json").read_text())
+    assert config["down_block_types"][0] == "DownBlock2D" and len(config["down_block_types"]) == 4
+    assert config["sample_size"] == 32
+    scale = json.loads((first / "vae" / "config.json").read_text())["scaling_factor"]
+    assert json.loads((second / "vae" / "config.json").read_text())["scaling_factor"] == scale
+    exported = export_checkpoint(tmp_path / "b", tmp_path / "export")  # keeps the init's scale too
+    assert json.loads((exported / "vae" / "config.json").read_text())["scaling_factor"] == scale
 
 
 def test_partial_captions_name_a_strict_subset_without_background():
@@ -113,7 +161,9 @@ def test_learning_rate_flags_reach_the_config_and_bad_ones_are_refused(monkeypat
     from regionedit.cli import main
 
     seen = {}
-    monkeypatch.setattr(train, "train_mini", lambda out, cfg, max_minutes=None: seen.setdefault("cfg", cfg))
+    monkeypatch.setattr(
+        train, "train_mini", lambda out, cfg, model_cfg=None, max_minutes=None: seen.setdefault("cfg", cfg)
+    )
     assert main(["train-mini", "--out", str(tmp_path), "--unet-lr", "3e-4", "--unet-lr-min", "3e-5"]) == 0
     assert (seen["cfg"].unet_lr, seen["cfg"].unet_lr_min) == (3e-4, 3e-5)
     assert main(["train-mini", "--out", str(tmp_path), "--unet-lr", "1e-5"]) == 2  # below the default min

@@ -149,6 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--unet-lr", type=float, default=None, help="peak UNet learning rate (default 1e-3)")
     t.add_argument("--unet-lr-min", type=float, default=None, help="end of its cosine (default 1e-4)")
     t.add_argument(
+        "--image-size", type=int, default=64, help="scene size in pixels (default 64: 16x16 latents)"
+    )
+    t.add_argument(
+        "--unet-plain-levels",
+        type=int,
+        default=0,
+        help="outer UNet levels without attention; with --init-from a smaller UNet is grown by them",
+    )
+    t.add_argument(
         "--partial-caption", type=float, default=None, help="share of captions naming a subset of the objects"
     )
     t.add_argument(
@@ -274,6 +283,7 @@ def run_demo(args) -> int:
 
 
 def run_train(args) -> int:
+    from .models.mini import MiniConfig
     from .shapes.train import TrainConfig, train_mini
 
     keys = (
@@ -290,7 +300,8 @@ def run_train(args) -> int:
     )
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     cfg = dataclasses.replace(TrainConfig(seed=args.seed), **overrides)
-    result = train_mini(args.out, cfg, max_minutes=args.max_minutes)
+    model_cfg = MiniConfig(image_size=args.image_size, unet_plain_levels=args.unet_plain_levels)
+    result = train_mini(args.out, cfg, model_cfg, max_minutes=args.max_minutes)
     print(result if result else f"stopped early; run the same command again to resume from {args.out}")
     return 0
 

@@ -33,6 +33,9 @@ class MiniConfig:
     text_width: int = 64
     text_layers: int = 2
     max_tokens: int = 48  # a 7-object caption is about 37 tokens with BOS/EOS
+    # outer UNet levels without attention at the full latent grid, with the first level's
+    # channels: one grows the 16x16 UNet for 32x32 latents (128-px images) at little cost
+    unet_plain_levels: int = 0
 
 
 def scheduler_config() -> dict:
@@ -148,20 +151,71 @@ def _build(cfg: MiniConfig, tokenizer) -> dict:
         norm_num_groups=32,
         sample_size=cfg.image_size,
     )
+    k = cfg.unet_plain_levels
     unet = UNet2DConditionModel(
         sample_size=cfg.image_size // 2 ** (n - 1),
         in_channels=4,
         out_channels=4,
-        block_out_channels=cfg.unet_channels,
+        block_out_channels=(cfg.unet_channels[0],) * k + tuple(cfg.unet_channels),
         layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        down_block_types=("DownBlock2D",) * k
+        + ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D") + ("UpBlock2D",) * k,
         cross_attention_dim=cfg.text_width,
         attention_head_dim=8,
         norm_num_groups=16,
     )
     scheduler = DDIMScheduler(**scheduler_config())
     return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+
+
+def load_grown_unet(unet, state: dict, levels: int) -> None:
+    """Load a UNet's weights into ``unet``, which has ``levels`` more plain outer levels.
+
+    The old levels keep their weights (down blocks renumbered); the new ones start close to a
+    pass-through: each new down level averages 2x2 cells, each new up level copies the
+    upsampled features and ignores its skips, so training begins from the small UNet's
+    behaviour on a coarser grid instead of from noise.
+    """
+    import torch
+
+    renamed = {}
+    for key, value in state.items():
+        if key.startswith("down_blocks."):
+            _, i, rest = key.split(".", 2)
+            key = f"down_blocks.{int(i) + levels}.{rest}"
+        renamed[key] = value
+    try:
+        missing, unexpected = unet.load_state_dict(renamed, strict=False)
+    except RuntimeError as exc:  # shapes that do not match
+        raise ValueError(f"weights do not fit a UNet grown by {levels} level(s): {str(exc)[:200]}") from None
+    new_parts = tuple(f"down_blocks.{i}." for i in range(levels)) + tuple(
+        f"up_blocks.{len(unet.up_blocks) - 1 - i}." for i in range(levels + 1)
+    )
+    wrong = [m for m in missing if not m.startswith(new_parts)]
+    if unexpected or wrong:
+        raise ValueError(f"weights do not fit a UNet grown by {levels} level(s): {(unexpected + wrong)[:3]}")
+
+    def eye(conv, taps):
+        conv.weight.zero_()
+        conv.bias.zero_()
+        for ch in range(conv.out_channels):
+            for dy, dx in taps:
+                conv.weight[ch, ch, dy, dx] = 1.0 / len(taps)
+
+    with torch.no_grad():
+        for block in unet.down_blocks[:levels]:
+            for r in block.resnets:  # residual blocks with a zero last conv are the identity
+                r.conv2.weight.zero_()
+                r.conv2.bias.zero_()
+            eye(block.downsamplers[0].conv, ((1, 1), (1, 2), (2, 1), (2, 2)))  # 2x2 mean, stride 2
+        for block in unet.up_blocks[len(unet.up_blocks) - 1 - levels : -1]:
+            eye(block.upsamplers[0].conv, ((1, 1),))  # nearest x2, then the identity
+        for block in unet.up_blocks[len(unet.up_blocks) - levels :]:
+            for r in block.resnets:
+                r.conv2.weight.zero_()
+                r.conv2.bias.zero_()
+                eye(r.conv_shortcut, ((0, 0),))  # the first channels: the incoming features
 
 
 def save_pipeline(components: dict, folder: str | Path) -> Path:

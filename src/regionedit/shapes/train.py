@@ -139,15 +139,25 @@ def _init_from(comps: dict, folder: str) -> None:
 
     Lets a later session go on training from committed weights (a fresh optimiser, with the
     warm-up) when the run's own checkpoints are gone: set ``vae_steps=0`` to keep the VAE.
+
+    A UNet with more plain outer levels than the saved one (``MiniConfig.unet_plain_levels``)
+    is grown from it (:func:`~regionedit.models.mini.load_grown_unet`).
     """
-    from ..models.mini import MINI_DIR
+    from ..models.mini import MINI_DIR, load_grown_unet
 
     path = MINI_DIR if folder == "mini" else Path(folder)
     for part in ("vae", "unet", "text_encoder"):
         files = sorted((path / part).glob("*.safetensors"))
         if not files:
             raise FileNotFoundError(f"no {part} weights (*.safetensors) in {path / part}")
-        comps[part].load_state_dict(load_file(files[0]))
+        state = load_file(files[0])
+        if part == "unet":
+            saved = len(json.loads((path / "unet" / "config.json").read_text())["down_block_types"])
+            extra = len(comps["unet"].down_blocks) - saved
+            if extra > 0:
+                load_grown_unet(comps["unet"], state, extra)
+                continue
+        comps[part].load_state_dict(state)
     scale = json.loads((path / "vae" / "config.json").read_text()).get("scaling_factor")
     comps["vae"].register_to_config(scaling_factor=scale)
 
@@ -354,9 +364,12 @@ def export_checkpoint(out: str | Path, folder: str | Path) -> Path:
         MiniConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["model"].items()}),
     )
     comps = build_components(model_cfg, seed=cfg.seed)
+    if cfg.init_from:  # its VAE (when vae_steps is 0) and latent scale, as train_mini keeps them
+        _init_from(comps, cfg.init_from)
     load_checkpoint(out / "ckpt", "vae", {"vae": comps["vae"]})
     load_checkpoint(out / "ckpt", "decoder", {"vae": comps["vae"]})  # no-op before phase 4
     load_checkpoint(out / "ckpt", "unet", {"unet": comps["unet"], "text_encoder": comps["text_encoder"]})
-    latents = load_file(out / "latents.safetensors")["latents"]
-    comps["vae"].register_to_config(scaling_factor=float(1.0 / latents.std()))
+    if not cfg.init_from:
+        latents = load_file(out / "latents.safetensors")["latents"]
+        comps["vae"].register_to_config(scaling_factor=float(1.0 / latents.std()))
     return save_pipeline(comps, folder)
