@@ -168,3 +168,5 @@ def test_learning_rate_flags_reach_the_config_and_bad_ones_are_refused(monkeypat
     assert (seen["cfg"].unet_lr, seen["cfg"].unet_lr_min) == (3e-4, 3e-5)
     assert main(["train-mini", "--out", str(tmp_path), "--unet-lr", "1e-5"]) == 2  # below the default min
     assert "unet_lr_min <= unet_lr" in capsys.readouterr().err
+    assert main(["train-mini", "--out", str(tmp_path), "--unet-plain-levels", "-1"]) == 2
+    assert "unet_plain_levels" in capsys.readouterr().err

@@ -179,16 +179,15 @@ def _options(args):
     from ..multimodal.options import MultimodalOptions
     from .methods import MethodConfig
 
-    extra = {}
-    if args.chunk_size is not None:
-        extra["chunk_size"] = args.chunk_size
-    if args.bootstrap_steps is not None:
-        extra["bootstrap_steps"] = args.bootstrap_steps
-    if args.region_negative_prompt is not None:
-        extra["region_negative_prompt"] = args.region_negative_prompt
-    for name in ("background_weight", "cross_attention_weight"):
-        if getattr(args, name) is not None:
-            extra[name] = getattr(args, name)
+    # LoMOE options given on the command line (flag names are the option names)
+    lomoe_flags = (
+        "chunk_size",
+        "bootstrap_steps",
+        "region_negative_prompt",
+        "background_weight",
+        "cross_attention_weight",
+    )
+    extra = {k: getattr(args, k) for k in lomoe_flags if getattr(args, k) is not None}
     lomoe = LoMOEOptions(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, **extra)
     mm = {}
     mm_over = {}

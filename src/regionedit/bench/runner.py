@@ -296,8 +296,6 @@ def summarise(records: list[dict]) -> dict:
                 }
             )
     if "lomoe" in names:
-        for other in names:
-            comparison = None if other == "lomoe" else paired(records, "lomoe", other)
-            if comparison is not None:
-                summary["paired"].append(comparison)
+        comparisons = (paired(records, "lomoe", other) for other in names if other != "lomoe")
+        summary["paired"] = [c for c in comparisons if c is not None]
     return summary

@@ -13,6 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import InvalidOptionError
 from ..shapes.world import BACKGROUNDS, COLOURS, SHAPES
 
 MINI_DIR = Path(__file__).resolve().parent.parent / "data" / "mini"
@@ -36,6 +37,12 @@ class MiniConfig:
     # outer UNet levels without attention at the full latent grid, with the first level's
     # channels: one grows the 16x16 UNet for 32x32 latents (128-px images) at little cost
     unet_plain_levels: int = 0
+
+    def __post_init__(self):
+        if not isinstance(self.unet_plain_levels, int) or self.unet_plain_levels < 0:
+            raise InvalidOptionError(
+                f"unet_plain_levels must be an integer >= 0, got {self.unet_plain_levels!r}"
+            )
 
 
 def scheduler_config() -> dict:
@@ -196,25 +203,26 @@ def load_grown_unet(unet, state: dict, levels: int) -> None:
     if unexpected or wrong:
         raise ValueError(f"weights do not fit a UNet grown by {levels} level(s): {(unexpected + wrong)[:3]}")
 
-    def eye(conv, taps):
+    def zero(conv):
         conv.weight.zero_()
         conv.bias.zero_()
+
+    def eye(conv, taps):
+        zero(conv)
         for ch in range(conv.out_channels):
             for dy, dx in taps:
                 conv.weight[ch, ch, dy, dx] = 1.0 / len(taps)
 
     with torch.no_grad():
         for block in unet.down_blocks[:levels]:
-            for r in block.resnets:  # residual blocks with a zero last conv are the identity
-                r.conv2.weight.zero_()
-                r.conv2.bias.zero_()
+            for r in block.resnets:  # a residual block whose last conv is zero is the identity
+                zero(r.conv2)
             eye(block.downsamplers[0].conv, ((1, 1), (1, 2), (2, 1), (2, 2)))  # 2x2 mean, stride 2
         for block in unet.up_blocks[len(unet.up_blocks) - 1 - levels : -1]:
             eye(block.upsamplers[0].conv, ((1, 1),))  # nearest x2, then the identity
         for block in unet.up_blocks[len(unet.up_blocks) - levels :]:
             for r in block.resnets:
-                r.conv2.weight.zero_()
-                r.conv2.bias.zero_()
+                zero(r.conv2)
                 eye(r.conv_shortcut, ((0, 0),))  # the first channels: the incoming features
 
 
