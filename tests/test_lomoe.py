@@ -119,6 +119,19 @@ def test_paste_back_keeps_original_pixels_outside(tiny_model, image64):
     assert np.array_equal(np.asarray(res.image)[~union], np.asarray(image64)[~union])
 
 
+def test_background_blend_lands_outside_the_masks_on_the_input_latent(tiny_model, inv):
+    regions = two_regions()
+    plain = R.edit(tiny_model, inv, regions, options=OPTS, progress=False)
+    opts = dataclasses.replace(OPTS, background_blend=True)
+    res = R.edit(tiny_model, inv, regions, options=opts, progress=False)
+    bg = res.masks[0] == 1
+    z0 = inv.latents[0]
+    assert torch.equal(res.latents[0][:, bg], z0[:, bg])
+    assert not torch.allclose(plain.latents[0][:, bg], z0[:, bg], atol=1e-3)  # the loss alone drifts
+    inside = res.masks[0] == 0
+    assert not torch.allclose(res.latents[0][:, inside], z0[:, inside], atol=1e-3)
+
+
 def test_steps_mismatch_and_missing_caption(tiny_model, inv, image64):
     with pytest.raises(R.InvalidInputError, match="4 steps but the edit asks for 50"):
         R.edit(tiny_model, inv, two_regions(), progress=False)
@@ -144,6 +157,7 @@ def test_changed_guidance_recomputes_reference(tiny_model, inv):
         ("overlap", "max"),
         ("chunk_size", 0),
         ("mask_threshold", 1.5),
+        ("background_blend", "yes"),
     ],
 )
 def test_option_errors_name_the_option(field, value):

@@ -57,6 +57,12 @@ def _model_args(p, default_model="mini"):
         help="LoMOE λ_xa, cross-attention preservation loss (default 1.0)",
     )
     p.add_argument(
+        "--background-blend",
+        action="store_true",
+        default=None,
+        help="LoMOE: reset the latent outside the masks to the inversion after every step",
+    )
+    p.add_argument(
         "--region-negative-prompt",
         default=None,
         help="LoMOE region negative prompt (default: the official one; '' suits the mini model's vocabulary)",
@@ -186,6 +192,7 @@ def _options(args):
         "region_negative_prompt",
         "background_weight",
         "cross_attention_weight",
+        "background_blend",
     )
     extra = {k: getattr(args, k) for k in lomoe_flags if getattr(args, k) is not None}
     lomoe = LoMOEOptions(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, **extra)

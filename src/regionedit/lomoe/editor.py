@@ -266,6 +266,8 @@ def _denoise(model, inv, regions, weights, options, generator, counter, progress
             with torch.no_grad():
                 z_next = torch.cat([step_branches(views[c], t, c, offset) for c in chunks])
                 z = fuse(z_next, w_i)
+                if options.background_blend:
+                    z = w_i[:1] * ref_latent + (1 - w_i[:1]) * z
             losses.append(info)
             if callback is not None:
                 callback(i, info)

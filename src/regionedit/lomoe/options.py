@@ -28,6 +28,8 @@ class LoMOEOptions:
     region_negative_prompt: str = DEFAULT_REGION_NEGATIVE  # official README's negative prompt
     chunk_size: int | None = None  # branches per gradient chunk (exact); None = all at once
     paste_back: bool = False  # copy original pixels outside the masks after decoding
+    background_blend: bool = False  # ours: after every step, reset the fused latent outside the
+    # masks to the inversion trajectory (Blended Latent Diffusion's rule; L_b alone lets it drift)
     regularize_inversion: bool = True  # pix2pix-zero noise regularisation in the inversion
 
     def __post_init__(self):
@@ -57,6 +59,9 @@ class LoMOEOptions:
             raise InvalidOptionError(f"mask_threshold must be in (0, 1], got {self.mask_threshold!r}")
         if self.overlap not in OVERLAP_POLICIES:
             raise InvalidOptionError(f"overlap must be one of {OVERLAP_POLICIES}, got {self.overlap!r}")
+        for name in ("paste_back", "background_blend", "regularize_inversion"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidOptionError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.chunk_size is not None and (not isinstance(self.chunk_size, int) or self.chunk_size < 1):
             raise InvalidOptionError(
                 f"chunk_size must be a positive integer or None, got {self.chunk_size!r}"
