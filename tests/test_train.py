@@ -170,3 +170,43 @@ def test_learning_rate_flags_reach_the_config_and_bad_ones_are_refused(monkeypat
     assert "unet_lr_min <= unet_lr" in capsys.readouterr().err
     assert main(["train-mini", "--out", str(tmp_path), "--unet-plain-levels", "-1"]) == 2
     assert "unet_plain_levels" in capsys.readouterr().err
+
+
+class _PoolVAE:
+    """Stands in for a 4x VAE: the latent is the 4x4 average of the image."""
+
+    def encode(self, x):
+        mean = torch.nn.functional.avg_pool2d(x, 4)
+        return type("Out", (), {"latent_dist": type("Dist", (), {"mean": mean})()})()
+
+
+def test_decoder_composites_paste_the_same_boxes_in_latent_and_pixels():
+    from regionedit.shapes.train import _composite_batch
+
+    images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
+    vae = _PoolVAE()
+    cfg = dataclasses.replace(CFG, decoder_composite=1.0, decoder_batch=6)
+    x, z = _composite_batch(vae, images, cfg, torch.Generator().manual_seed(0))
+    assert x.shape == (6, 3, 32, 32) and z.shape == (6, 3, 8, 8)
+    # boxes lie on whole latent cells, so pooling the pasted pixels gives the pasted latent
+    assert torch.allclose(torch.nn.functional.avg_pool2d(x, 4), z, atol=1e-6)
+    whole = [any(torch.equal(xi, im.float() / 127.5 - 1) for im in images) for xi in x]
+    assert not any(whole)  # every sample has a pasted box
+    cfg0 = dataclasses.replace(cfg, decoder_composite=0.0)
+    x0, _ = _composite_batch(vae, images, cfg0, torch.Generator().manual_seed(0))
+    assert all(any(torch.equal(xi, im.float() / 127.5 - 1) for im in images) for xi in x0)
+    with pytest.raises(Exception, match="decoder_composite"):
+        TrainConfig(decoder_composite=1.5)
+
+
+def test_composite_decoder_phase_trains_only_the_decoder(tmp_path):
+    first = train_mini(tmp_path / "a", CFG, MODEL)
+    cfg = dataclasses.replace(
+        CFG, vae_steps=0, unet_steps=0, decoder_steps=2, decoder_composite=0.5, decoder_batch=2,
+        init_from=str(first),
+    )  # fmt: skip
+    second = train_mini(tmp_path / "b", cfg, MODEL)
+    a = load_file(first / "vae" / "diffusion_pytorch_model.safetensors")
+    b = load_file(second / "vae" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("encoder.", "quant_conv.")))
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))

@@ -144,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--unet-steps", type=int, default=None)
     t.add_argument("--num-scenes", type=int, default=None)
     t.add_argument("--decoder-steps", type=int, default=None)
+    t.add_argument(
+        "--decoder-composite",
+        type=float,
+        default=None,
+        help="share of decoder samples pasted from two scenes (trains a local decoder; default 0)",
+    )
     t.add_argument("--init-from", default=None, help="start from a saved pipeline folder, or 'mini'")
     t.add_argument("--max-objects", type=int, default=None, help="objects per training scene: 1 to this")
     t.add_argument("--unet-lr", type=float, default=None, help="peak UNet learning rate (default 1e-3)")
@@ -291,6 +297,7 @@ def run_train(args) -> int:
         "unet_steps",
         "num_scenes",
         "decoder_steps",
+        "decoder_composite",
         "init_from",
         "max_objects",
         "partial_caption",

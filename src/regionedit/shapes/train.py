@@ -58,6 +58,12 @@ class TrainConfig:
     min_snr_gamma: float = 5.0
     decoder_steps: int = 400  # decoder-only fine-tune on frozen-encoder means: latents unchanged
     decoder_lr: float = 3e-4
+    decoder_composite: float = 0.0  # share of decoder samples that are latent composites: boxes
+    # of one scene's latent pasted into another's, the target the same paste in pixels. Teaches a
+    # local decoder, so an edit's background decodes as before (GroupNorm and the mid-block
+    # attention otherwise carry a new object's colour into it). When > 0 the decoder phase trains
+    # on whole scenes, whose statistics are what it sees at use, not crops.
+    decoder_batch: int = 16
     init_from: str | None = None  # a pipeline folder ("mini" = the shipped one) to start from
     ckpt_every: int = 200
 
@@ -68,6 +74,8 @@ class TrainConfig:
             raise InvalidOptionError(
                 f"need 0 <= unet_lr_min <= unet_lr (finite), got {self.unet_lr_min} and {self.unet_lr}"
             )
+        if not 0 <= self.decoder_composite <= 1:
+            raise InvalidOptionError(f"decoder_composite must be in [0, 1], got {self.decoder_composite}")
         if not 0 <= self.plain_background <= 1:
             raise InvalidOptionError(f"plain_background must be in [0, 1], got {self.plain_background}")
         shares = (self.caption_dropout, self.no_background_caption, self.partial_caption)
@@ -118,6 +126,28 @@ def _random_crops(images: torch.Tensor, cfg: TrainConfig, model_cfg: MiniConfig,
     c, s = cfg.vae_crop, model_cfg.image_size
     ox, oy = (int(v) for v in torch.randint(0, s - c + 1, (2,), generator=g))
     return images[idx, :, oy : oy + c, ox : ox + c].float() / 127.5 - 1
+
+
+def _composite_batch(vae, images: torch.Tensor, cfg: TrainConfig, g) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whole scenes and their encoder means; a ``decoder_composite`` share of them pasted with
+    1-3 random boxes of another scene, in the latent and (boxes upsampled) in pixels alike."""
+    n = cfg.decoder_batch
+    idx = torch.randint(0, len(images), (2, n), generator=g)
+    x = images[idx.flatten()].float() / 127.5 - 1
+    with torch.no_grad():
+        z = vae.encode(x).latent_dist.mean
+    (xa, xb), (za, zb) = x.chunk(2), z.chunk(2)
+    h, w = za.shape[-2:]
+    m = torch.zeros(n, 1, h, w)
+    paste = torch.rand(n, generator=g) < cfg.decoder_composite
+    for i in torch.nonzero(paste).flatten().tolist():
+        for _ in range(int(torch.randint(1, 4, (), generator=g))):
+            bh, bw = (int(v) for v in torch.randint(2, max(3, h // 2) + 1, (2,), generator=g))
+            y0 = int(torch.randint(0, h - bh + 1, (), generator=g))
+            x0 = int(torch.randint(0, w - bw + 1, (), generator=g))
+            m[i, :, y0 : y0 + bh, x0 : x0 + bw] = 1
+    mp = F.interpolate(m, size=xa.shape[-2:], mode="nearest")
+    return mp * xb + (1 - mp) * xa, m * zb + (1 - m) * za
 
 
 def _caption(record, g: torch.Generator, cfg: TrainConfig) -> str:
@@ -330,9 +360,12 @@ def finetune_decoder(
 
     def dec_step(step):
         g = _gen(cfg, 4, step)
-        x = _random_crops(images, cfg, model_cfg, g)
-        with torch.no_grad():
-            z = vae.encode(x).latent_dist.mean
+        if cfg.decoder_composite > 0:
+            x, z = _composite_batch(vae, images, cfg, g)
+        else:
+            x = _random_crops(images, cfg, model_cfg, g)
+            with torch.no_grad():
+                z = vae.encode(x).latent_dist.mean
         mse = F.mse_loss(vae.decode(z).sample, x)
         opt.zero_grad(set_to_none=True)
         mse.backward()
