@@ -52,3 +52,40 @@ def test_init_from_a_missing_folder_says_so(tiny_model, tmp_path):
 
     with pytest.raises(FileNotFoundError, match="no ControlNet folder"):
         train_controlnet(tiny_model, tmp_path, dataclasses.replace(CFG, init_from=str(tmp_path / "nope")))
+
+
+def test_a_controlnet_grows_with_its_unet():
+    import pytest
+
+    from regionedit.models.mini import MiniConfig, build_components, load_grown_unet
+    from regionedit.multimodal.train_controlnet import grow_controlnet
+
+    cfg = MiniConfig(vae_channels=(32, 32, 32), unet_channels=(16, 32, 32), text_width=32)
+    small = build_components(cfg, seed=1)["unet"]
+    grown = build_components(dataclasses.replace(cfg, image_size=128, unet_plain_levels=1), seed=2)["unet"]
+    load_grown_unet(grown, small.state_dict(), 1)
+    old = ControlNetModel.from_unet(small, conditioning_embedding_out_channels=(8, 16, 32))
+    with torch.no_grad():  # a "trained" net: output convs no longer zero
+        for conv in [*old.controlnet_down_blocks, old.controlnet_mid_block]:
+            conv.weight.normal_(generator=torch.Generator().manual_seed(3))
+    net = grow_controlnet(old, grown)
+    a, b = old.state_dict(), net.state_dict()
+    assert torch.equal(b["down_blocks.1.resnets.0.conv1.weight"], a["down_blocks.0.resnets.0.conv1.weight"])
+    assert torch.equal(b["controlnet_down_blocks.2.weight"], a["controlnet_down_blocks.0.weight"])
+    assert torch.equal(b["controlnet_mid_block.weight"], a["controlnet_mid_block.weight"])
+    assert torch.equal(
+        b["controlnet_cond_embedding.conv_in.weight"], a["controlnet_cond_embedding.conv_in.weight"]
+    )
+    assert torch.equal(b["conv_in.weight"], grown.state_dict()["conv_in.weight"])
+    g = torch.Generator().manual_seed(0)
+    z, emb = torch.randn(1, 4, 32, 32, generator=g), torch.randn(1, 5, 32, generator=g)
+    cond = torch.rand(1, 3, 128, 128, generator=g)
+    with torch.no_grad():
+        down, mid = net(z, 10, encoder_hidden_states=emb, controlnet_cond=cond, return_dict=False)
+        assert len(down) == len(net.controlnet_down_blocks) == len(old.controlnet_down_blocks) + 2
+        assert down[0].abs().max() == 0 and down[1].abs().max() == 0  # the new level adds nothing yet
+        assert down[2].abs().max() > 0
+        out = grown(z, 10, emb, down_block_additional_residuals=down, mid_block_additional_residual=mid)
+        assert out.sample.shape == z.shape
+    with pytest.raises(ValueError, match="levels"):
+        grow_controlnet(net, grown)

@@ -92,6 +92,42 @@ def _init_path(cfg: ControlTrainConfig) -> Path:
     return path
 
 
+def grow_controlnet(old, unet):
+    """A ControlNet for ``unet``, a UNet grown by outer levels from the one ``old`` was trained for.
+
+    The new net starts as ``from_unet(unet)`` (its input conv, time embedding and new outer
+    levels); the old net's control embedding, levels, mid block and output convs move in, the
+    levels and output convs renumbered past the new ones. The new levels' output convs stay at
+    zero, so the net adds nothing at the finer grid until it is trained there.
+    """
+    from diffusers import ControlNetModel
+
+    levels = len(unet.down_blocks) - len(old.down_blocks)
+    if levels < 1:
+        raise ValueError(f"the UNet has {len(unet.down_blocks)} levels, not more than the ControlNet's")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = ControlNetModel.from_unet(
+            unet, conditioning_embedding_out_channels=old.config.conditioning_embedding_out_channels
+        )
+    shift = len(net.controlnet_down_blocks) - len(old.controlnet_down_blocks)
+    renamed = {}
+    for key, value in old.state_dict().items():
+        head, _, rest = key.partition(".")
+        if head in ("conv_in", "time_embedding"):
+            continue  # these belong to the grown UNet's finest level now
+        if head in ("down_blocks", "controlnet_down_blocks"):
+            i, _, rest = rest.partition(".")
+            key = f"{head}.{int(i) + (levels if head == 'down_blocks' else shift)}.{rest}"
+        renamed[key] = value
+    target = net.state_dict()
+    bad = [k for k, v in renamed.items() if k not in target or target[k].shape != v.shape]
+    if bad:
+        raise ValueError(f"the ControlNet does not fit a UNet grown by {levels} level(s): {bad[:3]}")
+    net.load_state_dict(renamed, strict=False)
+    return net
+
+
 def train_controlnet(
     model: Model, out: str | Path, cfg: ControlTrainConfig, max_minutes: float | None = None
 ):
@@ -115,6 +151,8 @@ def train_controlnet(
         (out / "captions.json").write_text(json.dumps(captions))
     if cfg.init_from is not None:  # go on from committed weights (a fresh optimiser and warm-up)
         net = ControlNetModel.from_pretrained(str(_init_path(cfg)))
+        if len(net.down_blocks) < len(model.unet.down_blocks):  # the base UNet was grown
+            net = grow_controlnet(net, model.unet)
     else:
         with torch.random.fork_rng(devices=[]):  # from_unet draws from the global RNG: seed it, isolated
             torch.manual_seed(cfg.seed)
