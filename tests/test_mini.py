@@ -21,11 +21,12 @@ def test_mini_is_a_small_diffusers_model():
     assert size <= 40 * 2**20, size
     pipe = StableDiffusionPipeline.from_pretrained(str(MINI_DIR))
     assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
-    assert 2 ** (len(pipe.vae.config.block_out_channels) - 1) == 4  # 64x64 images, 16x16 latents
+    assert 2 ** (len(pipe.vae.config.block_out_channels) - 1) == 4  # 128x128 images, 32x32 latents
+    assert pipe.vae.config.sample_size == 128 and pipe.unet.config.sample_size == 32
 
 
 def test_cli_edit_three_masks_is_deterministic_and_keeps_the_background(tmp_path):
-    scene = make_scene(21, 3)
+    scene = make_scene(21, 3, size=128)
     d = write_scene(scene, tmp_path / "scene")
     before = hashlib.sha256((d / "image.png").read_bytes()).hexdigest()
     targets = ["a white square", "a yellow circle", "a purple triangle"]
@@ -41,6 +42,10 @@ def test_cli_edit_three_masks_is_deterministic_and_keeps_the_background(tmp_path
         "20",
         "--region-negative-prompt",
         "",
+        "--guidance-scale",
+        "20",
+        "--background-blend",
+        "true",
         "--seed",
         "5",
     ]

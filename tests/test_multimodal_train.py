@@ -45,6 +45,7 @@ def test_init_from_a_trained_net_starts_from_its_weights(tiny_model, tmp_path):
     c = load_file(fresh / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a)
+    assert not (tmp_path / "b" / "dataset.safetensors").exists()  # nothing to train: no scenes made
 
 
 def test_init_from_a_missing_folder_says_so(tiny_model, tmp_path):

@@ -166,7 +166,7 @@ def test_example_fills_image_layers_and_prompts(server):
     assert caption.endswith("background") and texts[0] in caption and texts[1] in caption
     assert texts[2:MAX_OBJECTS] == [""] * (MAX_OBJECTS - 2)
     layer = np.asarray(Image.open(value["layers"][0]))
-    assert layer.shape == (64, 64, 4) and 0 < (layer[..., 3] > 0).mean() < 0.5
+    assert layer.shape == (128, 128, 4) and 0 < (layer[..., 3] > 0).mean() < 0.5  # the model's size
 
 
 def test_layers_pair_with_prompts_by_number():

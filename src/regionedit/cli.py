@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("shapes", help="generate a shapes-world scene")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--objects", type=int, default=3)
-    s.add_argument("--size", type=int, default=64)
+    s.add_argument("--size", type=int, default=128, help="image side (default 128, the mini model's)")
     s.add_argument("--out", required=True)
 
     d = sub.add_parser("demo", help="edit three objects of a shapes scene with the mini model")

@@ -141,7 +141,7 @@ def add_parser(subparsers):
     )
     s.add_argument("--min-masks", type=int, default=2)
     s.add_argument("--max-masks", type=int, default=7)
-    s.add_argument("--size", type=int, default=64, help="scene size in pixels")
+    s.add_argument("--size", type=int, default=None, help="scene size in pixels (default: the model's)")
     s.add_argument("--judge", default=None, help="judge weights (default: the shipped judge)")
     s.add_argument("--no-judge", action="store_true", help="skip judge accuracy")
     _run_args(s)
@@ -230,6 +230,7 @@ def _load_model(args):
 
 
 def _run_quality(args, items, settings, judge=None) -> int:
+    """``items`` may be a function of the loaded model returning ``(items, settings)``."""
     from .extras import load_clip
     from .methods import get_methods
     from .report import markdown_table, write_report
@@ -241,6 +242,8 @@ def _run_quality(args, items, settings, judge=None) -> int:
         raise InvalidInputError(str(exc)) from None
     config = _options(args)  # bad options fail before the model loads
     model = _load_model(args)
+    if callable(items):
+        items, settings = items(model)
     shard, shards = args.shard
     summary = run_benchmark(
         model,
@@ -277,19 +280,24 @@ def run_shapes(args) -> int:
         if not path.is_file():
             raise InvalidInputError(f"judge weights not found at {path}; train the judge or pass --no-judge")
         judge = load_judge(path)
-    items = shapes_bench(
-        args.n, args.which, args.seed, args.min_masks, args.max_masks, args.size, args.mask_kind
-    )
-    settings = {
-        "benchmark": f"ShapesBench ({args.which})",
-        "min_masks": args.min_masks,
-        "max_masks": args.max_masks,
-        "size": args.size,
-        # pinned only when not the default, so run folders made before --mask still resume
-        **({"mask": args.mask_kind} if args.mask_kind != "box" else {}),
-        "judge": None if judge is None else str(args.judge or "shipped"),
-    }
-    return _run_quality(args, items, settings, judge)
+
+    def make(model):
+        size = args.size or model.native_size
+        items = shapes_bench(
+            args.n, args.which, args.seed, args.min_masks, args.max_masks, size, args.mask_kind
+        )
+        settings = {
+            "benchmark": f"ShapesBench ({args.which})",
+            "min_masks": args.min_masks,
+            "max_masks": args.max_masks,
+            "size": size,
+            # pinned only when not the default, so run folders made before --mask still resume
+            **({"mask": args.mask_kind} if args.mask_kind != "box" else {}),
+            "judge": None if judge is None else str(args.judge or "shipped"),
+        }
+        return items, settings
+
+    return _run_quality(args, make, None, judge)
 
 
 def run_lomoe_bench(args) -> int:

@@ -44,6 +44,13 @@ class Model:
         """Pixels per latent cell along each side (8 for Stable Diffusion, 4 for mini)."""
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
+    @property
+    def native_size(self) -> int:
+        """The image side the model was trained at (UNet sample size times the VAE factor)."""
+        size = getattr(self.unet.config, "sample_size", 64) or 64
+        size = size[0] if isinstance(size, (list, tuple)) else size
+        return int(size) * self.vae_scale_factor
+
     def check_image_size(self, height: int, width: int) -> None:
         f = self.vae_scale_factor
         if height % f or width % f or height < f or width < f:

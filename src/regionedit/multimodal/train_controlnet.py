@@ -140,15 +140,6 @@ def train_controlnet(
     out.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + (max_minutes * 60 if max_minutes is not None else float("inf"))
     size = model.vae.config.sample_size
-    data_path = out / "dataset.safetensors"
-    if data_path.exists():  # deterministic from the seed; cached so a resume skips it
-        d = load_file(data_path)
-        latents, maps = d["latents"], d["maps"]
-        captions = json.loads((out / "captions.json").read_text())
-    else:
-        latents, maps, captions = build_dataset(model, cfg, size)
-        save_file({"latents": latents.contiguous(), "maps": maps.contiguous()}, data_path)
-        (out / "captions.json").write_text(json.dumps(captions))
     if cfg.init_from is not None:  # go on from committed weights (a fresh optimiser and warm-up)
         net = ControlNetModel.from_pretrained(str(_init_path(cfg)))
         if len(net.down_blocks) < len(model.unet.down_blocks):  # the base UNet was grown
@@ -162,6 +153,17 @@ def train_controlnet(
     net = net.to(model.device, torch.float32).train()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-2)
     start = load_checkpoint(out, "controlnet", {"net": net}, opt)
+    data_path = out / "dataset.safetensors"
+    if start >= cfg.steps:  # nothing left to train (e.g. --steps 0 exports a grown net as it is)
+        latents = maps = captions = None
+    elif data_path.exists():  # deterministic from the seed; cached so a resume skips it
+        d = load_file(data_path)
+        latents, maps = d["latents"], d["maps"]
+        captions = json.loads((out / "captions.json").read_text())
+    else:
+        latents, maps, captions = build_dataset(model, cfg, size)
+        save_file({"latents": latents.contiguous(), "maps": maps.contiguous()}, data_path)
+        (out / "captions.json").write_text(json.dumps(captions))
     sched = DDIMScheduler.from_config(model.scheduler_config)
     pred_type = sched.config.prediction_type
     bar = tqdm(range(start, cfg.steps), desc=f"controlnet-{cfg.kind}", initial=start, total=cfg.steps)

@@ -38,13 +38,6 @@ CSS = """
 """
 
 
-def native_size(model) -> int:
-    """The image side the model was trained at (UNet sample size times the VAE factor)."""
-    size = getattr(model.unet.config, "sample_size", 64) or 64
-    size = size[0] if isinstance(size, (list, tuple)) else size
-    return int(size) * model.vae_scale_factor
-
-
 def launch(app, host: str = "127.0.0.1", port: int = 7860, block: bool = True, quiet: bool = False):
     """Start the app's server; the one launch path of ``regionedit serve`` and the tests."""
     return app.queue().launch(
@@ -110,7 +103,7 @@ def build_app(
     options: LoMOEOptions | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     output_dir=None,
-    example_size: int = 64,
+    example_size: int | None = None,
 ):
     """Build the Gradio Blocks app around a loaded model (nothing is launched).
 
@@ -121,13 +114,13 @@ def build_app(
             people painting a region expect every other pixel to stay as it was.
         max_pixels: larger images are refused with a message.
         output_dir: where edited PNGs are written (a temporary folder by default).
-        example_size: side of the shapes-world examples.
+        example_size: side of the shapes-world examples (default: the model's native size).
     """
     gr = import_gradio()
     engine = Engine(model, model_name, max_pixels=max_pixels, output_dir=output_dir)
     base = options or LoMOEOptions(paste_back=True)
 
-    brush_size = max(2, native_size(model) // 16)  # radius; "auto" (25) covers half a 64x64 image
+    brush_size = max(2, model.native_size // 16)  # radius; "auto" (25) covers half a 64x64 image
 
     with gr.Blocks(title="regionedit") as demo:
         gr.Markdown(INTRO + f"\nModel: `{engine.model_name}`", elem_id="intro")
@@ -269,7 +262,9 @@ def build_app(
             return image, out.overlay, out.image, str(out.png_path), out.message
 
         def on_example(seed_value, n_objects):
-            value, scene = example_value(int(seed_value or 0), int(n_objects), size=example_size)
+            value, scene = example_value(
+                int(seed_value or 0), int(n_objects), size=example_size or model.native_size
+            )
             texts = [o.phrase for o in scene.objects]
             texts += [""] * (MAX_OBJECTS - len(texts))
             return [value, scene.caption, *texts, *([""] * MAX_OBJECTS)]
