@@ -236,3 +236,19 @@ def test_serve_command_starts_a_working_app(tiny_model_dir, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_serve_starts_the_mini_model_from_its_measured_settings(monkeypatch):
+    from regionedit.cli import main
+    from regionedit.models.mini import MINI_LOMOE
+    from regionedit.ui import app as ui_app
+
+    seen = {}
+    monkeypatch.setattr(ui_app, "build_app", lambda model, **kw: seen.setdefault("options", kw["options"]))
+    monkeypatch.setattr(ui_app, "launch", lambda *a, **kw: None)
+    monkeypatch.setattr("regionedit.edit_api.load_model", lambda *a: object())
+    assert main(["serve"]) == 0
+    opts = seen.pop("options")
+    assert opts.paste_back and all(getattr(opts, k) == v for k, v in MINI_LOMOE.items())
+    assert main(["serve", "--model", "some/folder"]) == 0
+    assert seen["options"].guidance_scale == 7.5  # other models start from the paper's defaults

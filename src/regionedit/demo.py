@@ -15,6 +15,7 @@ from .bench.metrics import attribute_accuracy, image_metrics
 from .io import save_image, write_text_atomic
 from .lomoe import LoMOEOptions
 from .lomoe import edit as lomoe_edit
+from .models.mini import MINI_LOMOE
 from .regions import Region
 
 OUTLINE = [(255, 80, 80), (80, 255, 80), (80, 160, 255)]
@@ -63,14 +64,7 @@ def run_demo(
     start = time.perf_counter()
     model = model or load("mini")
     judge = judge or load_judge()
-    # Measured on ShapesBench with the shipped mini model (BENCHMARKS.md): 25 steps, of which
-    # the paper's 20 bootstrap, edit better than 50 steps; the official negative prompt is out
-    # of the mini model's vocabulary, so it is left empty; its 32x32 latents hold the old
-    # objects firmly, so it edits best at CFG 20 (55.8% of objects at 7.5, 78.3% at 20), with
-    # the background reset to the inversion after every step.
-    options = options or LoMOEOptions(
-        num_inference_steps=25, guidance_scale=20.0, region_negative_prompt="", background_blend=True
-    )
+    options = options or LoMOEOptions(**MINI_LOMOE)  # the mini model's measured best settings
     if steps is not None:
         options = LoMOEOptions(**{**options.__dict__, "num_inference_steps": steps})
     item = shapes_item(seed, 0, "multi", min_masks=3, max_masks=3, size=model.vae.config.sample_size)
