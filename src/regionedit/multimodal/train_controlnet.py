@@ -92,6 +92,15 @@ def _init_path(cfg: ControlTrainConfig) -> Path:
     return path
 
 
+def _from_unet(unet, embedding_channels, seed: int):
+    """``ControlNetModel.from_unet``; it draws from the global RNG, so seed it, isolated."""
+    from diffusers import ControlNetModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=embedding_channels)
+
+
 def grow_controlnet(old, unet):
     """A ControlNet for ``unet``, a UNet grown by outer levels from the one ``old`` was trained for.
 
@@ -100,16 +109,10 @@ def grow_controlnet(old, unet):
     levels and output convs renumbered past the new ones. The new levels' output convs stay at
     zero, so the net adds nothing at the finer grid until it is trained there.
     """
-    from diffusers import ControlNetModel
-
     levels = len(unet.down_blocks) - len(old.down_blocks)
     if levels < 1:
         raise ValueError(f"the UNet has {len(unet.down_blocks)} levels, not more than the ControlNet's")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net = ControlNetModel.from_unet(
-            unet, conditioning_embedding_out_channels=old.config.conditioning_embedding_out_channels
-        )
+    net = _from_unet(unet, old.config.conditioning_embedding_out_channels, seed=0)
     shift = len(net.controlnet_down_blocks) - len(old.controlnet_down_blocks)
     renamed = {}
     for key, value in old.state_dict().items():
@@ -145,11 +148,7 @@ def train_controlnet(
         if len(net.down_blocks) < len(model.unet.down_blocks):  # the base UNet was grown
             net = grow_controlnet(net, model.unet)
     else:
-        with torch.random.fork_rng(devices=[]):  # from_unet draws from the global RNG: seed it, isolated
-            torch.manual_seed(cfg.seed)
-            net = ControlNetModel.from_unet(
-                model.unet, conditioning_embedding_out_channels=cfg.embedding_channels
-            )
+        net = _from_unet(model.unet, cfg.embedding_channels, cfg.seed)
     net = net.to(model.device, torch.float32).train()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-2)
     start = load_checkpoint(out, "controlnet", {"net": net}, opt)
