@@ -25,6 +25,13 @@ class InvalidOptionError(InvalidInputError):
     """An editor option is out of range."""
 
 
+def require_bools(options, names) -> None:
+    """Refuse options dataclass fields ``names`` that are not True or False."""
+    for name in names:
+        if not isinstance(getattr(options, name), bool):
+            raise InvalidOptionError(f"{name} must be true or false, got {getattr(options, name)!r}")
+
+
 class ModelLoadError(RegionEditError):
     """A model could not be found or loaded."""
 

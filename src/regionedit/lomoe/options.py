@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..errors import InvalidOptionError
+from ..errors import InvalidOptionError, require_bools
 from ..regions import OVERLAP_POLICIES
 
 DEFAULT_REGION_NEGATIVE = (
@@ -59,9 +59,7 @@ class LoMOEOptions:
             raise InvalidOptionError(f"mask_threshold must be in (0, 1], got {self.mask_threshold!r}")
         if self.overlap not in OVERLAP_POLICIES:
             raise InvalidOptionError(f"overlap must be one of {OVERLAP_POLICIES}, got {self.overlap!r}")
-        for name in ("paste_back", "background_blend", "regularize_inversion"):
-            if not isinstance(getattr(self, name), bool):
-                raise InvalidOptionError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        require_bools(self, ("paste_back", "background_blend", "regularize_inversion"))
         if self.chunk_size is not None and (not isinstance(self.chunk_size, int) or self.chunk_size < 1):
             raise InvalidOptionError(
                 f"chunk_size must be a positive integer or None, got {self.chunk_size!r}"

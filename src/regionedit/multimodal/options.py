@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from ..errors import InvalidOptionError
+from ..errors import InvalidOptionError, require_bools
 
 LOSS_SPACES = ("x0", "noisy", "pixel")  # §1.5: predicted clean latent (default), z_t, decoded ẑ0
 GUID_MASKS = ("none", "edit")  # §1.5: L_guid over the whole image (default) or inside m only
@@ -94,9 +94,7 @@ class MultimodalOptions:
         ):
             if getattr(self, name) not in allowed:
                 raise InvalidOptionError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("post_blend", "mask_dilate", "gradient_checkpointing"):
-            if not isinstance(getattr(self, name), bool):
-                raise InvalidOptionError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        require_bools(self, ("post_blend", "mask_dilate", "gradient_checkpointing"))
 
     def at_steps(self, steps: int) -> MultimodalOptions:
         """These options at ``steps`` DDIM steps, t_u clamped to the first half of them."""
