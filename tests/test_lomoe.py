@@ -132,6 +132,23 @@ def test_background_blend_lands_outside_the_masks_on_the_input_latent(tiny_model
     assert not torch.allclose(res.latents[0][:, inside], z0[:, inside], atol=1e-3)
 
 
+def test_guidance_rescale_acts_on_region_branches_only(tiny_model, image64):
+    """The background branch keeps plain CFG (the inversion's offsets are for it), so a null edit
+    still lands on the input latent; with regions the rescale changes the edit."""
+    # an empty background negative (the default is the caption itself, which makes CFG a no-op)
+    inv_opts = R.InversionOptions(num_inference_steps=4)
+    inv = R.invert(tiny_model, image64, CAPTION, inv_opts, negative_prompt="", progress=False)
+    # no losses: one SGD step through CFG 10 is not exact, which is not what is tested here
+    base = dataclasses.replace(OPTS, guidance_scale=10.0, learning_rate=0.0, bootstrap_steps=0)
+    opts = dataclasses.replace(base, guidance_rescale=1.0)
+    null = R.edit(tiny_model, inv, [], options=opts, progress=False)
+    assert torch.allclose(null.latents, inv.latents[:1], atol=1e-4)
+    plain = R.edit(tiny_model, inv, two_regions(), options=base, progress=False)
+    res = R.edit(tiny_model, inv, two_regions(), options=opts, progress=False)
+    inside = res.masks[0] == 0
+    assert not torch.allclose(res.latents[0][:, inside], plain.latents[0][:, inside], atol=1e-3)
+
+
 def test_steps_mismatch_and_missing_caption(tiny_model, inv, image64):
     with pytest.raises(R.InvalidInputError, match="4 steps but the edit asks for 50"):
         R.edit(tiny_model, inv, two_regions(), progress=False)
@@ -158,6 +175,7 @@ def test_changed_guidance_recomputes_reference(tiny_model, inv):
         ("chunk_size", 0),
         ("mask_threshold", 1.5),
         ("background_blend", "yes"),
+        ("guidance_rescale", 1.5),
     ],
 )
 def test_option_errors_name_the_option(field, value):

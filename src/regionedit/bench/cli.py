@@ -42,6 +42,12 @@ def _model_args(p, default_model="mini"):
     p.add_argument("--dtype", default=None, help="float32 (default), float16, bfloat16")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps of every method (default 50)")
     p.add_argument("--guidance-scale", type=float, default=7.5)
+    p.add_argument(
+        "--guidance-rescale",
+        type=float,
+        default=None,
+        help="LoMOE: rescale φ of the region branches' guidance (default 0, plain CFG)",
+    )
     p.add_argument("--chunk-size", type=int, default=None, help="LoMOE branches per gradient chunk")
     p.add_argument("--bootstrap-steps", type=int, default=None, help="LoMOE bootstrapping steps")
     p.add_argument(
@@ -193,6 +199,7 @@ def _options(args):
         "background_weight",
         "cross_attention_weight",
         "background_blend",
+        "guidance_rescale",
     )
     extra = {k: getattr(args, k) for k in lomoe_flags if getattr(args, k) is not None}
     lomoe = LoMOEOptions(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, **extra)

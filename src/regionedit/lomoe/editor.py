@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 from tqdm.auto import tqdm
 
 from ..attention import temperature_attention
@@ -231,6 +232,10 @@ def _denoise(model, inv, regions, weights, options, generator, counter, progress
         counter.latent_evals += 2 * len(idx)
         eps_u, eps_c = out.chunk(2)
         eps = eps_u + options.guidance_scale * (eps_c - eps_u)
+        if options.guidance_rescale > 0:
+            # region branches only: the background branch must match the inversion's offsets
+            region = torch.tensor([b > 0 for b in idx], device=eps.device).view(-1, 1, 1, 1)
+            eps = torch.where(region, rescale_noise_cfg(eps, eps_c, options.guidance_rescale), eps)
         return sched.step(eps, t, views).prev_sample + offset
 
     z = z_T

@@ -17,6 +17,8 @@ DEFAULT_REGION_NEGATIVE = (
 class LoMOEOptions:
     num_inference_steps: int = 50  # T: inversion and edit must match
     guidance_scale: float = 7.5  # classifier-free guidance s
+    guidance_rescale: float = 0.0  # ours: φ of Lin et al. 2023 (diffusers' guidance_rescale) on the
+    # region branches only, against over-saturation at high s; 0 = plain CFG (paper)
     cross_attention_weight: float = 1.0  # λ_xa in the paper, ca_coef in the official code
     background_weight: float = 1.75  # λ_b, official seg_coef (its function default 0.25 is unused)
     learning_rate: float = 0.1  # one SGD step on the views per timestep
@@ -53,6 +55,8 @@ class LoMOEOptions:
             or self.temperature <= 0
         ):
             raise InvalidOptionError(f"temperature must be a finite number > 0, got {self.temperature!r}")
+        if not isinstance(self.guidance_rescale, (int, float)) or not 0 <= self.guidance_rescale <= 1:
+            raise InvalidOptionError(f"guidance_rescale must be in [0, 1], got {self.guidance_rescale!r}")
         if not isinstance(self.bootstrap_steps, int) or self.bootstrap_steps < 0:
             raise InvalidOptionError(f"bootstrap_steps must be an integer >= 0, got {self.bootstrap_steps!r}")
         if not isinstance(self.mask_threshold, (int, float)) or not 0 < self.mask_threshold <= 1:
