@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+from PIL import Image
 from tqdm.auto import tqdm
 
 from ..attention import temperature_attention
