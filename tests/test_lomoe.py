@@ -149,6 +149,16 @@ def test_guidance_rescale_acts_on_region_branches_only(tiny_model, image64):
     assert not torch.allclose(res.latents[0][:, inside], plain.latents[0][:, inside], atol=1e-3)
 
 
+def test_rescale_rule_is_diffusers_rescale_noise_cfg():
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+    from regionedit.lomoe.editor import _rescale_cfg
+
+    g = torch.Generator().manual_seed(0)
+    guided, cond = torch.randn(3, 4, 8, 8, generator=g) * 5, torch.randn(3, 4, 8, 8, generator=g)
+    assert torch.allclose(_rescale_cfg(guided, cond, 0.7), rescale_noise_cfg(guided, cond, 0.7))
+
+
 def test_steps_mismatch_and_missing_caption(tiny_model, inv, image64):
     with pytest.raises(R.InvalidInputError, match="4 steps but the edit asks for 50"):
         R.edit(tiny_model, inv, two_regions(), progress=False)

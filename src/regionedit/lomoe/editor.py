@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -60,6 +59,15 @@ class _UNetCounter:
         self.calls = 0
         self.latent_evals = 0
         self.backward_evals = 0
+
+
+def _rescale_cfg(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torch.Tensor:
+    """Lin et al. 2023, eq. 15-16: match the guided prediction's std to the conditional one's,
+    mixed by ``phi``. The same rule as diffusers' ``rescale_noise_cfg``, written here because
+    importing it loads the whole pipelines package (and its transformers warnings) into the CLI."""
+    dims = list(range(1, guided.ndim))
+    rescaled = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return phi * rescaled + (1 - phi) * guided
 
 
 def _constant_colour_pool(model: Model, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
@@ -235,7 +243,7 @@ def _denoise(model, inv, regions, weights, options, generator, counter, progress
         if options.guidance_rescale > 0:
             # region branches only: the background branch must match the inversion's offsets
             region = torch.tensor([b > 0 for b in idx], device=eps.device).view(-1, 1, 1, 1)
-            eps = torch.where(region, rescale_noise_cfg(eps, eps_c, options.guidance_rescale), eps)
+            eps = torch.where(region, _rescale_cfg(eps, eps_c, options.guidance_rescale), eps)
         return sched.step(eps, t, views).prev_sample + offset
 
     z = z_T
