@@ -249,6 +249,25 @@ def test_single_net_in_multi_equals_plain_net(model, nets, image64):
     assert not torch.allclose(plain.latents, none.latents, atol=1e-3)  # the condition matters
 
 
+def test_main_pass_control_off_leaves_the_condition_to_the_guidance_pass(model, nets, image64):
+    box = np.zeros((64, 64))
+    box[16:48, 16:48] = 1
+    one = dataclasses.replace(FAST, preservation_weight=1.0)  # λ = 1: the guidance image is unused
+    off = dataclasses.replace(one, main_pass_control=False)
+    kw = dict(mask=box, controlnets=nets["edge"], conditions=[Condition("edge", "auto")])
+    on_1 = edit(model, image64, "a blue circle", SOURCE, options=one, generator=gen(), **kw)
+    off_1 = edit(model, image64, "a blue circle", SOURCE, options=off, generator=gen(), **kw)
+    text_1 = edit(model, image64, "a blue circle", SOURCE, options=one, generator=gen(), mask=box)
+    assert torch.equal(on_1.guidance.latents, off_1.guidance.latents)  # the guidance pass still uses it
+    assert torch.allclose(off_1.latents, text_1.latents, atol=1e-6)  # the main pass does not
+    assert not torch.allclose(on_1.latents, off_1.latents, atol=1e-3)
+    low = dataclasses.replace(off, preservation_weight=0.0)  # the guidance pass serves both settings
+    reused = edit(
+        model, image64, "a blue circle", SOURCE, options=low, generator=gen(), guidance=on_1.guidance, **kw
+    )
+    assert not torch.allclose(reused.latents, off_1.latents, atol=1e-3)  # now L_guid carries the edge map
+
+
 def test_second_net_at_scale_zero_changes_nothing(model, nets, image64):
     one = [Condition("edge", "auto", scale=1.0)]
     two = one + [Condition("scribble", "auto", scale=0.0)]

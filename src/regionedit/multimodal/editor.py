@@ -65,7 +65,9 @@ class GuidancePass:
 
 
 # Options the guidance pass never reads (main pass only): one guidance pass serves every value.
-MAIN_PASS_ONLY = dict(preservation_weight=0.0, post_blend=False, pres_mask="keep", guid_mask="none")
+MAIN_PASS_ONLY = dict(
+    preservation_weight=0.0, post_blend=False, pres_mask="keep", guid_mask="none", main_pass_control=True
+)
 
 
 def _guidance_key(z0, prompt, source_prompt, negative_prompt, options, given_mask, controls, conditions, gen):
@@ -265,7 +267,8 @@ def edit(
         inversion: a trajectory from :func:`invert_image` or an earlier result, to reuse.
         guidance: an earlier result's :class:`GuidancePass`, to reuse: the same image, prompts,
             mask, conditions, seed and options but for the main-pass ones
-            (``MAIN_PASS_ONLY``: λ, ``post_blend``, ``pres_mask``, ``guid_mask``; checked).
+            (``MAIN_PASS_ONLY``: λ, ``post_blend``, ``pres_mask``, ``guid_mask``,
+            ``main_pass_control``; checked).
         callback: ``callback(step, info)`` after every denoising step of both passes.
     """
     options = options or MultimodalOptions()
@@ -375,8 +378,9 @@ def edit(
             edit=edit_w,
         )
         blend = (edit_w, inversion) if options.post_blend else None
+        main = denoiser if options.main_pass_control else replace(denoiser, controls=None)
         z_out, _, losses = optimised_pass(
-            denoiser, sched, inversion[-1:], 0, options, options.preservation_weight, targets, blend=blend,
+            main, sched, inversion[-1:], 0, options, options.preservation_weight, targets, blend=blend,
             progress_bar=bar, callback=callback,
         )  # fmt: skip
         bar.close()

@@ -44,6 +44,8 @@ class MultimodalOptions:
     control_scale_single: float = 1.0  # ControlNet scale when one net is used [diffusers default]
     control_scale_multi: float = 0.8  # each net's scale when two or more are combined [ours]
     gradient_checkpointing: bool = False  # trade compute for memory in UNet/ControlNet backward
+    main_pass_control: bool = True  # ours (§3): the conditions steer the main pass too; False leaves
+    # them to the guidance pass, so the instruction reaches the edit only through L_guid, weighed by λ
 
     def __post_init__(self):
         for name in ("num_inference_steps",):
@@ -94,7 +96,7 @@ class MultimodalOptions:
         ):
             if getattr(self, name) not in allowed:
                 raise InvalidOptionError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        require_bools(self, ("post_blend", "mask_dilate", "gradient_checkpointing"))
+        require_bools(self, ("post_blend", "mask_dilate", "gradient_checkpointing", "main_pass_control"))
 
     def at_steps(self, steps: int) -> MultimodalOptions:
         """These options at ``steps`` DDIM steps, t_u clamped to the first half of them."""
