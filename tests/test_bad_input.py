@@ -188,6 +188,7 @@ CASES = {
     "zero temperature": (_args(**{"--temperature": "0"}), "temperature"),
     "threshold above one": (_args(**{"--mask-threshold": "2"}), "mask_threshold"),
     "unknown overlap": (_args(**{"--overlap": "max"}), "overlap"),
+    "flag not a boolean": (_args(**{"--paste-back": "maybe"}), "expected true or false"),
     "negative seed": (_args(**{"--seed": "-1"}), "seed"),
     "unknown method": (_args(**{"--method": "magic"}), "invalid choice"),
     "unknown resize": (_args(**{"--resize": "stretch"}), "invalid choice"),

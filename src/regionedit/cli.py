@@ -43,18 +43,36 @@ def _option_type(f: dataclasses.Field):
     return str
 
 
-def add_option_flags(parser: argparse.ArgumentParser, cls) -> None:
-    """One flag per field of an options dataclass; ``--help`` shows the spec default."""
-    group = parser.add_argument_group(f"{cls.__name__} (defaults from the method's spec)")
+def flag_kwargs(f: dataclasses.Field) -> dict:
+    """``add_argument`` keywords for an options field; a bare boolean flag means true
+    (``--paste-back``), or give a value (``--paste-back false``)."""
+    kind = _option_type(f)
+    return {
+        "dest": f"opt_{f.name}",
+        "type": kind,
+        "default": None,
+        "metavar": f.name.upper(),
+        "help": f"default: {f.default!r}",
+        **({"nargs": "?", "const": True} if kind is _bool else {}),
+    }
+
+
+def add_option_flags(parser: argparse.ArgumentParser, cls, skip=(), title: str | None = None) -> None:
+    """One flag per field of an options dataclass (except ``skip``); ``--help`` shows the spec default."""
+    group = parser.add_argument_group(title or f"{cls.__name__} (defaults from the method's spec)")
     for f in dataclasses.fields(cls):
-        group.add_argument(
-            _flag(f.name),
-            dest=f"opt_{f.name}",
-            type=_option_type(f),
-            default=None,
-            metavar=f.name.upper(),
-            help=f"default: {f.default!r}",
-        )
+        if f.name not in skip:
+            group.add_argument(_flag(f.name), **flag_kwargs(f))
+
+
+def option_values(cls, args) -> dict:
+    """The fields of ``cls`` given on the command line by :func:`add_option_flags`."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        v = getattr(args, f"opt_{f.name}", None)
+        if v is not None:
+            values[f.name] = v
+    return values
 
 
 def options_from_args(cls, args, spec_options: dict | None = None):
@@ -65,10 +83,7 @@ def options_from_args(cls, args, spec_options: dict | None = None):
         if key not in names:
             raise InvalidInputError(f"unknown option {key!r}; known: {sorted(names)}")
         values[key] = value
-    for name in names:
-        v = getattr(args, f"opt_{name}", None)
-        if v is not None:
-            values[name] = v
+    values.update(option_values(cls, args))
     return cls(**values)
 
 

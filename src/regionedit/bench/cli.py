@@ -11,7 +11,9 @@ import json
 import logging
 from pathlib import Path
 
+from ..cli import add_option_flags, option_values
 from ..errors import InvalidInputError
+from ..lomoe.options import LoMOEOptions
 
 log = logging.getLogger(__name__)
 
@@ -42,36 +44,12 @@ def _model_args(p, default_model="mini"):
     p.add_argument("--dtype", default=None, help="float32 (default), float16, bfloat16")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps of every method (default 50)")
     p.add_argument("--guidance-scale", type=float, default=7.5)
-    p.add_argument(
-        "--guidance-rescale",
-        type=float,
-        default=None,
-        help="LoMOE: rescale φ of the region branches' guidance (default 0, plain CFG)",
-    )
-    p.add_argument("--chunk-size", type=int, default=None, help="LoMOE branches per gradient chunk")
-    p.add_argument("--bootstrap-steps", type=int, default=None, help="LoMOE bootstrapping steps")
-    p.add_argument(
-        "--background-weight",
-        type=float,
-        default=None,
-        help="LoMOE λ_b, background latent loss (default 1.75)",
-    )
-    p.add_argument(
-        "--cross-attention-weight",
-        type=float,
-        default=None,
-        help="LoMOE λ_xa, cross-attention preservation loss (default 1.0)",
-    )
-    p.add_argument(
-        "--background-blend",
-        action="store_true",
-        default=None,
-        help="LoMOE: reset the latent outside the masks to the inversion after every step",
-    )
-    p.add_argument(
-        "--region-negative-prompt",
-        default=None,
-        help="LoMOE region negative prompt (default: the official one; '' suits the mini model's vocabulary)",
+    add_option_flags(
+        p,
+        LoMOEOptions,
+        skip=("num_inference_steps", "guidance_scale"),
+        title="LoMOE options, for lomoe and iterative (--steps and --guidance-scale apply to every method; "
+        "--region-negative-prompt '' suits the mini model's vocabulary)",
     )
 
 
@@ -110,6 +88,11 @@ def _run_args(p, methods="lomoe,iterative,blended,diffedit,sdedit,multimodal"):
         choices=["edge", "none"],
         default="edge",
         help="multimodal: the target scene's edge map through an edge ControlNet (ShapesBench), or text only",
+    )
+    p.add_argument(
+        "--no-main-pass-control",
+        action="store_true",
+        help="multimodal: the edge map steers the guidance pass only, so λ weighs it against the input",
     )
     p.add_argument("--controlnet", default=None, help="edge ControlNet folder (default: the mini model's)")
     p.add_argument("--seed", type=int, default=0)
@@ -187,21 +170,10 @@ def add_parser(subparsers):
 
 
 def _options(args):
-    from ..lomoe.options import LoMOEOptions
     from ..multimodal.options import MultimodalOptions
     from .methods import MethodConfig
 
-    # LoMOE options given on the command line (flag names are the option names)
-    lomoe_flags = (
-        "chunk_size",
-        "bootstrap_steps",
-        "region_negative_prompt",
-        "background_weight",
-        "cross_attention_weight",
-        "background_blend",
-        "guidance_rescale",
-    )
-    extra = {k: getattr(args, k) for k in lomoe_flags if getattr(args, k) is not None}
+    extra = option_values(LoMOEOptions, args)  # LoMOE flags given on the command line
     lomoe = LoMOEOptions(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, **extra)
     mm = {}
     mm_over = {}
@@ -211,6 +183,8 @@ def _options(args):
         mm_over["post_blend"] = True
     if getattr(args, "guidance_strength", None) is not None:
         mm_over["guidance_strength"] = args.guidance_strength
+    if getattr(args, "no_main_pass_control", False):
+        mm_over["main_pass_control"] = False
     if getattr(args, "pres_mask", None) is not None:
         mm_over["pres_mask"] = args.pres_mask
     if mm_over:
@@ -349,7 +323,7 @@ def run_edit_scaling(args) -> int:
 
     model = _load_model(args)
     rows = edit_scaling(model, args.regions, args.size, args.steps, _options(args).lomoe)
-    print(f"chunk_size={args.chunk_size}, {args.steps} steps, {model.device} {model.dtype}")
+    print(f"chunk_size={args.opt_chunk_size}, {args.steps} steps, {model.device} {model.dtype}")
     print(format_rows(rows))
     _write_json(args.out, rows)
     return 0

@@ -19,14 +19,10 @@ from .options import MultimodalOptions
 FLAG_NAMES = {"num_inference_steps": "steps", "preservation_weight": "lambda"}
 
 
-def _type(f: dataclasses.Field):
-    from ..cli import _option_type  # lazy: regionedit.cli imports this module
-
-    return _option_type(f)
-
-
 def add_flags(parser: argparse.ArgumentParser) -> None:
     """Add the multimodal flags to the ``edit`` subcommand (after the LoMOE ones)."""
+    from ..cli import flag_kwargs  # lazy: regionedit.cli imports this module
+
     g = parser.add_argument_group("multimodal (--method multimodal; defaults from multimodal-spec.md)")
     g.add_argument(
         "--source-prompt", default=None, help="caption of the input (default: --background-prompt or '')"
@@ -54,16 +50,13 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + FLAG_NAMES.get(f.name, f.name).replace("_", "-")
         if flag in taken:  # a LoMOE flag of the same name and meaning: it fills the same dest
             continue
-        g.add_argument(flag, dest=f"opt_{f.name}", type=_type(f), default=None, metavar=f.name.upper(),
-                       help=f"default: {f.default!r}")  # fmt: skip
+        g.add_argument(flag, **flag_kwargs(f))
 
 
 def options_from_args(args) -> MultimodalOptions:
-    values = {}
-    for f in dataclasses.fields(MultimodalOptions):
-        v = getattr(args, f"opt_{f.name}", None)
-        if v is not None:
-            values[f.name] = v
+    from ..cli import option_values
+
+    values = option_values(MultimodalOptions, args)
     if "num_inference_steps" in values and "optimize_steps" not in values:
         steps = values.pop("num_inference_steps")
         return MultimodalOptions(**values).at_steps(steps)  # t_u: the first half of the steps
