@@ -261,11 +261,12 @@ def test_main_pass_control_off_leaves_the_condition_to_the_guidance_pass(model, 
     assert torch.equal(on_1.guidance.latents, off_1.guidance.latents)  # the guidance pass still uses it
     assert torch.allclose(off_1.latents, text_1.latents, atol=1e-6)  # the main pass does not
     assert not torch.allclose(on_1.latents, off_1.latents, atol=1e-3)
-    low = dataclasses.replace(off, preservation_weight=0.0)  # the guidance pass serves both settings
+    # a guidance pass made with the control in the main pass serves this setting too
+    low = dataclasses.replace(off, preservation_weight=0.0)
     reused = edit(
         model, image64, "a blue circle", SOURCE, options=low, generator=gen(), guidance=on_1.guidance, **kw
     )
-    assert not torch.allclose(reused.latents, off_1.latents, atol=1e-3)  # now L_guid carries the edge map
+    assert not torch.allclose(reused.latents, off_1.latents, atol=1e-3)  # λ 0: towards the guidance image
 
 
 def test_second_net_at_scale_zero_changes_nothing(model, nets, image64):
