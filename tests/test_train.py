@@ -162,10 +162,14 @@ def test_learning_rate_flags_reach_the_config_and_bad_ones_are_refused(monkeypat
 
     seen = {}
     monkeypatch.setattr(
-        train, "train_mini", lambda out, cfg, model_cfg=None, max_minutes=None: seen.setdefault("cfg", cfg)
+        train, "train_mini", lambda out, cfg, model_cfg=None, max_minutes=None: seen.update(cfg=cfg)
     )
     assert main(["train-mini", "--out", str(tmp_path), "--unet-lr", "3e-4", "--unet-lr-min", "3e-5"]) == 0
     assert (seen["cfg"].unet_lr, seen["cfg"].unet_lr_min) == (3e-4, 3e-5)
+    assert main(["train-mini", "--out", str(tmp_path), "--decoder-batch", "4"]) == 0
+    assert seen["cfg"].decoder_batch == 4
+    assert main(["train-mini", "--out", str(tmp_path), "--decoder-batch", "0"]) == 2
+    assert "decoder_batch" in capsys.readouterr().err
     assert main(["train-mini", "--out", str(tmp_path), "--unet-lr", "1e-5"]) == 2  # below the default min
     assert "unet_lr_min <= unet_lr" in capsys.readouterr().err
     assert main(["train-mini", "--out", str(tmp_path), "--unet-plain-levels", "-1"]) == 2
@@ -210,3 +214,10 @@ def test_composite_decoder_phase_trains_only_the_decoder(tmp_path):
     b = load_file(second / "vae" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("encoder.", "quant_conv.")))
     assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
+    ua = load_file(first / "unet" / "diffusion_pytorch_model.safetensors")
+    ub = load_file(second / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(ua[k], ub[k]) for k in ua)
+    # without UNet steps the run encodes no dataset (minutes at 128 px) and keeps the latent scale
+    assert not (tmp_path / "b" / "latents.safetensors").exists()
+    scale = [json.loads((f / "vae" / "config.json").read_text())["scaling_factor"] for f in (first, second)]
+    assert scale[0] == scale[1]

@@ -165,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="share of decoder samples pasted from two scenes (trains a local decoder; default 0)",
     )
+    t.add_argument("--decoder-batch", type=int, default=None, help="decoder fine-tune batch (default 16)")
     t.add_argument("--init-from", default=None, help="start from a saved pipeline folder, or 'mini'")
     t.add_argument("--max-objects", type=int, default=None, help="objects per training scene: 1 to this")
     t.add_argument("--unet-lr", type=float, default=None, help="peak UNet learning rate (default 1e-3)")
@@ -313,6 +314,7 @@ def run_train(args) -> int:
         "num_scenes",
         "decoder_steps",
         "decoder_composite",
+        "decoder_batch",
         "init_from",
         "max_objects",
         "partial_caption",

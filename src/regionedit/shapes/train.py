@@ -74,6 +74,9 @@ class TrainConfig:
             raise InvalidOptionError(
                 f"need 0 <= unet_lr_min <= unet_lr (finite), got {self.unet_lr_min} and {self.unet_lr}"
             )
+        for name in ("vae_batch", "unet_batch", "decoder_batch"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise InvalidOptionError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
         if not 0 <= self.decoder_composite <= 1:
             raise InvalidOptionError(f"decoder_composite must be in [0, 1], got {self.decoder_composite}")
         if not 0 <= self.plain_background <= 1:
@@ -273,8 +276,11 @@ def train_mini(
     load_checkpoint(ckpt, "vae", {"vae": vae}, None)
     vae.eval().requires_grad_(False)
 
-    # Phase 2: latents (posterior means) of every scene and their scale.
+    # Phase 2: latents (posterior means) of every scene and their scale. A run that goes on
+    # from a saved model without UNet steps needs neither (its scale is kept).
     lat_path = out / "latents.safetensors"
+    if cfg.init_from and cfg.unet_steps <= 0:
+        return _finish(comps, images, cfg, model_cfg, out, deadline)
     if lat_path.exists():
         latents = load_file(lat_path)["latents"]
     else:
@@ -337,11 +343,16 @@ def train_mini(
         deadline,
     ):
         return None
-    load_checkpoint(ckpt, "unet", {"unet": unet, "text_encoder": text_encoder}, None)
-    unet.eval()
-    text_encoder.eval()
-    # Phase 4: the decoder alone, on the encoder's means: the UNet's latents stay valid.
-    if not finetune_decoder(vae, images, cfg, model_cfg, ckpt, deadline):
+    return _finish(comps, images, cfg, model_cfg, out, deadline)
+
+
+def _finish(comps, images, cfg, model_cfg, out: Path, deadline: float) -> Path | None:
+    """Phase 4, the decoder alone on the encoder's means (the UNet's latents stay valid), and export."""
+    ckpt = out / "ckpt"
+    load_checkpoint(ckpt, "unet", {"unet": comps["unet"], "text_encoder": comps["text_encoder"]}, None)
+    comps["unet"].eval()
+    comps["text_encoder"].eval()
+    if not finetune_decoder(comps["vae"], images, cfg, model_cfg, ckpt, deadline):
         return None
     return save_pipeline(comps, out / "pipeline")
 
