@@ -79,7 +79,8 @@ def test_bench_flags_reach_the_method_config():
         ["bench", "shapes", "--out", "x", "--bootstrap-steps", "25", "--region-negative-prompt", "",
          "--lambda", "0.2", "--multimodal-control", "none", "--steps", "25", "--background-weight", "10",
          "--cross-attention-weight", "0", "--background-blend", "--temperature", "1.5",
-         "--regularize-inversion", "false", "--feather", "1", "--no-main-pass-control"]
+         "--regularize-inversion", "false", "--feather", "1", "--no-main-pass-control",
+         "--main-pass-control-scale", "0.5"]
     )  # fmt: skip
     cfg = bench_cli._options(args)
     assert cfg.lomoe.bootstrap_steps == 25 and cfg.lomoe.region_negative_prompt == ""
@@ -90,13 +91,14 @@ def test_bench_flags_reach_the_method_config():
     assert cfg.multimodal_control == "none"
     opts = cfg.multimodal_options()
     assert opts.preservation_weight == 0.2 and opts.num_inference_steps == 25 and opts.optimize_steps == 12
-    assert opts.main_pass_control is False
+    assert opts.main_pass_control is False and opts.main_pass_control_scale == 0.5
     defaults = bench_cli._options(parser.parse_args(["bench", "shapes", "--out", "x"]))
     assert defaults.lomoe.region_negative_prompt.startswith("artifacts")
     assert defaults.lomoe.background_weight == 1.75 and defaults.lomoe.cross_attention_weight == 1.0
     assert defaults.lomoe.background_blend is False
     assert defaults.multimodal_options().preservation_weight == 0.6
     assert defaults.multimodal_options().main_pass_control is True
+    assert defaults.multimodal_options().main_pass_control_scale == 1.0
 
 
 def test_shards_share_one_run_and_report_counts_finished_items(tiny_model_dir, tmp_path, capsys):

@@ -269,6 +269,26 @@ def test_main_pass_control_off_leaves_the_condition_to_the_guidance_pass(model, 
     assert not torch.allclose(reused.latents, off_1.latents, atol=1e-3)  # λ 0: towards the guidance image
 
 
+def test_main_pass_control_scale_weakens_the_condition_in_the_main_pass_only(model, nets, image64):
+    box = np.zeros((64, 64))
+    box[16:48, 16:48] = 1
+    one = dataclasses.replace(FAST, preservation_weight=1.0)
+    kw = dict(mask=box, controlnets=nets["edge"], conditions=[Condition("edge", "auto")])
+    run = {
+        f: edit(model, image64, "a blue circle", SOURCE, generator=gen(), **kw,
+                options=dataclasses.replace(one, main_pass_control_scale=f))
+        for f in (0.0, 0.5, 1.0)
+    }  # fmt: skip
+    off = edit(model, image64, "a blue circle", SOURCE, options=dataclasses.replace(one, main_pass_control=False),
+               generator=gen(), **kw)  # fmt: skip
+    assert all(torch.equal(r.guidance.latents, off.guidance.latents) for r in run.values())
+    assert torch.equal(run[0.0].latents, off.latents)  # scale 0 is the condition switched off
+    assert not torch.allclose(run[0.5].latents, run[0.0].latents, atol=1e-3)
+    assert not torch.allclose(run[0.5].latents, run[1.0].latents, atol=1e-3)
+    with pytest.raises(InvalidOptionError, match="main_pass_control_scale"):
+        MultimodalOptions(main_pass_control_scale=-1)
+
+
 def test_second_net_at_scale_zero_changes_nothing(model, nets, image64):
     one = [Condition("edge", "auto", scale=1.0)]
     two = one + [Condition("scribble", "auto", scale=0.0)]

@@ -94,6 +94,12 @@ def _run_args(p, methods="lomoe,iterative,blended,diffedit,sdedit,multimodal"):
         action="store_true",
         help="multimodal: the edge map steers the guidance pass only, so λ weighs it against the input",
     )
+    p.add_argument(
+        "--main-pass-control-scale",
+        type=float,
+        default=None,
+        help="multimodal: the edge map's scale in the main pass, times its own (default 1; the guidance pass keeps 1)",
+    )
     p.add_argument("--controlnet", default=None, help="edge ControlNet folder (default: the mini model's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder (resumed when it exists)")
@@ -185,6 +191,8 @@ def _options(args):
         mm_over["guidance_strength"] = args.guidance_strength
     if getattr(args, "no_main_pass_control", False):
         mm_over["main_pass_control"] = False
+    if getattr(args, "main_pass_control_scale", None) is not None:
+        mm_over["main_pass_control_scale"] = args.main_pass_control_scale
     if getattr(args, "pres_mask", None) is not None:
         mm_over["pres_mask"] = args.pres_mask
     if mm_over:

@@ -66,8 +66,25 @@ class GuidancePass:
 
 # Options the guidance pass never reads (main pass only): one guidance pass serves every value.
 MAIN_PASS_ONLY = dict(
-    preservation_weight=0.0, post_blend=False, pres_mask="keep", guid_mask="none", main_pass_control=True
+    preservation_weight=0.0,
+    post_blend=False,
+    pres_mask="keep",
+    guid_mask="none",
+    main_pass_control=True,
+    main_pass_control_scale=1.0,
 )
+
+
+def _main_pass_controls(controls: ControlStack | None, options: MultimodalOptions) -> ControlStack | None:
+    """The conditions of the main pass: all, none, or all at ``main_pass_control_scale``."""
+    factor = options.main_pass_control_scale if options.main_pass_control else 0.0
+    if controls is None or factor == 1.0:
+        return controls
+    if factor == 0.0:
+        return None
+    return ControlStack(
+        controls.nets, controls.images, [s * factor for s in controls.scales], controls.windows
+    )
 
 
 def _guidance_key(z0, prompt, source_prompt, negative_prompt, options, given_mask, controls, conditions, gen):
@@ -378,7 +395,7 @@ def edit(
             edit=edit_w,
         )
         blend = (edit_w, inversion) if options.post_blend else None
-        main = denoiser if options.main_pass_control else replace(denoiser, controls=None)
+        main = replace(denoiser, controls=_main_pass_controls(controls, options))
         z_out, _, losses = optimised_pass(
             main, sched, inversion[-1:], 0, options, options.preservation_weight, targets, blend=blend,
             progress_bar=bar, callback=callback,

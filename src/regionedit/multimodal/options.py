@@ -46,6 +46,9 @@ class MultimodalOptions:
     gradient_checkpointing: bool = False  # trade compute for memory in UNet/ControlNet backward
     main_pass_control: bool = True  # ours (§3): the conditions steer the main pass too; False leaves
     # them to the guidance pass, so the instruction reaches the edit only through L_guid, weighed by λ
+    main_pass_control_scale: float = 1.0  # ours: multiplies every condition's scale in the main pass
+    # only (the guidance pass keeps full scale); below 1 the main pass alone draws the layout less
+    # firmly, so λ trades it against the input (0 acts as main_pass_control=False)
 
     def __post_init__(self):
         for name in ("num_inference_steps",):
@@ -69,6 +72,7 @@ class MultimodalOptions:
             "mask_clamp_ratio",
             "control_scale_single",
             "control_scale_multi",
+            "main_pass_control_scale",
         ):
             v = getattr(self, name)
             if not _finite(v) or v < 0:
