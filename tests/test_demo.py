@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import torch
 from PIL import Image
 
 from regionedit.demo import run_demo
@@ -38,3 +39,29 @@ def test_eval_functions_run_on_a_tiny_model(tiny_model):
     assert np.isfinite(vae_psnr(tiny_model, n=4, batch=2))
     res = text_to_image_accuracy(tiny_model, load_judge(), n=3, steps=2, batch=3, progress=False)
     assert res["n"] == 3 and 0 <= res["colour"] <= res["object_found"] <= 1
+
+
+class _PoolModel:
+    """A 4x "VAE" whose decoder is local (nearest upsampling) or, with ``spill``, adds each
+    image's mean latent everywhere, as GroupNorm statistics and attention do."""
+
+    def __init__(self, spill: bool):
+        self.spill, self.device, self.vae_scale_factor = spill, "cpu", 4
+        self.vae = type("V", (), {"config": type("C", (), {"sample_size": 32})()})()
+
+    def encode(self, x):
+        return torch.nn.functional.avg_pool2d(x, 4)
+
+    def decode(self, z):
+        x = torch.nn.functional.interpolate(z, scale_factor=4, mode="nearest")
+        if self.spill:
+            x = x + 0.5 * (z.mean(dim=(2, 3), keepdim=True) - z.mean())
+        return ((x + 1) / 2).clamp(0, 1)
+
+
+def test_decoder_locality_falls_when_pasted_content_reaches_the_background():
+    from regionedit.shapes.evaluate import decoder_locality_psnr
+
+    local = decoder_locality_psnr(_PoolModel(spill=False), n=6, batch=4)
+    spill = decoder_locality_psnr(_PoolModel(spill=True), n=6, batch=4)
+    assert np.isfinite(local) and local > spill + 1.0, (local, spill)

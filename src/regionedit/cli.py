@@ -342,11 +342,12 @@ def run_train_judge(args) -> int:
 def run_eval_mini(args) -> int:
     from .io import write_text_atomic
     from .models.loading import load
-    from .shapes.evaluate import text_to_image_accuracy, vae_psnr
+    from .shapes.evaluate import decoder_locality_psnr, text_to_image_accuracy, vae_psnr
     from .shapes.judge import load_judge
 
     model = load(args.model)
     res = {"model": args.model, "vae_psnr_db": vae_psnr(model, args.vae_n)}
+    res["decoder_locality_psnr_db"] = decoder_locality_psnr(model, args.vae_n)
     res["text_to_image"] = text_to_image_accuracy(
         model, load_judge(), args.n, args.steps, args.guidance_scale, args.seed
     )
