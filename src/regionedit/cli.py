@@ -195,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval-mini", help="measure a mini model: VAE PSNR and text-to-image binding")
     ev.add_argument("--model", default="mini")
     ev.add_argument("--n", type=int, default=100, help="text-to-image prompts")
-    ev.add_argument("--vae-n", type=int, default=200, help="held-out scenes for the VAE")
+    ev.add_argument(
+        "--vae-n", type=int, default=200, help="held-out scenes for the VAE (and pairs for its locality)"
+    )
     ev.add_argument("--steps", type=int, default=25)
     ev.add_argument("--guidance-scale", type=float, default=5.0)
     ev.add_argument("--seed", type=int, default=0)

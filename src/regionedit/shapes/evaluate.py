@@ -39,8 +39,8 @@ def vae_psnr(model: Model, n: int = 200, batch: int = 50) -> float:
 def decoder_locality_psnr(model: Model, n: int = 48, batch: int = 16, seed: int = 0) -> float:
     """Mean PSNR (dB) outside a pasted box: held-out scene B's latent cells in one seeded box are
     pasted into scene A's latent, and the decoded image is compared with A's pixels outside the
-    box. What an edit's background keeps when the decoder is local; a plain round trip scores at
-    most :func:`vae_psnr`. The box is a quarter to a half of the latent grid on each side."""
+    box: what an edit's background keeps. A perfectly local decoder scores about what the plain
+    round trip does (:func:`vae_psnr`); one that spreads the pasted content scores less. The box is a quarter to a half of the latent grid on each side."""
     size = model.vae.config.sample_size
     f = model.vae_scale_factor
     h = size // f
