@@ -40,7 +40,8 @@ def decoder_locality_psnr(model: Model, n: int = 48, batch: int = 16, seed: int 
     """Mean PSNR (dB) outside a pasted box: held-out scene B's latent cells in one seeded box are
     pasted into scene A's latent, and the decoded image is compared with A's pixels outside the
     box: what an edit's background keeps. A perfectly local decoder scores about what the plain
-    round trip does (:func:`vae_psnr`); one that spreads the pasted content scores less. The box is a quarter to a half of the latent grid on each side."""
+    round trip does (:func:`vae_psnr`); one that spreads the pasted content scores less. The box
+    is a quarter to a half of the latent grid on each side."""
     size = model.vae.config.sample_size
     f = model.vae_scale_factor
     h = size // f
