@@ -100,6 +100,18 @@ def _run_args(p, methods="lomoe,iterative,blended,diffedit,sdedit,multimodal"):
         default=None,
         help="multimodal: the edge map's scale in the main pass, times its own (default 1; the guidance pass keeps 1)",
     )
+    p.add_argument(
+        "--multimodal-optimizer",
+        choices=["adam", "sgd"],
+        default=None,
+        help="multimodal inner optimiser (default adam, new per timestep; sgd steps in proportion to λ's weights)",
+    )
+    p.add_argument(
+        "--multimodal-learning-rate",
+        type=float,
+        default=None,
+        help="multimodal inner learning rate η (default 1e-2, Adam's scale; sgd needs a much larger one)",
+    )
     p.add_argument("--controlnet", default=None, help="edge ControlNet folder (default: the mini model's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder (resumed when it exists)")
@@ -193,6 +205,9 @@ def _options(args):
         mm_over["main_pass_control"] = False
     if getattr(args, "main_pass_control_scale", None) is not None:
         mm_over["main_pass_control_scale"] = args.main_pass_control_scale
+    for name in ("optimizer", "learning_rate"):  # --learning-rate itself is LoMOE's
+        if getattr(args, "multimodal_" + name, None) is not None:
+            mm_over[name] = getattr(args, "multimodal_" + name)
     if getattr(args, "pres_mask", None) is not None:
         mm_over["pres_mask"] = args.pres_mask
     if mm_over:
