@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ..inversion import make_scheduler
 from ..models.loading import Model
+from .train import random_box
 from .world import BACKGROUNDS, COLOURS, SHAPES, box_mask, make_scene, render
 
 HELD_OUT_SEED = 50_000_000  # training scenes come from one numpy stream seeded 0
@@ -54,9 +55,8 @@ def decoder_locality_psnr(model: Model, n: int = 48, batch: int = 16, seed: int 
         za, zb = model.encode(a.to(model.device)), model.encode(b.to(model.device))
         m = torch.zeros(len(a), 1, h, h)
         for k in range(len(a)):
-            bh, bw = (int(v) for v in torch.randint(h // 4, h // 2 + 1, (2,), generator=g))
-            y0, x0 = (int(torch.randint(0, h - d + 1, (), generator=g)) for d in (bh, bw))
-            m[k, :, y0 : y0 + bh, x0 : x0 + bw] = 1
+            ys, xs = random_box(h, h, h // 4, h // 2, g)
+            m[k, :, ys, xs] = 1
         m = m.to(model.device)
         rec = model.decode(m * zb + (1 - m) * za).cpu()
         keep = 1 - F.interpolate(m.cpu(), scale_factor=f, mode="nearest")

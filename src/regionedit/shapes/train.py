@@ -131,6 +131,15 @@ def _random_crops(images: torch.Tensor, cfg: TrainConfig, model_cfg: MiniConfig,
     return images[idx, :, oy : oy + c, ox : ox + c].float() / 127.5 - 1
 
 
+def random_box(h: int, w: int, lo: int, hi: int, g: torch.Generator) -> tuple[slice, slice]:
+    """A box of ``lo``..``hi`` cells a side, placed uniformly in an ``h`` x ``w`` grid (draws:
+    both sides, height first, then the top row, then the left column)."""
+    bh, bw = (int(v) for v in torch.randint(lo, hi + 1, (2,), generator=g))
+    y0 = int(torch.randint(0, h - bh + 1, (), generator=g))
+    x0 = int(torch.randint(0, w - bw + 1, (), generator=g))
+    return slice(y0, y0 + bh), slice(x0, x0 + bw)
+
+
 def _composite_batch(vae, images: torch.Tensor, cfg: TrainConfig, g) -> tuple[torch.Tensor, torch.Tensor]:
     """Whole scenes and their encoder means; a ``decoder_composite`` share of them pasted with
     1-3 random boxes of another scene, in the latent and (boxes upsampled) in pixels alike."""
@@ -145,10 +154,8 @@ def _composite_batch(vae, images: torch.Tensor, cfg: TrainConfig, g) -> tuple[to
     paste = torch.rand(n, generator=g) < cfg.decoder_composite
     for i in torch.nonzero(paste).flatten().tolist():
         for _ in range(int(torch.randint(1, 4, (), generator=g))):
-            bh, bw = (int(v) for v in torch.randint(2, max(3, h // 2) + 1, (2,), generator=g))
-            y0 = int(torch.randint(0, h - bh + 1, (), generator=g))
-            x0 = int(torch.randint(0, w - bw + 1, (), generator=g))
-            m[i, :, y0 : y0 + bh, x0 : x0 + bw] = 1
+            ys, xs = random_box(h, w, 2, max(3, h // 2), g)
+            m[i, :, ys, xs] = 1
     mp = F.interpolate(m, size=xa.shape[-2:], mode="nearest")
     return mp * xb + (1 - mp) * xa, m * zb + (1 - m) * za
 
