@@ -133,6 +133,31 @@ def test_identity_with_empty_mask_and_post_blend(tiny_components, image64, sched
     assert not res.mask.any() and not res.mask_estimated
 
 
+def test_post_blend_towards_the_losses_optimum(model, image64):
+    """post_blend_target="loss": outside m the final latent is T8's λ-weighted mean of z0 and
+    z0^g (z0^g itself at λ = 0, z0 at λ = 1); inside m the edit is left alone."""
+    mask = np.zeros((64, 64))
+    mask[16:40, 8:32] = 1
+    base = dataclasses.replace(FAST, post_blend=True, post_blend_target="loss")
+    first = edit(model, image64, "a blue circle", SOURCE, mask=mask, options=base, generator=gen())
+    inv, m = first.inversion, first.mask
+    z0, zg, keep = inv[:1], first.guidance_latents, ~m
+    for lam in (0.0, 0.6, 1.0):
+        opts = dataclasses.replace(base, preservation_weight=lam)
+        res = edit(model, image64, "a blue circle", SOURCE, mask=mask, options=opts, generator=gen(),
+                   inversion=inv, guidance=first.guidance)  # fmt: skip
+        a = lam / keep.sum().item()
+        b = (1 - lam) / keep.numel()
+        want = (a * z0 + b * zg) / (a + b)
+        assert torch.allclose(res.latents[..., keep], want[..., keep], atol=1e-5)
+        inside = res.latents[..., m]
+        assert not torch.allclose(inside, want[..., m], atol=1e-3)  # the edit region is not blended
+    opts = dataclasses.replace(FAST, post_blend=True, preservation_weight=0.6)  # the input's blend
+    plain = edit(model, image64, "a blue circle", SOURCE, mask=mask, options=opts, generator=gen(),
+                 inversion=inv, guidance=first.guidance)  # fmt: skip
+    assert torch.allclose(plain.latents[..., keep], z0[..., keep], atol=1e-6)
+
+
 def test_identity_by_optimisation_alone(tiny_components, image64):
     """λ = 1, m = 0, target = source, no blending: the preservation loss alone holds the image."""
     model = make_model(tiny_components, SD_SCHEDULE, unit_latents=True, image=image64)
@@ -475,6 +500,8 @@ def test_option_validation():
         dict(grad_steps=-1),
         dict(post_blend="yes"),
         dict(pres_mask="edit"),
+        dict(post_blend_target="guidance", post_blend=True),
+        dict(post_blend_target="loss"),  # without post_blend it would do nothing
     ):
         with pytest.raises(InvalidOptionError):
             MultimodalOptions(**bad)

@@ -66,6 +66,13 @@ def _run_args(p, methods="lomoe,iterative,blended,diffedit,sdedit,multimodal"):
         "--post-blend", action="store_true", help="multimodal: blend the inversion outside the mask after t_u"
     )
     p.add_argument(
+        "--post-blend-target",
+        choices=["input", "loss"],
+        default=None,
+        help="multimodal, with --post-blend: blend towards the inversion (input, the default) or towards "
+        "the losses' optimum, λ-weighted between the inversion and the guidance trajectory (loss)",
+    )
+    p.add_argument(
         "--pres-mask",
         choices=["keep", "none"],
         default=None,
@@ -199,6 +206,8 @@ def _options(args):
         mm_over["preservation_weight"] = args.lam
     if getattr(args, "post_blend", False):
         mm_over["post_blend"] = True
+    if getattr(args, "post_blend_target", None) is not None:
+        mm_over["post_blend_target"] = args.post_blend_target
     if getattr(args, "guidance_strength", None) is not None:
         mm_over["guidance_strength"] = args.guidance_strength
     if getattr(args, "no_main_pass_control", False):

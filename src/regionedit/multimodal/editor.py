@@ -27,6 +27,7 @@ from .guidance import (
     ControlStack,
     Denoiser,
     Targets,
+    blend_trajectory,
     gradient_checkpointing,
     guidance_start_latent,
     optimised_pass,
@@ -68,6 +69,7 @@ class GuidancePass:
 MAIN_PASS_ONLY = dict(
     preservation_weight=0.0,
     post_blend=False,
+    post_blend_target="input",
     pres_mask="keep",
     guid_mask="none",
     main_pass_control=True,
@@ -284,7 +286,7 @@ def edit(
         inversion: a trajectory from :func:`invert_image` or an earlier result, to reuse.
         guidance: an earlier result's :class:`GuidancePass`, to reuse: the same image, prompts,
             mask, conditions, seed and options but for the main-pass ones
-            (``MAIN_PASS_ONLY``: λ, ``post_blend``, ``pres_mask``, ``guid_mask``,
+            (``MAIN_PASS_ONLY``: λ, ``post_blend`` and its target, ``pres_mask``, ``guid_mask``,
             ``main_pass_control``; checked).
         callback: ``callback(step, info)`` after every denoising step of both passes.
     """
@@ -394,7 +396,9 @@ def edit(
             keep=None if options.pres_mask == "none" else 1 - edit_w,
             edit=edit_w,
         )
-        blend = (edit_w, inversion) if options.post_blend else None
+        blend = None
+        if options.post_blend:
+            blend = (edit_w, blend_trajectory(inversion, guid_traj, z0_g, edit_w, targets.keep, options))
         main = replace(denoiser, controls=_main_pass_controls(controls, options))
         z_out, _, losses = optimised_pass(
             main, sched, inversion[-1:], 0, options, options.preservation_weight, targets, blend=blend,

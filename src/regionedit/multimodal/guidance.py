@@ -283,3 +283,26 @@ def guidance_start_latent(sched, z0, inv_traj, strength, start_kind, generator):
         before = {i: sched.add_noise(z0, noise, sched.timesteps[i : i + 1]) for i in steps}
     # int(N·s_g) = 0 leaves nothing to denoise: the guidance image is the input itself.
     return i0, (before[i0] if i0 < n else z0), before
+
+
+def blend_trajectory(inversion, guid_traj, z0_g, edit, keep, options) -> torch.Tensor:
+    """What ``post_blend`` puts outside m, indexed like the inversion (z_0..z_T).
+
+    "input": the inversion itself. "loss": the optimum of λ·L_pres + (1−λ)·L_guid in noisy
+    space (spec T8), ``(α·z^inv_t + β·z^g_t) / (α + β)`` with α = λ/(C·Σm̄) and β = (1−λ)/(C·h·w)
+    (β = 0 with ``guid_mask="edit"``, where L_guid does not reach m̄). λ = 1 gives the input,
+    λ = 0 the guidance trajectory; only cells outside m are read.
+    """
+    lam = options.preservation_weight
+    if options.post_blend_target == "input" or lam >= 1:
+        return inversion
+    h, w = inversion.shape[-2:]
+    kept = float(keep.sum()) if keep is not None else float(h * w)
+    alpha = lam / kept if kept > 0 else 0.0
+    beta = 0.0 if options.guid_mask == "edit" else (1 - lam) / (h * w)
+    if alpha + beta == 0:  # no loss reaches m̄: keep the input there, as "input" does
+        return inversion
+    n = inversion.shape[0] - 1
+    guid = torch.cat([z0_g] + [guid_traj[n - k] for k in range(1, n + 1)]).to(inversion)
+    a = alpha / (alpha + beta)
+    return a * inversion + (1 - a) * guid

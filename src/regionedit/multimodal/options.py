@@ -13,6 +13,7 @@ GUID_MASKS = ("none", "edit")  # §1.5: L_guid over the whole image (default) or
 PRES_MASKS = ("keep", "none")  # §1.5: L_pres over m̄ (default) or over the whole image
 OPTIMIZERS = ("adam", "sgd")
 GUIDANCE_STARTS = ("noise", "inversion")  # §1.3: random-noise encoding (paper) or DDIM-inverted start
+BLEND_TARGETS = ("input", "loss")  # post_blend outside m: z^inv, or T8's λ-weighted mean of z^inv and z^g
 
 
 def _finite(v) -> bool:
@@ -35,6 +36,8 @@ class MultimodalOptions:
     guidance_strength: float | None = None  # s_g; None: 1.0 with a layout condition, 0.8 text-only
     guidance_start: str = "noise"  # "inversion" starts the guidance pass from z^inv instead of noise
     post_blend: bool = False  # after t_u: z ← m·z + m̄·z^inv (DiffEdit-style), off by default (§1.6)
+    post_blend_target: str = "input"  # ours: "loss" blends towards the optimum of the losses in noisy
+    # space instead (T8's closed form: λ weighs z^inv against z^g_t), so λ still acts after t_u
     mask_threshold: float = 0.5  # user mask: area-resize to the latent grid, then this threshold
     mask_num_maps: int = 10  # DiffEdit M_text: noise draws averaged [diffusers default]
     mask_encode_strength: float = 0.5  # DiffEdit M_text: noising strength [diffusers default]
@@ -97,10 +100,15 @@ class MultimodalOptions:
             ("pres_mask", PRES_MASKS),
             ("optimizer", OPTIMIZERS),
             ("guidance_start", GUIDANCE_STARTS),
+            ("post_blend_target", BLEND_TARGETS),
         ):
             if getattr(self, name) not in allowed:
                 raise InvalidOptionError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         require_bools(self, ("post_blend", "mask_dilate", "gradient_checkpointing", "main_pass_control"))
+        if self.post_blend_target != "input" and not self.post_blend:
+            raise InvalidOptionError(
+                f"post_blend_target={self.post_blend_target!r} acts only with post_blend=True; set both"
+            )
 
     def at_steps(self, steps: int) -> MultimodalOptions:
         """These options at ``steps`` DDIM steps, t_u clamped to the first half of them."""
