@@ -398,7 +398,7 @@ def edit(
         )
         blend = None
         if options.post_blend:
-            blend = (edit_w, blend_trajectory(inversion, guid_traj, z0_g, edit_w, targets.keep, options))
+            blend = (edit_w, blend_trajectory(inversion, guid_traj, z0_g, targets.keep, options))
         main = replace(denoiser, controls=_main_pass_controls(controls, options))
         z_out, _, losses = optimised_pass(
             main, sched, inversion[-1:], 0, options, options.preservation_weight, targets, blend=blend,

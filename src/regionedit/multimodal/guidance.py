@@ -285,7 +285,7 @@ def guidance_start_latent(sched, z0, inv_traj, strength, start_kind, generator):
     return i0, (before[i0] if i0 < n else z0), before
 
 
-def blend_trajectory(inversion, guid_traj, z0_g, edit, keep, options) -> torch.Tensor:
+def blend_trajectory(inversion, guid_traj, z0_g, keep, options) -> torch.Tensor:
     """What ``post_blend`` puts outside m, indexed like the inversion (z_0..z_T).
 
     "input": the inversion itself. "loss": the optimum of λ·L_pres + (1−λ)·L_guid in noisy
