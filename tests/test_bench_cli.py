@@ -137,12 +137,15 @@ def test_lambda_post_blend_and_pres_mask_flags_reach_the_multimodal_options():
     from regionedit.cli import build_parser
 
     args = ["bench", "shapes", "--out", "x", "--lambda", "0.3", "--post-blend", "--pres-mask", "none"]
-    cfg = _options(build_parser().parse_args([*args, "--post-blend-target", "loss"]))
+    cfg = _options(
+        build_parser().parse_args([*args, "--post-blend-target", "loss", "--guidance-start", "inversion"])
+    )
     assert cfg.multimodal.preservation_weight == 0.3 and cfg.multimodal.post_blend
     assert cfg.multimodal.pres_mask == "none" and cfg.multimodal.post_blend_target == "loss"
+    assert cfg.multimodal.guidance_start == "inversion"
     plain = _options(build_parser().parse_args(["bench", "shapes", "--out", "x"])).multimodal
     assert plain.preservation_weight == 0.6 and not plain.post_blend and plain.pres_mask == "keep"
-    assert plain.post_blend_target == "input"
+    assert plain.post_blend_target == "input" and plain.guidance_start == "noise"
 
 
 def test_optimize_steps_and_guidance_strength_flags_reach_the_multimodal_options(capsys):

@@ -91,6 +91,12 @@ def _run_args(p, methods="lomoe,iterative,blended,diffedit,sdedit,multimodal"):
         help="multimodal s_g of the guidance image (default: 1.0 with a layout condition, 0.8 text only)",
     )
     p.add_argument(
+        "--guidance-start",
+        choices=["noise", "inversion"],
+        default=None,
+        help="multimodal: start the guidance pass from seeded noise (noise, the paper's) or from the DDIM inversion",
+    )
+    p.add_argument(
         "--multimodal-control",
         choices=["edge", "none"],
         default="edge",
@@ -210,6 +216,8 @@ def _options(args):
         mm_over["post_blend_target"] = args.post_blend_target
     if getattr(args, "guidance_strength", None) is not None:
         mm_over["guidance_strength"] = args.guidance_strength
+    if getattr(args, "guidance_start", None) is not None:
+        mm_over["guidance_start"] = args.guidance_start
     if getattr(args, "no_main_pass_control", False):
         mm_over["main_pass_control"] = False
     if getattr(args, "main_pass_control_scale", None) is not None:
