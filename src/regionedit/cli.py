@@ -188,6 +188,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="share of scenes on a uniform random colour, captioned without a background",
     )
+    et = sub.add_parser(
+        "tune-mini",
+        help="edit-aimed fine-tune of a mini model's UNet (the recipe's last stage), resumable",
+        description="Fine-tune BASE's UNet on LoMOE region-branch views of edit pairs, then write "
+        "OUT/pipeline with the UNet mixed (1 - mix)·base + mix·tuned.",
+    )
+    et.add_argument("--out", required=True)
+    et.add_argument("--base", default="mini", help="pipeline folder to start from (default: the shipped one)")
+    et.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this long")
+    from .shapes.edit_tune import EditTuneConfig
+
+    add_option_flags(et, EditTuneConfig, title="edit-tune options (defaults: the shipped run's)")
     tj = sub.add_parser("train-judge", help="train the shapes-world judge; prints held-out accuracy")
     tj.add_argument("--out", required=True, help="safetensors file to write")
     tj.add_argument("--steps", type=int, default=800)
@@ -332,6 +344,15 @@ def run_train(args) -> int:
     return 0
 
 
+def run_tune_mini(args) -> int:
+    from .shapes.edit_tune import EditTuneConfig, edit_tune
+
+    cfg = options_from_args(EditTuneConfig, args)
+    result = edit_tune(args.out, args.base, cfg, max_minutes=args.max_minutes)
+    print(result if result else f"stopped early; run the same command again to resume from {args.out}")
+    return 0
+
+
 def run_train_judge(args) -> int:
     from .shapes.judge import train_judge
 
@@ -365,6 +386,7 @@ COMMANDS = {
     "shapes": run_shapes,
     "demo": run_demo,
     "train-mini": run_train,
+    "tune-mini": run_tune_mini,
     "eval-mini": run_eval_mini,
     "train-judge": run_train_judge,
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -140,7 +141,9 @@ def make_scheduler(model: Model, steps: int) -> DDIMScheduler:
 
 
 def _auto_corr_loss(eps: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Squared means of products with random rolls, per channel, over a 2x2-pooled pyramid."""
+    """Squared means of products with random rolls, per channel, over a 2x2-pooled pyramid.
+
+    Summed over the batch of per-item losses (the rolls shared), so items do not mix."""
     loss = eps.new_zeros(())
     for ch in range(eps.shape[1]):
         x = eps[:, ch : ch + 1]
@@ -148,7 +151,7 @@ def _auto_corr_loss(eps: torch.Tensor, generator: torch.Generator) -> torch.Tens
             for dim in (2, 3):
                 n = max(1, x.shape[dim] // 2)
                 shift = int(torch.randint(0, n, (1,), generator=generator))
-                loss = loss + (x * torch.roll(x, shifts=shift, dims=dim)).mean() ** 2
+                loss = loss + ((x * torch.roll(x, shifts=shift, dims=dim)).mean(dim=(1, 2, 3)) ** 2).sum()
             if min(x.shape[2], x.shape[3]) <= 8:
                 break
             x = torch.nn.functional.avg_pool2d(x, 2)
@@ -156,8 +159,8 @@ def _auto_corr_loss(eps: torch.Tensor, generator: torch.Generator) -> torch.Tens
 
 
 def _kl_loss(eps: torch.Tensor) -> torch.Tensor:
-    var, mean = eps.var(), eps.mean()
-    return var + mean**2 - 1 - torch.log(var)
+    var, mean = eps.var(dim=(1, 2, 3)), eps.mean(dim=(1, 2, 3))
+    return (var + mean**2 - 1 - torch.log(var)).sum()
 
 
 def regularize_noise(eps: torch.Tensor, opts: InversionOptions, generator: torch.Generator) -> torch.Tensor:
@@ -197,25 +200,41 @@ def ddim_invert(
     progress: bool = True,
 ) -> torch.Tensor:
     """Stage 1: the trajectory ``(T + 1, C, h, w)`` from ``z0`` up to ``z_T``, caption, no CFG."""
+    return invert_batch(model, z0, [prompt], opts, lambda step: generator, progress)[:, 0]
+
+
+@torch.no_grad()
+def invert_batch(
+    model: Model,
+    z0: torch.Tensor,
+    prompts: list[str],
+    opts: InversionOptions,
+    generator_at: Callable[[int], torch.Generator],
+    progress: bool = True,
+) -> torch.Tensor:
+    """:func:`ddim_invert` of a batch ``(B, C, h, w)``, one caption each: ``(T + 1, B, C, h, w)``.
+
+    ``generator_at(step)`` gives the regulariser's generator at each step (one shared
+    generator for an edit; the mini model's edit-tune reseeds it per step)."""
     cfg = dict(model.scheduler_config)
     prediction_type = cfg.get("prediction_type", "epsilon")
     # Every output is converted to ε (the regulariser needs ε); the scheduler then steps in ε.
     inverse = DDIMInverseScheduler.from_config({**cfg, "prediction_type": "epsilon"})
     inverse.set_timesteps(opts.num_inference_steps, device=model.device)
-    emb = model.encode_prompts([prompt])
+    emb = model.encode_prompts(prompts)
     z = z0
     traj = [z0]
     stride = cfg["num_train_timesteps"] // opts.num_inference_steps
-    for t in tqdm(inverse.timesteps, desc="invert", disable=not progress, leave=False):
+    for step, t in enumerate(tqdm(inverse.timesteps, desc="invert", disable=not progress, leave=False)):
         cur = int(t) - stride
         alpha = inverse.alphas_cumprod[cur] if cur >= 0 else inverse.initial_alpha_cumprod
         out = model.unet_eps(z, t, emb)
         eps = to_epsilon(out, z, alpha.to(z), prediction_type)
         if opts.regularize:
-            eps = regularize_noise(eps, opts, generator)
+            eps = regularize_noise(eps, opts, generator_at(step))
         z = inverse.step(eps, t, z).prev_sample
         traj.append(z)
-    return torch.cat(traj)
+    return torch.stack(traj)
 
 
 @torch.no_grad()

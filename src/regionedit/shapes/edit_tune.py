@@ -1,0 +1,265 @@
+"""Edit-aimed fine-tune of the mini model's UNet: the last stage of its recipe.
+
+A LoMOE region branch starts from the DDIM inversion of the source inside its mask and a
+noised random colour outside it (the bootstrap). The pretrained UNet holds the inverted old
+object there (a square asked to become a triangle often stays a square). This stage shows the
+UNet such views of edit pairs (a scene, one object given new attributes) at the first
+``max_step`` edit steps, with the region prompt, and regresses its predicted clean latent on
+the *target* object's latent in the box; ordinary v-prediction samples of the same scenes keep
+it a denoiser. Alone the tuned UNet draws shapes well and colours pale (BENCHMARKS.md, session
+13); the shipped UNet is the weight-space mix ``(1 - mix)·base + mix·tuned`` (session 14).
+
+Every random draw comes from a generator seeded by ``(seed, step)``, so a resumed run gives
+the same weights as one that is not stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..errors import InvalidOptionError
+from .world import Scene, ShapeObject, box_mask, caption_for, random_scene, render
+
+
+@dataclass(frozen=True)
+class EditTuneConfig:
+    seed: int = 13
+    pairs: int = 1000  # edit pairs, each DDIM-inverted once (8 min on 2 cores)
+    max_objects: int = 5
+    steps: int = 500  # 23 min at 2.7 s/step on 2 cores
+    batch: int = 32  # edit samples per step, and as many ordinary ones
+    lr: float = 1e-4  # AdamW, 20 warm-up steps, then constant
+    warmup: int = 20
+    edit_weight: float = 0.05  # of the edit loss beside the ordinary one
+    num_steps: int = 25  # the edit's DDIM steps (the mini model's LoMOE settings)
+    max_step: int = 15  # edit samples at one of the first max_step of them
+    min_snr_gamma: float = 5.0
+    caption_dropout: float = 0.1
+    no_background_caption: float = 0.2
+    mix: float = 0.45  # shipped UNet = (1 - mix)·base + mix·tuned (0.45 measured best, session 14)
+    ckpt_every: int = 50
+
+    def __post_init__(self):
+        for name in (
+            "pairs",
+            "steps",
+            "batch",
+            "warmup",
+            "num_steps",
+            "max_step",
+            "ckpt_every",
+            "max_objects",
+        ):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise InvalidOptionError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.max_step > self.num_steps:
+            raise InvalidOptionError(f"max_step ({self.max_step}) cannot exceed num_steps ({self.num_steps})")
+        for name in ("mix", "caption_dropout", "no_background_caption"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise InvalidOptionError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0 and self.edit_weight >= 0):
+            raise InvalidOptionError("lr must be > 0 and edit_weight >= 0")
+
+
+def make_pairs(cfg: EditTuneConfig, size: int):
+    """Source and target images, the edited object's box, and captions of each pair."""
+    from ..bench.datasets import _new_attributes  # the benchmark's rule for new attributes
+
+    sources, targets, boxes, meta = [], [], [], []
+    for i in range(cfg.pairs):
+        rng = np.random.default_rng([cfg.seed, i])
+        scene = random_scene(rng, int(rng.integers(1, cfg.max_objects + 1)), size=size)
+        k = int(rng.integers(0, len(scene.objects)))
+        obj = scene.objects[k]
+        colour, shape = _new_attributes(rng, obj)
+        objects = list(scene.objects)
+        objects[k] = ShapeObject(shape=shape, colour=colour, bbox=obj.bbox)
+        target = Scene(size=scene.size, background=scene.background, objects=objects)
+        sources.append(render(scene)[0])
+        targets.append(render(target)[0])
+        boxes.append(box_mask(obj, size, margin=1))
+        meta.append(
+            {
+                "src": scene.caption,
+                "tgt": caption_for(objects, scene.background),
+                "src_plain": caption_for(list(scene.objects), None),
+                "tgt_plain": caption_for(objects, None),
+                "region": f"a {colour} {shape}",
+            }
+        )
+    return sources, targets, boxes, meta
+
+
+@torch.no_grad()
+def build_data(model, cfg: EditTuneConfig, size: int) -> tuple[dict, list]:
+    """Latents of the pairs and the source inversions at the first ``max_step`` edit steps."""
+    from ..inversion import InversionOptions, invert_batch
+
+    sources, targets, boxes, meta = make_pairs(cfg, size)
+    f = model.vae_scale_factor
+    box = torch.from_numpy(np.stack(boxes)).float()[:, None]
+    box = torch.nn.functional.interpolate(box, size=(size // f, size // f), mode="nearest")
+
+    def encode(images):
+        x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        return torch.cat([model.encode(x[i : i + 64]) for i in tqdm(range(0, len(x), 64), desc="encode")])
+
+    z_src, z_tgt = encode(sources), encode(targets)
+    opts = InversionOptions(num_inference_steps=cfg.num_steps)
+    kept = []
+    for s in tqdm(range(0, cfg.pairs, 50), desc="invert"):
+        prompts = [m["src"] for m in meta[s : s + 50]]
+        traj = invert_batch(
+            model, z_src[s : s + 50], prompts, opts, lambda step: torch.Generator().manual_seed(0), False
+        )
+        kept.append(torch.stack([traj[cfg.num_steps - i] for i in range(cfg.max_step)], 1))
+    inv = torch.cat(kept)
+    data = {"z_src": z_src, "z_tgt": z_tgt, "box": box, "inv": inv, "z_T": inv[:, 0]}
+    return {k: v.contiguous() for k, v in data.items()}, meta
+
+
+def _colour_pool(model, cfg: EditTuneConfig, size: int) -> torch.Tensor:
+    """Latents of 100 uniform random colours, the bootstrap's backgrounds."""
+    colours = torch.rand((100, 3, 1, 1), generator=torch.Generator().manual_seed(cfg.seed)) * 2 - 1
+    with torch.no_grad():
+        return torch.cat(
+            [model.encode(colours[i : i + 10].expand(-1, -1, size, size)) for i in range(0, 100, 10)]
+        )
+
+
+def mix_weights(base: dict, tuned: dict, mix: float) -> dict:
+    """``(1 - mix)·base + mix·tuned`` per tensor, in the base's dtypes."""
+    if base.keys() != tuned.keys():
+        raise InvalidOptionError("the two UNets do not have the same parameters")
+    return {
+        k: ((1 - mix) * base[k].float() + mix * tuned[k].float()).to(base[k].dtype).contiguous() for k in base
+    }
+
+
+def edit_tune(
+    out: str | Path,
+    base: str | Path = "mini",
+    cfg: EditTuneConfig | None = None,
+    max_minutes: float | None = None,
+) -> Path | None:
+    """Fine-tune ``base``'s UNet in ``out`` (resumable); return ``out/pipeline`` with the mixed UNet.
+
+    Returns None when ``max_minutes`` ran out first; calling again resumes.
+    """
+    from ..checkpoint import load_checkpoint, save_checkpoint
+    from ..inversion import make_scheduler
+    from ..models.loading import load
+    from ..models.mini import MINI_DIR
+
+    cfg = cfg or EditTuneConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    base_dir = MINI_DIR if str(base) == "mini" else Path(base)
+    (out / "config.json").write_text(json.dumps({"edit_tune": asdict(cfg), "base": str(base_dir)}, indent=2))
+    deadline = time.monotonic() + (max_minutes * 60 if max_minutes is not None else float("inf"))
+    model = load(str(base_dir))
+    size = model.native_size
+    data_path = out / "data.safetensors"
+    if data_path.exists():
+        data, meta = load_file(data_path), json.loads((out / "meta.json").read_text())
+    else:
+        data, meta = build_data(model, cfg, size)
+        save_file(data, data_path)
+        (out / "meta.json").write_text(json.dumps(meta))
+    pool = _colour_pool(model, cfg, size)
+
+    unet = model.unet
+    train_sched = DDIMScheduler.from_config(dict(model.scheduler_config))
+    edit_sched = make_scheduler(model, cfg.num_steps)
+    acp = train_sched.alphas_cumprod
+    snr = acp / (1 - acp).clamp(min=1e-12)
+    weight_t = torch.minimum(snr, torch.tensor(cfg.min_snr_gamma)) / (snr + 1)
+    unet.train()
+    unet.requires_grad_(True)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.01)
+    ckpt = out / "ckpt"
+    start = load_checkpoint(ckpt, "edit_tune", {"unet": unet}, opt)
+    n = len(meta)
+
+    def step_fn(step: int) -> dict:
+        g = torch.Generator().manual_seed(cfg.seed * 100003 + step)
+        # ordinary samples: source or target scenes with their captions
+        idx = torch.randint(0, n, (cfg.batch,), generator=g)
+        use_tgt = torch.rand(cfg.batch, generator=g) < 0.5
+        x0 = torch.where(use_tgt[:, None, None, None], data["z_tgt"][idx], data["z_src"][idx])
+        captions = []
+        for j, i in enumerate(idx.tolist()):
+            u = torch.rand((), generator=g).item()
+            key = "tgt" if use_tgt[j] else "src"
+            plain = cfg.caption_dropout + cfg.no_background_caption
+            captions.append(
+                "" if u < cfg.caption_dropout else meta[i][key + "_plain"] if u < plain else meta[i][key]
+            )
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, 1000, (cfg.batch,), generator=g)
+        pred = unet(
+            train_sched.add_noise(x0, noise, t), t, encoder_hidden_states=model.encode_prompts(captions)
+        )
+        per = ((pred.sample - train_sched.get_velocity(x0, noise, t)) ** 2).mean(dim=(1, 2, 3))
+        loss_plain = (per * weight_t[t]).mean()
+        # edit samples: a region branch's bootstrapped view at an early step, the region prompt
+        idx = torch.randint(0, n, (cfg.batch,), generator=g)
+        si = torch.randint(0, cfg.max_step, (cfg.batch,), generator=g)
+        te = edit_sched.timesteps[si]
+        background = edit_sched.add_noise(
+            pool[torch.randint(0, 100, (cfg.batch,), generator=g)], data["z_T"][idx], te
+        )
+        box = data["box"][idx]
+        view = box * data["inv"][idx, si] + (1 - box) * background
+        prompts = [meta[i]["region"] for i in idx.tolist()]
+        v = unet(view, te, encoder_hidden_states=model.encode_prompts(prompts)).sample
+        ab = acp[te].view(-1, 1, 1, 1)
+        x0_pred = ab.sqrt() * view - (1 - ab).sqrt() * v
+        err = ((x0_pred - data["z_tgt"][idx]) ** 2 * box).sum(dim=(1, 2, 3)) / (box.sum(dim=(1, 2, 3)) * 4)
+        loss_edit = err.mean()
+        opt.zero_grad(set_to_none=True)
+        (loss_plain + cfg.edit_weight * loss_edit).backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        return {"plain": f"{per.mean().item():.4f}", "edit": f"{loss_edit.item():.4f}"}
+
+    bar = tqdm(range(start, cfg.steps), desc="edit-tune", initial=start, total=cfg.steps)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
+        bar.set_postfix(step_fn(step))
+        done = step + 1
+        if done % cfg.ckpt_every == 0 or done == cfg.steps or time.monotonic() > deadline:
+            save_checkpoint(ckpt, "edit_tune", done, {"unet": unet}, opt)
+            if time.monotonic() > deadline and done < cfg.steps:
+                return None
+    return export(out, base_dir, cfg.mix)
+
+
+def export(out: str | Path, base: str | Path, mix: float) -> Path:
+    """``out/pipeline``: ``base`` with its UNet mixed towards the run's tuned UNet by ``mix``."""
+    out, base = Path(out), Path(base)
+    tuned = {
+        k[len("unet.") :]: v
+        for k, v in load_file(out / "ckpt" / "edit_tune.safetensors").items()
+        if k.startswith("unet.")
+    }
+    pipe = out / "pipeline"
+    if pipe.exists():
+        shutil.rmtree(pipe)
+    shutil.copytree(base, pipe)
+    name = "unet/diffusion_pytorch_model.safetensors"
+    save_file(mix_weights(load_file(base / name), tuned, mix), pipe / name)
+    return pipe
