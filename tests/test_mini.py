@@ -46,6 +46,8 @@ def test_cli_edit_three_masks_is_deterministic_and_keeps_the_background(tmp_path
         "20",
         "--background-blend",
         "true",
+        "--guidance-rescale",
+        "0.9",
         "--seed",
         "5",
     ]
@@ -58,9 +60,9 @@ def test_cli_edit_three_masks_is_deterministic_and_keeps_the_background(tmp_path
     assert hashlib.sha256((d / "image.png").read_bytes()).hexdigest() == before
     masks = [np.asarray(Image.open(d / f"mask_{i}.png")) > 127 for i in (1, 2, 3)]
     src = np.asarray(Image.open(d / "image.png"))
-    # Regression guards below the measured result (the demo's settings: all three objects
-    # judged as asked, background 16.2 dB: the black background turns dark grey-green, the
-    # shipped model's known drift on black scenes; BENCHMARKS.md).
+    # Regression guards at or below the measured result (the demo's settings: all three objects
+    # judged as asked; the black background drifts towards dark grey-green, the mini model's
+    # known weakness on black scenes, 16.2 dB before session 14; BENCHMARKS.md).
     verdicts = [load_judge().classify(a, m) for m in masks]
     assert [f"a {v.colour} {v.shape}" for v in verdicts] == targets
     assert background_psnr(src, a, background_of(masks, src.shape[:2])) >= 15.0
