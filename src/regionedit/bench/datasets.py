@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..shapes.world import COLOURS, SHAPES, Scene, ShapeObject, box_mask, caption_for, random_scene, render
+from ..shapes.world import Scene, ShapeObject, box_mask, caption_for, new_attributes, random_scene, render
 
 SETS = ("multi", "single", "shape")
 MASK_KINDS = ("box", "silhouette")
@@ -64,17 +64,6 @@ class BenchItem:
             self.captions = [self.source_caption] * self.num_masks + [self.target_caption]
 
 
-def _new_attributes(rng: np.random.Generator, obj: ShapeObject, shape_only: bool = False) -> tuple[str, str]:
-    """A different colour, shape, or both (each a third of the time); or only a new shape."""
-    kind = 1 if shape_only else int(rng.integers(0, 3))
-    colour, shape = obj.colour, obj.shape
-    if kind in (0, 2):
-        colour = str(rng.choice([c for c in COLOURS if c != obj.colour]))
-    if kind in (1, 2):
-        shape = str(rng.choice([s for s in SHAPES if s != obj.shape]))
-    return colour, shape
-
-
 def shapes_item(
     seed: int,
     index: int,
@@ -113,7 +102,7 @@ def shapes_item(
     masks, boxes, prompts, targets, sources = [], [], [], [], []
     for k in edited:
         obj = objects[k]
-        colour, shape = _new_attributes(rng, obj, shape_only=which == "shape")
+        colour, shape = new_attributes(rng, obj, shape_only=which == "shape")
         boxes.append(box_mask(obj, size, margin=1))
         masks.append(outlines[k] if mask_kind == "silhouette" else boxes[-1])
         prompts.append(f"a {colour} {shape}")

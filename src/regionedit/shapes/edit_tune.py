@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..errors import InvalidOptionError
-from .world import Scene, ShapeObject, box_mask, caption_for, random_scene, render
+from .world import Scene, ShapeObject, box_mask, caption_for, new_attributes, random_scene, render
 
 
 @dataclass(frozen=True)
@@ -75,15 +75,13 @@ class EditTuneConfig:
 
 def make_pairs(cfg: EditTuneConfig, size: int):
     """Source and target images, the edited object's box, and captions of each pair."""
-    from ..bench.datasets import _new_attributes  # the benchmark's rule for new attributes
-
     sources, targets, boxes, meta = [], [], [], []
     for i in range(cfg.pairs):
         rng = np.random.default_rng([cfg.seed, i])
         scene = random_scene(rng, int(rng.integers(1, cfg.max_objects + 1)), size=size)
         k = int(rng.integers(0, len(scene.objects)))
         obj = scene.objects[k]
-        colour, shape = _new_attributes(rng, obj)
+        colour, shape = new_attributes(rng, obj)  # ShapesBench's rule
         objects = list(scene.objects)
         objects[k] = ShapeObject(shape=shape, colour=colour, bbox=obj.bbox)
         target = Scene(size=scene.size, background=scene.background, objects=objects)

@@ -198,3 +198,14 @@ def write_scene(scene: Scene, out_dir: str | Path, margin: int = 1) -> Path:
     tmp.write_text(json.dumps(meta, indent=2))
     tmp.replace(out / "scene.json")
     return out
+
+
+def new_attributes(rng: np.random.Generator, obj: ShapeObject, shape_only: bool = False) -> tuple[str, str]:
+    """A different colour, shape, or both (each a third of the time); or only a new shape."""
+    kind = 1 if shape_only else int(rng.integers(0, 3))
+    colour, shape = obj.colour, obj.shape
+    if kind in (0, 2):
+        colour = str(rng.choice([c for c in COLOURS if c != obj.colour]))
+    if kind in (1, 2):
+        shape = str(rng.choice([s for s in SHAPES if s != obj.shape]))
+    return colour, shape
