@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..errors import InvalidOptionError
+from .train import _run_phase, min_snr_weights
 from .world import Scene, ShapeObject, box_mask, caption_for, new_attributes, random_scene, render
 
 
@@ -156,7 +157,6 @@ def edit_tune(
 
     Returns None when ``max_minutes`` ran out first; calling again resumes.
     """
-    from ..checkpoint import load_checkpoint, save_checkpoint
     from ..inversion import make_scheduler
     from ..models.loading import load
     from ..models.mini import MINI_DIR
@@ -182,13 +182,10 @@ def edit_tune(
     train_sched = DDIMScheduler.from_config(dict(model.scheduler_config))
     edit_sched = make_scheduler(model, cfg.num_steps)
     acp = train_sched.alphas_cumprod
-    snr = acp / (1 - acp).clamp(min=1e-12)
-    weight_t = torch.minimum(snr, torch.tensor(cfg.min_snr_gamma)) / (snr + 1)
+    weight_t = min_snr_weights(acp, cfg.min_snr_gamma)
     unet.train()
     unet.requires_grad_(True)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.01)
-    ckpt = out / "ckpt"
-    start = load_checkpoint(ckpt, "edit_tune", {"unet": unet}, opt)
     n = len(meta)
 
     def step_fn(step: int) -> dict:
@@ -233,16 +230,11 @@ def edit_tune(
         opt.step()
         return {"plain": f"{per.mean().item():.4f}", "edit": f"{loss_edit.item():.4f}"}
 
-    bar = tqdm(range(start, cfg.steps), desc="edit-tune", initial=start, total=cfg.steps)
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
-        bar.set_postfix(step_fn(step))
-        done = step + 1
-        if done % cfg.ckpt_every == 0 or done == cfg.steps or time.monotonic() > deadline:
-            save_checkpoint(ckpt, "edit_tune", done, {"unet": unet}, opt)
-            if time.monotonic() > deadline and done < cfg.steps:
-                return None
+    lr_at = lambda step: cfg.lr * min(1.0, (step + 1) / cfg.warmup)  # noqa: E731
+    if not _run_phase(
+        "edit_tune", cfg.steps, step_fn, {"unet": unet}, opt, lr_at, out / "ckpt", cfg, deadline
+    ):
+        return None
     return export(out, base_dir, cfg.mix)
 
 

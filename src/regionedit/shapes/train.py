@@ -209,6 +209,12 @@ def _cosine(step: int, total: int, lr: float, lr_min: float, warmup: int = 0) ->
     return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * min(1.0, p)))
 
 
+def min_snr_weights(alphas_cumprod: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ loss weight per timestep, in its v-prediction form min(SNR, γ) / (SNR + 1)."""
+    snr = alphas_cumprod / (1 - alphas_cumprod).clamp(min=1e-12)
+    return torch.minimum(snr, torch.tensor(gamma)) / (snr + 1)
+
+
 def _run_phase(name, steps, step_fn, modules, opt, lr_at, ckpt, cfg, deadline):
     start = load_checkpoint(ckpt, name, modules, opt)
     if start >= steps:
@@ -305,9 +311,7 @@ def train_mini(
 
     # Phase 3: UNet + text encoder.
     sched = comps["scheduler"]
-    acp = sched.alphas_cumprod
-    snr = acp / (1 - acp).clamp(min=1e-12)
-    weight_t = torch.minimum(snr, torch.tensor(cfg.min_snr_gamma)) / (snr + 1)
+    weight_t = min_snr_weights(sched.alphas_cumprod, cfg.min_snr_gamma)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     unet_opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
     unet.train()
