@@ -314,6 +314,24 @@ def test_main_pass_control_scale_weakens_the_condition_in_the_main_pass_only(mod
         MultimodalOptions(main_pass_control_scale=-1)
 
 
+def test_main_pass_prompt_source_keeps_the_target_prompt_out_of_the_main_pass(model, image64):
+    box = np.zeros((64, 64))
+    box[16:48, 16:48] = 1
+    one = dataclasses.replace(FAST, preservation_weight=1.0)  # λ = 1: the guidance image is unused
+    src = dataclasses.replace(one, main_pass_prompt="source")
+    edited = edit(model, image64, "a blue circle", SOURCE, mask=box, options=src, generator=gen())
+    same = edit(model, image64, SOURCE, SOURCE, mask=box, options=one, generator=gen())
+    target = edit(model, image64, "a blue circle", SOURCE, mask=box, options=one, generator=gen())
+    assert torch.allclose(edited.latents, same.latents, atol=1e-6)  # denoised with the source prompt
+    assert not torch.allclose(edited.guidance.latents, same.guidance.latents, atol=1e-3)  # guidance: target
+    assert not torch.allclose(edited.latents, target.latents, atol=1e-3)
+    reused = edit(model, image64, "a blue circle", SOURCE, mask=box, generator=gen(), guidance=target.guidance,
+                  options=dataclasses.replace(src, preservation_weight=0.0))  # fmt: skip
+    assert not torch.allclose(reused.latents, edited.latents, atol=1e-3)  # one guidance pass serves both
+    with pytest.raises(InvalidOptionError, match="main_pass_prompt"):
+        MultimodalOptions(main_pass_prompt="negative")
+
+
 def test_second_net_at_scale_zero_changes_nothing(model, nets, image64):
     one = [Condition("edge", "auto", scale=1.0)]
     two = one + [Condition("scribble", "auto", scale=0.0)]

@@ -114,6 +114,12 @@ def _run_args(p, methods="lomoe,iterative,blended,diffedit,sdedit,multimodal"):
         help="multimodal: the edge map's scale in the main pass, times its own (default 1; the guidance pass keeps 1)",
     )
     p.add_argument(
+        "--main-pass-prompt",
+        choices=["target", "source"],
+        default=None,
+        help="multimodal: the main pass's prompt (default target; source leaves the edit to L_guid)",
+    )
+    p.add_argument(
         "--multimodal-optimizer",
         choices=["adam", "sgd"],
         default=None,
@@ -222,6 +228,8 @@ def _options(args):
         mm_over["main_pass_control"] = False
     if getattr(args, "main_pass_control_scale", None) is not None:
         mm_over["main_pass_control_scale"] = args.main_pass_control_scale
+    if getattr(args, "main_pass_prompt", None) is not None:
+        mm_over["main_pass_prompt"] = args.main_pass_prompt
     for name in ("optimizer", "learning_rate"):  # --learning-rate itself is LoMOE's
         if getattr(args, "multimodal_" + name, None) is not None:
             mm_over[name] = getattr(args, "multimodal_" + name)

@@ -74,6 +74,7 @@ MAIN_PASS_ONLY = dict(
     guid_mask="none",
     main_pass_control=True,
     main_pass_control_scale=1.0,
+    main_pass_prompt="target",
 )
 
 
@@ -287,7 +288,7 @@ def edit(
         guidance: an earlier result's :class:`GuidancePass`, to reuse: the same image, prompts,
             mask, conditions, seed and options but for the main-pass ones
             (``MAIN_PASS_ONLY``: λ, ``post_blend`` and its target, ``pres_mask``, ``guid_mask``,
-            ``main_pass_control``; checked).
+            ``main_pass_control`` and its scale, ``main_pass_prompt``; checked).
         callback: ``callback(step, info)`` after every denoising step of both passes.
     """
     options = options or MultimodalOptions()
@@ -400,6 +401,8 @@ def edit(
         if options.post_blend:
             blend = (edit_w, blend_trajectory(inversion, guid_traj, z0_g, targets.keep, options))
         main = replace(denoiser, controls=_main_pass_controls(controls, options))
+        if options.main_pass_prompt == "source":
+            main.emb = model.encode_prompts([negative_prompt, source_prompt])
         z_out, _, losses = optimised_pass(
             main, sched, inversion[-1:], 0, options, options.preservation_weight, targets, blend=blend,
             progress_bar=bar, callback=callback,

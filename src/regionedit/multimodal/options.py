@@ -14,6 +14,7 @@ PRES_MASKS = ("keep", "none")  # §1.5: L_pres over m̄ (default) or over the wh
 OPTIMIZERS = ("adam", "sgd")
 GUIDANCE_STARTS = ("noise", "inversion")  # §1.3: random-noise encoding (paper) or DDIM-inverted start
 BLEND_TARGETS = ("input", "loss")  # post_blend outside m: z^inv, or T8's λ-weighted mean of z^inv and z^g
+MAIN_PASS_PROMPTS = ("target", "source")  # the main pass's prompt (the guidance pass always uses the target)
 
 
 def _finite(v) -> bool:
@@ -52,6 +53,8 @@ class MultimodalOptions:
     main_pass_control_scale: float = 1.0  # ours: multiplies every condition's scale in the main pass
     # only (the guidance pass keeps full scale); below 1 the main pass alone draws the layout less
     # firmly, so λ trades it against the input (0 acts as main_pass_control=False)
+    main_pass_prompt: str = "target"  # ours: "source" denoises the main pass with the source
+    # prompt, so with main_pass_control=False the edit reaches the output only through L_guid
 
     def __post_init__(self):
         for name in ("num_inference_steps",):
@@ -101,6 +104,7 @@ class MultimodalOptions:
             ("optimizer", OPTIMIZERS),
             ("guidance_start", GUIDANCE_STARTS),
             ("post_blend_target", BLEND_TARGETS),
+            ("main_pass_prompt", MAIN_PASS_PROMPTS),
         ):
             if getattr(self, name) not in allowed:
                 raise InvalidOptionError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
