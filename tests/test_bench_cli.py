@@ -80,7 +80,8 @@ def test_bench_flags_reach_the_method_config():
          "--lambda", "0.2", "--multimodal-control", "none", "--steps", "25", "--background-weight", "10",
          "--cross-attention-weight", "0", "--background-blend", "--temperature", "1.5",
          "--regularize-inversion", "false", "--feather", "1", "--no-main-pass-control",
-         "--main-pass-control-scale", "0.5", "--main-pass-prompt", "source", "--multimodal-optimizer", "sgd",
+         "--main-pass-control-scale", "0.5", "--main-pass-prompt", "source", "--loss-space", "noisy", "--grad-steps", "3",
+         "--multimodal-optimizer", "sgd",
          "--multimodal-learning-rate", "300", "--learning-rate", "0.2"]
     )  # fmt: skip
     cfg = bench_cli._options(args)
@@ -93,7 +94,7 @@ def test_bench_flags_reach_the_method_config():
     opts = cfg.multimodal_options()
     assert opts.preservation_weight == 0.2 and opts.num_inference_steps == 25 and opts.optimize_steps == 12
     assert opts.main_pass_control is False and opts.main_pass_control_scale == 0.5
-    assert opts.main_pass_prompt == "source"
+    assert opts.main_pass_prompt == "source" and opts.loss_space == "noisy" and opts.grad_steps == 3
     assert opts.optimizer == "sgd" and opts.learning_rate == 300 and cfg.lomoe.learning_rate == 0.2
     defaults = bench_cli._options(parser.parse_args(["bench", "shapes", "--out", "x"]))
     assert defaults.lomoe.region_negative_prompt.startswith("artifacts")
@@ -103,6 +104,7 @@ def test_bench_flags_reach_the_method_config():
     assert defaults.multimodal_options().main_pass_control is True
     assert defaults.multimodal_options().main_pass_control_scale == 1.0
     assert defaults.multimodal_options().main_pass_prompt == "target"
+    assert defaults.multimodal_options().loss_space == "x0" and defaults.multimodal_options().grad_steps == 5
     assert defaults.multimodal_options().optimizer == "adam"
     assert defaults.multimodal_options().learning_rate == 1e-2
 

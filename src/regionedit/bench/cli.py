@@ -120,6 +120,18 @@ def _run_args(p, methods="lomoe,iterative,blended,diffedit,sdedit,multimodal"):
         help="multimodal: the main pass's prompt (default target; source leaves the edit to L_guid)",
     )
     p.add_argument(
+        "--loss-space",
+        choices=["x0", "noisy"],
+        default=None,
+        help="multimodal: compare latents as predicted z0 (x0, the default) or as noisy z_t (noisy, closed-form optimum)",
+    )
+    p.add_argument(
+        "--grad-steps",
+        type=int,
+        default=None,
+        help="multimodal k: inner optimiser steps per optimised step (default 5)",
+    )
+    p.add_argument(
         "--multimodal-optimizer",
         choices=["adam", "sgd"],
         default=None,
@@ -235,6 +247,10 @@ def _options(args):
             mm_over[name] = getattr(args, "multimodal_" + name)
     if getattr(args, "pres_mask", None) is not None:
         mm_over["pres_mask"] = args.pres_mask
+    if getattr(args, "loss_space", None) is not None:
+        mm_over["loss_space"] = args.loss_space
+    if getattr(args, "grad_steps", None) is not None:
+        mm_over["grad_steps"] = args.grad_steps
     if mm_over:
         mm["multimodal"] = MultimodalOptions(**mm_over)
     if getattr(args, "multimodal_control", None):
