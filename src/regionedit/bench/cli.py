@@ -230,27 +230,24 @@ def _options(args):
         mm_over["preservation_weight"] = args.lam
     if getattr(args, "post_blend", False):
         mm_over["post_blend"] = True
-    if getattr(args, "post_blend_target", None) is not None:
-        mm_over["post_blend_target"] = args.post_blend_target
-    if getattr(args, "guidance_strength", None) is not None:
-        mm_over["guidance_strength"] = args.guidance_strength
-    if getattr(args, "guidance_start", None) is not None:
-        mm_over["guidance_start"] = args.guidance_start
+    same_name = (
+        "post_blend_target",
+        "guidance_strength",
+        "guidance_start",
+        "main_pass_control_scale",
+        "main_pass_prompt",
+        "pres_mask",
+        "loss_space",
+        "grad_steps",
+    )
+    for name in same_name:  # flags named as the option
+        if getattr(args, name, None) is not None:
+            mm_over[name] = getattr(args, name)
     if getattr(args, "no_main_pass_control", False):
         mm_over["main_pass_control"] = False
-    if getattr(args, "main_pass_control_scale", None) is not None:
-        mm_over["main_pass_control_scale"] = args.main_pass_control_scale
-    if getattr(args, "main_pass_prompt", None) is not None:
-        mm_over["main_pass_prompt"] = args.main_pass_prompt
     for name in ("optimizer", "learning_rate"):  # --learning-rate itself is LoMOE's
         if getattr(args, "multimodal_" + name, None) is not None:
             mm_over[name] = getattr(args, "multimodal_" + name)
-    if getattr(args, "pres_mask", None) is not None:
-        mm_over["pres_mask"] = args.pres_mask
-    if getattr(args, "loss_space", None) is not None:
-        mm_over["loss_space"] = args.loss_space
-    if getattr(args, "grad_steps", None) is not None:
-        mm_over["grad_steps"] = args.grad_steps
     if mm_over:
         mm["multimodal"] = MultimodalOptions(**mm_over)
     if getattr(args, "multimodal_control", None):

@@ -400,9 +400,9 @@ def edit(
         blend = None
         if options.post_blend:
             blend = (edit_w, blend_trajectory(inversion, guid_traj, z0_g, targets.keep, options))
-        main = replace(denoiser, controls=_main_pass_controls(controls, options))
         if options.main_pass_prompt == "source":
-            main.emb = model.encode_prompts([negative_prompt, source_prompt])
+            emb = model.encode_prompts([negative_prompt, source_prompt])
+        main = replace(denoiser, emb=emb, controls=_main_pass_controls(controls, options))
         z_out, _, losses = optimised_pass(
             main, sched, inversion[-1:], 0, options, options.preservation_weight, targets, blend=blend,
             progress_bar=bar, callback=callback,

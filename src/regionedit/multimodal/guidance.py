@@ -90,7 +90,7 @@ class Denoiser:
     prediction type (CFG is linear, so combining v or ε outputs is the same)."""
 
     model: Model
-    emb: torch.Tensor  # (2, tokens, width): negative prompt, target prompt
+    emb: torch.Tensor  # (2, tokens, width): negative prompt, the pass's prompt (target, or source)
     guidance_scale: float
     controls: ControlStack | None
     num_steps: int
