@@ -63,3 +63,23 @@ def test_cli_multimodal_errors(files, tiny_model_dir, capsys, extra, message):
                "--prompt", "a blue circle", "--out", str(out), *FAST, *extra])  # fmt: skip
     assert rc == 2 and message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_readme_recipe_runs_and_sets_its_options(files, tiny_model_dir, capsys, tmp_path):
+    """The README's noisy-space recipe, as written there, on the tiny model (fewer steps)."""
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("regionedit edit --method multimodal --image in.png --mask box.png")
+    command = readme[start : readme.index("```", start)].replace("\\\n", " ")
+    argv = shlex.split(command)[1:]
+    paths = {"in.png": files / "in.png", "box.png": files / "mask.png", "out.png": tmp_path / "out.png"}
+    argv = [str(paths.get(a, a)) for a in argv]
+    argv = [f"edge={files / 'in.png'}" if a.startswith("edge=") else a for a in argv]
+    argv[argv.index("--steps") + 1], argv[argv.index("--optimize-steps") + 1] = "4", "3"
+    argv += ["--model", str(tiny_model_dir), "--controlnet", f"edge={files / 'cn_edge'}"]
+    assert main(argv) == 0, capsys.readouterr().err
+    opts = read_metadata(tmp_path / "out.png")["options"]
+    assert (opts["loss_space"], opts["pres_mask"], opts["main_pass_control"]) == ("noisy", "none", False)
+    assert (opts["learning_rate"], opts["grad_steps"], opts["preservation_weight"]) == (0.1, 20, 0.6)
