@@ -24,6 +24,7 @@ from regionedit import edit_api
 from regionedit.cli import main
 from regionedit.errors import InvalidInputError, InvalidMaskError, NonFiniteError, RegionEditError
 from regionedit.io import load_image
+from regionedit.multimodal import MultimodalOptions
 from regionedit.regions import mask_to_array
 
 from .conftest import box
@@ -309,6 +310,33 @@ def test_sixteen_bit_mask_is_read_as_binary(tmp_path):
     got = mask_to_array(tmp_path / "m16.png") >= 0.5
     assert (got == box(8, 24, 8, 24)).all()
     assert (mask_to_array(arr) >= 0.5).sum() == box(8, 24, 8, 24).sum()  # the same as an array
+
+
+MM = {"method": "multimodal", "options": MultimodalOptions()}
+BAD_MULTIMODAL_REQUESTS = {
+    "two prompts": (dict(MM, prompts=["a", "b"]), "exactly one prompt"),
+    "two masks": (dict(MM, masks=[box(8, 24, 8, 24)] * 2), "at most one mask"),
+    "mask of another size": (dict(MM, masks=[box(0, 8, 0, 8, size=32)]), "image's size"),
+    "negative prompts": (dict(MM, negative_prompts=["x"]), "no negative prompts"),
+    "LoMOE options": (dict(MM, options=regionedit.LoMOEOptions()), "takes MultimodalOptions"),
+    "controls for LoMOE": ({"controls": ["edge=auto"]}, "need the multimodal method"),
+    "malformed control": (dict(MM, controls=["edge"]), "KIND=VALUE"),
+    "unknown kind": (dict(MM, controls=["depth=auto"]), "kind must be one of"),
+    "more scales than controls": (
+        dict(MM, controls=["edge=auto"], control_scales=[1, 2]),
+        "2 control scales",
+    ),
+    "a net without its control": (dict(MM, controlnets={"pose": "x"}), "no pose control"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_MULTIMODAL_REQUESTS))
+def test_bad_multimodal_request_fails_before_any_model(name, image64):
+    kw, fragment = BAD_MULTIMODAL_REQUESTS[name]
+    kw = {"masks": [], "prompts": ["a"], **kw}
+    request = edit_api.EditRequest(image=image64, background_prompt="b", **kw)
+    with pytest.raises(RegionEditError, match=fragment):
+        request.check()
 
 
 # --- edge cases that are accepted -------------------------------------------------------

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from regionedit import edit_api
@@ -241,6 +242,19 @@ BAD_MANIFESTS = {
     "bad option": (json.dumps(_job(1, options={"steps": 0})) + "\n", "num_inference_steps"),
     "seed is a float": (json.dumps(_job(1, seed=1.5)) + "\n", "'seed' must be int"),
     "masks not strings": (json.dumps(_job(1, masks=[1])) + "\n", "list of strings"),
+    "controls without multimodal": (json.dumps(_job(1, controls=["edge=auto"])) + "\n", "need"),
+    "control outside the folder": (
+        json.dumps(_job(1, method="multimodal", options={}, controls=["edge=../e.png"])) + "\n",
+        "outside",
+    ),
+    "malformed control": (
+        json.dumps(_job(1, method="multimodal", options={}, controls=["edge"])) + "\n",
+        "KIND=VALUE",
+    ),
+    "multimodal option typo": (
+        json.dumps(_job(1, method="multimodal", options={"lamda": 1})) + "\n",
+        "unknown option",
+    ),
 }
 
 
@@ -273,3 +287,38 @@ def test_missing_manifest_and_bad_model_exit_2(tmp_path, image64, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "manifest not found" in err[0] and "not found" in err[1]
     assert not os.path.exists(tmp_path / "o" / "job-1.png")
+
+
+def test_multimodal_jobs_equal_the_library_edit(tiny_components, tiny_model_dir, image64, tmp_path):
+    """A multimodal line (edge control, own ControlNet; no mask: estimated) is the library's edit."""
+    from regionedit.multimodal import Condition, MultimodalOptions
+    from regionedit.multimodal import edit as multimodal_edit
+
+    from .test_multimodal import make_controlnet
+
+    folder = _inputs(tmp_path / "data", image64)
+    make_controlnet(tiny_components["unet"], 0).save_pretrained(folder / "cn", safe_serialization=True)
+    opts = {"steps": 4, "grad_steps": 2, "preservation_weight": 0.3}
+    common = {"method": "multimodal", "prompts": ["a blue circle"], "background_prompt": "a red square",
+              "controls": ["edge=auto"], "controlnets": {"edge": "cn"}, "options": opts}  # fmt: skip
+    jobs = [{"id": "boxed", "image": "in.png", "masks": ["m1.png"], **common},
+            {"id": "estimated", "image": "in.png", "seed": 3, **common}]  # fmt: skip
+    out = tmp_path / "out"
+    summary = run_batch(_write_manifest(folder, jobs), out, model=str(tiny_model_dir))
+    assert (summary.done, summary.failed) == (2, 0), summary.failures
+    meta = edit_api.read_metadata(out / "boxed.png")
+    assert meta["method"] == "multimodal" and meta["controls"][0].startswith("edge=")
+    assert meta["options"]["preservation_weight"] == 0.3 and meta["options"]["optimize_steps"] == 2
+
+    from regionedit.multimodal.nets import load_controlnet
+
+    model = edit_api.load_model(str(tiny_model_dir))
+    net = load_controlnet(folder / "cn", model, "edge")
+    for job, mask, seed in (("boxed", folder / "m1.png", 0), ("estimated", None, 3)):
+        ref = multimodal_edit(
+            model, image64, "a blue circle", "a red square", mask=mask, controlnets=[net],
+            conditions=[Condition("edge", "auto")], generator=torch.Generator().manual_seed(seed),
+            options=MultimodalOptions(grad_steps=2, preservation_weight=0.3).at_steps(4),
+        )  # fmt: skip
+        assert np.array_equal(_pixels(out / f"{job}.png"), np.asarray(ref.image)), job
+    assert not np.array_equal(_pixels(out / "boxed.png"), _pixels(out / "estimated.png"))

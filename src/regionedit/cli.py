@@ -249,11 +249,11 @@ def _multimodal_cli():
 
 
 def run_edit(args) -> int:
-    if args.method == "multimodal":
-        return _multimodal_cli().run(args)
     from . import edit_api
 
     spec, base = ({}, Path.cwd()) if args.spec is None else _load_spec(args.spec)
+    if (args.method or spec.get("method")) == "multimodal":
+        return _multimodal_cli().run(args)
 
     def rel(v):
         return None if v is None else str(base / v) if args.spec and not Path(v).is_absolute() else v

@@ -24,11 +24,13 @@ from .errors import (
     PromptCountError,
 )
 from .io import load_image, save_image
-from .lomoe import EditResult, LoMOEOptions
+from .lomoe import LoMOEOptions
 from .lomoe import edit as lomoe_edit
+from .multimodal.options import MultimodalOptions
 from .regions import Region, latent_masks, mask_to_array, validate_regions
 
-METHODS = ("lomoe",)
+METHODS = ("lomoe", "multimodal")
+OPTION_CLASSES = {"lomoe": LoMOEOptions, "multimodal": MultimodalOptions}
 RESIZE_MODES = ("pad", "crop")
 
 
@@ -43,9 +45,13 @@ class EditRequest:
     negative_prompts: list[str] = field(default_factory=list)
     method: str = "lomoe"
     seed: int = 0
-    options: LoMOEOptions = field(default_factory=LoMOEOptions)
+    options: LoMOEOptions | MultimodalOptions = field(default_factory=LoMOEOptions)
     model: str = "mini"
     resize: str | None = None  # None: sizes must fit the model; "pad" or "crop" (see fit_to_model)
+    # multimodal only: the prompt is the target, background_prompt the source caption, at most one mask
+    controls: list[str] = field(default_factory=list)  # "KIND=PATH|auto", e.g. "edge=auto"
+    control_scales: list[float] = field(default_factory=list)  # the first controls' scales
+    controlnets: dict = field(default_factory=dict)  # kind -> diffusers folder (default: bundled)
 
     def check_output(self, out: str | Path, overwrite: bool) -> Path:
         out = Path(out)
@@ -55,12 +61,40 @@ class EditRequest:
             raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
         return out
 
-    def prepare(self) -> tuple[Image.Image, list[Region]]:
-        """Read the image and masks and check counts and sizes; no model needed."""
+    def _check_method(self) -> None:
         if self.method not in METHODS:
             raise InvalidInputError(f"unknown method {self.method!r}; choose one of {METHODS}")
+        if not isinstance(self.options, OPTION_CLASSES[self.method]):
+            raise InvalidOptionError(
+                f"method {self.method!r} takes {OPTION_CLASSES[self.method].__name__}, "
+                f"got {type(self.options).__name__}"
+            )
+        if self.method != "multimodal" and (self.controls or self.control_scales or self.controlnets):
+            raise InvalidInputError("controls, control scales and ControlNets need the multimodal method")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
             raise InvalidInputError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not isinstance(self.background_prompt, str):
+            raise InvalidInputError("background_prompt must be a string")
+
+    def check(self) -> None:
+        """Every check that needs no model, so that bad input fails before a slow load."""
+        if self.method == "multimodal":
+            self.prepare_multimodal()
+        else:
+            self.prepare()
+
+    def prepare_multimodal(self):
+        """Read the image and mask and parse the controls (multimodal): ``(image, mask, conditions)``."""
+        from .multimodal.request import check_request, parse_controls
+
+        self._check_method()
+        image = self.image if isinstance(self.image, Image.Image) else load_image(self.image)
+        mask = check_request(self, image)
+        return image, mask, parse_controls(self)
+
+    def prepare(self) -> tuple[Image.Image, list[Region]]:
+        """Read the image and masks and check counts and sizes; no model needed (LoMOE)."""
+        self._check_method()
         if len(self.masks) != len(self.prompts):
             raise PromptCountError(
                 f"got {len(self.masks)} mask(s) and {len(self.prompts)} prompt(s); give one prompt per mask"
@@ -71,8 +105,6 @@ class EditRequest:
                 f"got {len(self.negative_prompts)} negative prompts for {n} masks; "
                 "give none, one for all, or one per mask"
             )
-        if not isinstance(self.background_prompt, str):
-            raise InvalidInputError("background_prompt must be a string")
         if self.resize not in (None, *RESIZE_MODES):
             raise InvalidInputError(f"resize must be None, 'pad' or 'crop', got {self.resize!r}")
         image = self.image if isinstance(self.image, Image.Image) else load_image(self.image)
@@ -94,7 +126,7 @@ class EditRequest:
 
         from . import __version__
 
-        return {
+        meta = {
             "regionedit": __version__,
             "method": self.method,
             "model": model_name,
@@ -111,6 +143,11 @@ class EditRequest:
                 "transformers": transformers.__version__,
             },
         }
+        if self.method == "multimodal":
+            meta["controls"] = list(self.controls)
+            meta["control_scales"] = list(self.control_scales)
+            meta["controlnets"] = {k: str(v) for k, v in self.controlnets.items()}
+        return meta
 
 
 # Keys of a spec file (CLI --spec) and of a batch manifest line, with their JSON types.
@@ -126,8 +163,11 @@ SPEC_FIELDS = {
     "model": (str,),
     "out": (str,),
     "resize": (str,),
+    "controls": (list, str),
+    "control_scales": (list,),
+    "controlnets": (dict,),
 }
-_LISTS_OF_STR = ("masks", "prompts", "negative_prompts")
+_LISTS_OF_STR = ("masks", "prompts", "negative_prompts", "controls")
 
 
 def check_spec(spec, where: str, fields: dict = SPEC_FIELDS) -> dict:
@@ -151,13 +191,27 @@ def check_spec(spec, where: str, fields: dict = SPEC_FIELDS) -> dict:
                     raise InvalidInputError(
                         f"{where}: {key!r} must be a list of strings, got item {json.dumps(item)[:60]}"
                     )
+        if key == "control_scales" and any(
+            isinstance(v, bool) or not isinstance(v, (int, float)) for v in value
+        ):
+            raise InvalidInputError(
+                f"{where}: 'control_scales' must be a list of numbers, got {json.dumps(value)[:60]}"
+            )
+        if key == "controlnets" and not all(isinstance(v, str) for v in value.values()):
+            raise InvalidInputError(
+                f"{where}: 'controlnets' maps a kind to a folder, got {json.dumps(value)[:60]}"
+            )
         if key == "seed" and not 0 <= value < 2**63:
             raise InvalidInputError(f"{where}: 'seed' must be a non-negative integer, got {value}")
-        if key == "options":
-            try:
-                options_from_dict(value)
-            except InvalidOptionError as exc:
-                raise InvalidOptionError(f"{where}: {exc}") from None
+    method = spec.get("method", "lomoe")
+    given = [k for k in ("controls", "control_scales", "controlnets") if k in spec]
+    if given and method != "multimodal":
+        raise InvalidInputError(f'{where}: {", ".join(given)} need "method": "multimodal"')
+    if "options" in spec:
+        try:
+            options_from_dict(spec["options"], OPTION_CLASSES.get(method, LoMOEOptions))
+        except InvalidOptionError as exc:
+            raise InvalidOptionError(f"{where}: {exc}") from None
     return spec
 
 
@@ -176,7 +230,10 @@ def _json_type_ok(annotation: str, value) -> bool:
 
 
 def options_from_dict(values: dict, cls=LoMOEOptions):
-    """Editor options from a dict of field names (``steps`` is accepted for num_inference_steps)."""
+    """Editor options from a dict of field names (``steps`` is accepted for num_inference_steps).
+
+    Multimodal: ``steps`` without ``optimize_steps`` keeps t_u at the first half of the steps.
+    """
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
@@ -188,6 +245,9 @@ def options_from_dict(values: dict, cls=LoMOEOptions):
             raise InvalidOptionError(f"option {key} must be {expected}, got {json.dumps(value)[:60]}")
         kwargs[key] = value
     try:
+        if cls is MultimodalOptions and "num_inference_steps" in kwargs and "optimize_steps" not in kwargs:
+            steps = kwargs.pop("num_inference_steps")
+            return MultimodalOptions(**kwargs).at_steps(steps)
         return cls(**kwargs)
     except TypeError as exc:  # e.g. a number compared with a string inside __post_init__
         raise InvalidOptionError(f"invalid options {values}: {exc}") from None
@@ -262,8 +322,13 @@ def fit_to_model(image: Image.Image, regions: list[Region], factor: int, mode: s
     return Image.fromarray(np.ascontiguousarray(arr)), regions, box
 
 
-def run(model, request: EditRequest, progress: bool = True, callback=None, inversion=None) -> EditResult:
-    """Run a request on a loaded model; ``inversion`` reuses an earlier one of the same image."""
+def run(model, request: EditRequest, progress: bool = True, callback=None, inversion=None):
+    """Run a request on a loaded model; ``inversion`` reuses an earlier one of the same image (LoMOE).
+
+    Returns the method's result: :class:`EditResult` (LoMOE) or ``MultimodalResult``.
+    """
+    if request.method == "multimodal":
+        return _run_multimodal(model, request, progress, callback, inversion)
     image, regions = request.prepare()
     box = None
     if request.resize is not None and inversion is None:
@@ -303,8 +368,33 @@ def run(model, request: EditRequest, progress: bool = True, callback=None, inver
     return result
 
 
+def _run_multimodal(model, request: EditRequest, progress, callback, inversion):
+    from .multimodal.request import run_request
+
+    if inversion is not None:
+        raise InvalidInputError("reusing an inversion is supported by the LoMOE method only")
+    image, mask, conditions = request.prepare_multimodal()
+    model.check_image_size(image.height, image.width)
+    try:
+        with quiet_libraries():
+            return run_request(model, request, image, mask, conditions, progress=progress, callback=callback)
+    except FloatingPointError as exc:
+        raise NonFiniteError(
+            f"{exc} (model dtype {model.dtype}); run in float32 (CLI: --dtype float32)"
+        ) from None
+
+
+def side_images(result, request: EditRequest) -> dict:
+    """Name suffix -> image written beside the edit by ``save_masks``."""
+    if request.method == "multimodal":
+        from .multimodal.request import side_images as multimodal_side_images
+
+        return multimodal_side_images(result, request)
+    return {f"_mask_{i}": m for i, m in enumerate(result.mask_images, start=1)}
+
+
 def save_result(
-    result: EditResult,
+    result,
     request: EditRequest,
     out: str | Path,
     overwrite: bool = False,
@@ -313,17 +403,17 @@ def save_result(
 ) -> Path:
     """Write the edited PNG (atomically) with every parameter in a ``regionedit`` text chunk."""
     out = request.check_output(out, overwrite)
-    mask_paths = [out.with_name(f"{out.stem}_mask_{i}.png") for i in range(1, len(result.mask_images) + 1)]
+    sides = {out.with_name(f"{out.stem}{k}.png"): im for k, im in side_images(result, request).items()}
     # Check every target first: a refused mask file must not leave the image half-delivered.
-    for p in mask_paths if save_masks else []:
+    for p in sides if save_masks else []:
         if p.exists() and not overwrite:
             raise OutputExistsError(f"{p} exists; pass --overwrite to replace it")
     meta = request.metadata(model_name or request.model)
     meta["timings"] = result.timings
     path = save_image(result.image, out, overwrite=overwrite, text={"regionedit": json.dumps(meta)})
     if save_masks:
-        for m, p in zip(result.mask_images, mask_paths, strict=True):
-            save_image(m, p, overwrite=overwrite)
+        for p, im in sides.items():
+            save_image(im, p, overwrite=overwrite)
     return path
 
 

@@ -12,7 +12,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..edit_api import SPEC_FIELDS, EditRequest, check_spec, options_from_dict
+from ..edit_api import OPTION_CLASSES, SPEC_FIELDS, EditRequest, check_spec, options_from_dict
 from ..errors import InvalidInputError
 
 MANIFEST_FIELDS = {
@@ -38,6 +38,9 @@ class Job:
     seed: int = 0
     options: dict = field(default_factory=dict)
     resize: str | None = None
+    controls: list[str] = field(default_factory=list)  # multimodal: "KIND=PATH|auto", paths resolved
+    control_scales: list[float] = field(default_factory=list)
+    controlnets: dict = field(default_factory=dict)  # multimodal: kind -> folder, resolved
     line: int = 0
     fingerprint: str = ""  # sha256 of the manifest object: tells a changed job from a done one
 
@@ -50,9 +53,12 @@ class Job:
             background_prompt=self.background_prompt,
             method=self.method,
             seed=self.seed,
-            options=options_from_dict(self.options),
+            options=options_from_dict(self.options, OPTION_CLASSES.get(self.method, OPTION_CLASSES["lomoe"])),
             model=model,
             resize=self.resize,
+            controls=list(self.controls),
+            control_scales=list(self.control_scales),
+            controlnets=dict(self.controlnets),
         )
 
     def to_json(self) -> str:
@@ -73,23 +79,34 @@ def _inside(base: Path, value: str, where: str, key: str) -> str:
     return str(path)
 
 
+def _control(base: Path, item: str, where: str) -> str:
+    """``KIND=PATH`` with the path resolved (``KIND=auto`` as it is)."""
+    from ..multimodal.request import split_pairs
+
+    kind, value = split_pairs([item], f"{where}: a control")[0]
+    return f"{kind}={value if value == 'auto' else _inside(base, value, where, f'{kind} control')}"
+
+
 def parse_job(obj, base: Path, where: str) -> Job:
     """Check one manifest object and resolve its paths against ``base`` (already resolved)."""
     check_spec(obj, where, MANIFEST_FIELDS)
-    missing = [k for k in REQUIRED if k not in obj]
+    required = [k for k in REQUIRED if not (k == "masks" and obj.get("method") == "multimodal")]
+    missing = [k for k in required if k not in obj]
     if missing:
         raise InvalidInputError(
-            f"{where}: missing {', '.join(missing)}; every job needs {', '.join(REQUIRED)}"
+            f"{where}: missing {', '.join(missing)}; every job needs {', '.join(required)}"
         )
     if not ID_PATTERN.fullmatch(obj["id"]):
         raise InvalidInputError(
             f"{where}: id {obj['id']!r} must be 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit (it names the output file)"
         )
-    masks = [obj["masks"]] if isinstance(obj["masks"], str) else obj["masks"]
+    masks = obj.get("masks", [])  # multimodal: none estimates the mask
+    masks = [masks] if isinstance(masks, str) else masks
     prompts = [obj["prompts"]] if isinstance(obj["prompts"], str) else obj["prompts"]
     negatives = obj.get("negative_prompts", [])
     negatives = [negatives] if isinstance(negatives, str) else negatives
+    controls = [obj["controls"]] if isinstance(obj.get("controls"), str) else obj.get("controls", [])
     canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"))
     return Job(
         id=obj["id"],
@@ -102,6 +119,11 @@ def parse_job(obj, base: Path, where: str) -> Job:
         seed=obj.get("seed", 0),
         options=dict(obj.get("options", {})),
         resize=obj.get("resize"),
+        controls=[_control(base, c, where) for c in controls],
+        control_scales=list(obj.get("control_scales", [])),
+        controlnets={
+            k: _inside(base, v, where, f"{k} ControlNet") for k, v in obj.get("controlnets", {}).items()
+        },
         line=0,
         fingerprint=hashlib.sha256(canonical.encode()).hexdigest(),
     )

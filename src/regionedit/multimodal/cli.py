@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-from pathlib import Path
 
 from ..errors import InvalidInputError
-from .nets import load_controlnet, mini_controlnet_path
 from .options import MultimodalOptions
 
 FLAG_NAMES = {"num_inference_steps": "steps", "preservation_weight": "lambda"}
@@ -63,94 +60,45 @@ def options_from_args(args) -> MultimodalOptions:
     return MultimodalOptions(**values)
 
 
-def _pairs(items, what: str) -> list[tuple[str, str]]:
-    out = []
-    for item in items or []:
-        kind, sep, value = item.partition("=")
-        if not sep or not kind or not value:
-            raise InvalidInputError(f"{what} must look like KIND=VALUE (e.g. edge=auto), got {item!r}")
-        out.append((kind.strip(), value.strip()))
-    return out
-
-
-def _conditions(args):
-    from .conditions import Condition
-
-    pairs = _pairs(args.control, "--control")
-    scales = args.control_scale or []
-    if len(scales) > len(pairs):
-        raise InvalidInputError(f"got {len(scales)} --control-scale for {len(pairs)} --control")
-    conds = []
-    for i, (kind, value) in enumerate(pairs):
-        scale = scales[i] if i < len(scales) else None
-        conds.append(Condition(kind, value, scale=scale))
-    return conds
-
-
-def _controlnets(args, conditions, model):
-    given = dict(_pairs(args.controlnet, "--controlnet"))
-    nets = {}
-    for c in conditions:
-        if c.kind not in nets:
-            path = Path(given[c.kind]) if c.kind in given else mini_controlnet_path(c.kind)
-            nets[c.kind] = load_controlnet(path, model, c.kind, given=c.kind in given)
-    return nets
-
-
 def run(args) -> int:
-    """Handler of ``edit --method multimodal``."""
-    import torch
-
+    """Handler of ``edit --method multimodal``: flags to an ``EditRequest``, run by ``edit_api``."""
     from .. import edit_api
-    from ..io import load_image, save_image
-    from .editor import edit
+    from .request import split_pairs
 
     if args.spec:
         raise InvalidInputError("--spec is not supported with --method multimodal yet; pass the flags")
-    if getattr(args, "resize", None):
-        raise InvalidInputError(
-            "--resize is not supported with --method multimodal yet; resize the image first"
-        )
     if not args.image or not args.out:
         raise InvalidInputError("--method multimodal needs --image IN and --out OUT.png")
     if not args.prompt or len(args.prompt) != 1:
         raise InvalidInputError("--method multimodal takes exactly one --prompt (the target prompt)")
     if args.mask and len(args.mask) > 1:
         raise InvalidInputError("--method multimodal takes at most one --mask (white = may change)")
-    out = Path(args.out)
-    if out.suffix.lower() != ".png":
-        raise InvalidInputError(f"output {out} must end in .png (parameters are stored in a PNG chunk)")
-    if out.exists() and not args.overwrite:
-        raise InvalidInputError(f"{out} exists; pass --overwrite to replace it")
-    source = args.source_prompt if args.source_prompt is not None else (args.background_prompt or "")
-    options = options_from_args(args)
-    conditions = _conditions(args)
-    image = load_image(args.image)
-    seed = 0 if args.seed is None else args.seed
-    model = edit_api.load_model(args.model or "mini", args.device, args.dtype, args.allow_pickle)
-    nets = _controlnets(args, conditions, model)
-    result = edit(
-        model, image, args.prompt[0], source, mask=args.mask[0] if args.mask else None,
-        controlnets=nets, conditions=conditions, options=options,
-        generator=torch.Generator().manual_seed(seed), progress=True,
-    )  # fmt: skip
-    meta = {
-        "method": "multimodal",
-        "model": args.model or "mini",
-        "seed": seed,
-        "prompt": args.prompt[0],
-        "source_prompt": source,
-        "mask": args.mask[0] if args.mask else None,
-        "controls": [f"{c.kind}={c.source}" for c in conditions],
-        "control_scales": args.control_scale,
-        "options": dataclasses.asdict(options),
-        "timings": result.timings,
-    }
-    path = save_image(result.image, out, overwrite=args.overwrite, text={"regionedit": json.dumps(meta)})
-    if args.save_masks:
-        save_image(result.mask_image, out.with_name(f"{out.stem}_mask.png"), overwrite=True)
-        save_image(result.guidance_image, out.with_name(f"{out.stem}_guidance.png"), overwrite=True)
-        for c, im in zip(conditions, result.control_images, strict=True):
-            save_image(im, out.with_name(f"{out.stem}_control_{c.kind}.png"), overwrite=True)
-    print(path)
+    split_pairs(args.control, "--control")  # flag-worded errors before anything is read
+    if len(args.control_scale or []) > len(args.control or []):
+        raise InvalidInputError(
+            f"got {len(args.control_scale)} --control-scale for {len(args.control or [])} --control"
+        )
+    request = edit_api.EditRequest(
+        image=args.image,
+        masks=list(args.mask or []),
+        prompts=list(args.prompt),
+        background_prompt=args.source_prompt
+        if args.source_prompt is not None
+        else (args.background_prompt or ""),
+        method="multimodal",
+        seed=0 if args.seed is None else args.seed,
+        options=options_from_args(args),
+        model=args.model or "mini",
+        resize=getattr(args, "resize", None),
+        controls=list(args.control or []),
+        control_scales=list(args.control_scale or []),
+        controlnets=dict(split_pairs(args.controlnet, "--controlnet")),
+    )
+    request.check_output(args.out, args.overwrite)
+    request.check()  # read and check inputs before the slow model load
+    model = edit_api.load_model(request.model, args.device, args.dtype, args.allow_pickle)
+    result = edit_api.run(model, request, progress=True)
+    print(
+        edit_api.save_result(result, request, args.out, overwrite=args.overwrite, save_masks=args.save_masks)
+    )
     return 0

@@ -1,0 +1,106 @@
+"""A multi-modal edit from plain request data (CLI flags, a batch manifest line, the UI).
+
+Controls are ``"KIND=VALUE"`` strings as on the command line: ``edge=PATH``, ``edge=auto``,
+``pose=KEYPOINTS.json``; ControlNets are named per kind (a diffusers folder), the mini model's
+bundled ones otherwise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InvalidInputError, InvalidMaskError, PromptCountError
+from ..regions import mask_to_array
+from .conditions import Condition
+from .nets import load_controlnet, mini_controlnet_path
+
+
+def split_pairs(items, what: str) -> list[tuple[str, str]]:
+    """``["edge=auto", ...]`` -> ``[("edge", "auto"), ...]``, with a clear error for a bad item."""
+    out = []
+    for item in items or []:
+        kind, sep, value = str(item).partition("=")
+        if not sep or not kind.strip() or not value.strip():
+            raise InvalidInputError(f"{what} must look like KIND=VALUE (e.g. edge=auto), got {item!r}")
+        out.append((kind.strip(), value.strip()))
+    return out
+
+
+def conditions_from(controls, scales) -> list[Condition]:
+    """One :class:`Condition` per ``KIND=VALUE``; ``scales`` gives the first ones their scale."""
+    pairs = split_pairs(controls, "a control")
+    scales = list(scales or [])
+    if len(scales) > len(pairs):
+        raise InvalidInputError(f"got {len(scales)} control scales for {len(pairs)} controls")
+    return [Condition(kind, value, scale=scales[i] if i < len(scales) else None) for i, (kind, value) in
+            enumerate(pairs)]  # fmt: skip
+
+
+def parse_controls(request) -> list[Condition]:
+    """The request's conditions; every ControlNet it names must serve one of them."""
+    conditions = conditions_from(request.controls, request.control_scales)
+    for kind in request.controlnets:
+        if kind not in {c.kind for c in conditions}:
+            raise InvalidInputError(f"a ControlNet is given for {kind} but there is no {kind} control")
+    return conditions
+
+
+def check_request(request, image) -> np.ndarray | None:
+    """The request's counts and mask size for this method; returns the mask (None: estimate one)."""
+    if len(request.prompts) != 1:
+        raise PromptCountError(
+            f"the multimodal method takes exactly one prompt (the target prompt), got {len(request.prompts)}"
+        )
+    if len(request.masks) > 1:
+        raise InvalidMaskError(
+            f"the multimodal method takes at most one mask (white = may change), got {len(request.masks)}"
+        )
+    if request.negative_prompts:
+        raise InvalidInputError("the multimodal method takes no negative prompts")
+    if request.resize is not None:
+        raise InvalidInputError(
+            "resize is not supported by the multimodal method yet; resize the image first"
+        )
+    if not request.masks:
+        return None
+    mask = mask_to_array(request.masks[0], what="mask")
+    if mask.shape != (image.height, image.width):
+        raise InvalidMaskError(
+            f"the mask is {mask.shape[-1]}x{mask.shape[0]} but the image is {image.width}x{image.height}; "
+            "it must have the image's size"
+        )
+    return mask
+
+
+def load_nets(model, conditions: list[Condition], given: dict) -> dict:
+    """The ControlNet of each condition kind: ``given[kind]`` or the mini model's bundled one."""
+    nets = {}
+    for c in conditions:
+        if c.kind not in nets:
+            path = Path(given[c.kind]) if c.kind in given else mini_controlnet_path(c.kind)
+            nets[c.kind] = load_controlnet(path, model, c.kind, given=c.kind in given)
+    return nets
+
+
+def run_request(model, request, image, mask, conditions, progress: bool = True, callback=None):
+    """Run a request (``edit_api.EditRequest``, multimodal) checked by its ``prepare_multimodal``."""
+    from .editor import edit
+
+    nets = load_nets(model, conditions, request.controlnets)
+    return edit(
+        model, image, request.prompts[0], request.background_prompt, mask=mask, controlnets=nets,
+        conditions=conditions, options=request.options, generator=torch.Generator().manual_seed(request.seed),
+        progress=progress, callback=callback,
+    )  # fmt: skip
+
+
+def side_images(result, request) -> dict:
+    """Name suffix -> image of what ``--save-masks`` writes beside the edit."""
+    out = {"_mask": result.mask_image, "_guidance": result.guidance_image}
+    for (kind, _), im in zip(split_pairs(request.controls, "a control"), result.control_images, strict=True):
+        name = f"_control_{kind}"
+        out[name if name not in out else f"{name}_{len(out)}"] = im  # two of a kind: keep both
+    return out
