@@ -83,3 +83,9 @@ def test_readme_recipe_runs_and_sets_its_options(files, tiny_model_dir, capsys, 
     opts = read_metadata(tmp_path / "out.png")["options"]
     assert (opts["loss_space"], opts["pres_mask"], opts["main_pass_control"]) == ("noisy", "none", False)
     assert (opts["learning_rate"], opts["grad_steps"], opts["preservation_weight"]) == (0.1, 20, 0.6)
+    from regionedit.models.mini import MINI_MULTIMODAL  # the UI's settings for the mini model
+
+    assert f"--steps {MINI_MULTIMODAL['num_inference_steps']} " in command
+    assert f"--optimize-steps {MINI_MULTIMODAL['optimize_steps']} " in command
+    same = ("grad_steps", "learning_rate", "loss_space", "pres_mask", "main_pass_control")
+    assert all(opts[k] == MINI_MULTIMODAL[k] for k in same)

@@ -72,14 +72,42 @@ def editor_value(tmp_path, image: Image.Image, masks: list) -> dict:
     return value
 
 
-def call_edit(client, value, background=CAPTION, prompts=(), negatives=(), seed=0, steps=2):
+def call_edit(client, value, background=CAPTION, prompts=(), negatives=(), seed=0, steps=2, method="lomoe",
+              lam=0.6, kind="edge", control=None):  # fmt: skip
     prompts = list(prompts) + [""] * (MAX_OBJECTS - len(prompts))
     negatives = list(negatives) + [""] * (MAX_OBJECTS - len(negatives))
+    control = None if control is None else gradio_client.handle_file(str(control))
     return client.predict(
-        value, background, "lomoe", steps, seed, FAST.guidance_scale, FAST.cross_attention_weight,
-        FAST.background_weight, FAST.bootstrap_steps, FAST.feather, True, *prompts, *negatives,
-        api_name="/edit",
+        value, background, method, steps, seed, FAST.guidance_scale, FAST.cross_attention_weight,
+        FAST.background_weight, FAST.bootstrap_steps, FAST.feather, True, *prompts, *negatives, lam, kind,
+        control, api_name="/edit",
     )  # fmt: skip
+
+
+def test_multimodal_edit_with_a_painted_region_and_an_edge_map(server, image64, tmp_path):
+    from regionedit.multimodal import canny_edges
+
+    _, client = server
+    m1 = box(8, 40, 8, 40)
+    canny_edges(image64).save(tmp_path / "edges.png")
+    value = editor_value(tmp_path, image64, [m1])
+    *_, result, png, status = call_edit(client, value, prompts=["a blue circle"], method="multimodal", lam=0.3,
+                                        control=tmp_path / "edges.png", seed=2)  # fmt: skip
+    meta = read_metadata(png)
+    assert meta["method"] == "multimodal" and meta["prompts"] == ["a blue circle"]
+    assert meta["background_prompt"] == CAPTION and meta["controls"] == ["edge=<image>"]
+    assert meta["options"]["preservation_weight"] == 0.3 and meta["options"]["num_inference_steps"] == 2
+    assert "your mask" in status and "edge map" in status and "λ = 0.3" in status
+    out = np.asarray(Image.open(result).convert("RGB")).astype(int)
+    assert np.abs(out - np.asarray(image64).astype(int)).mean() > 1  # it edited something
+
+    *_, status = call_edit(client, editor_value(tmp_path, image64, [None]), prompts=["a blue circle"],
+                           method="multimodal")  # fmt: skip
+    assert "an estimated mask" in status
+    with pytest.raises(gradio_client.exceptions.AppError, match="paint layer 1 only"):
+        call_edit(client, editor_value(tmp_path, image64, [m1, m1]), prompts=["a"], method="multimodal")
+    with pytest.raises(gradio_client.exceptions.AppError, match="prompt 2 is filled in"):
+        call_edit(client, value, prompts=["a", "b"], method="multimodal")
 
 
 def test_edit_two_layers_keeps_background_and_embeds_parameters(server, image64, tmp_path):
@@ -240,15 +268,17 @@ def test_serve_command_starts_a_working_app(tiny_model_dir, tmp_path):
 
 def test_serve_starts_the_mini_model_from_its_measured_settings(monkeypatch):
     from regionedit.cli import main
-    from regionedit.models.mini import MINI_LOMOE
+    from regionedit.models.mini import MINI_LOMOE, MINI_MULTIMODAL
     from regionedit.ui import app as ui_app
 
     seen = {}
-    monkeypatch.setattr(ui_app, "build_app", lambda model, **kw: seen.setdefault("options", kw["options"]))
+    monkeypatch.setattr(ui_app, "build_app", lambda model, **kw: seen.update(kw))
     monkeypatch.setattr(ui_app, "launch", lambda *a, **kw: None)
     monkeypatch.setattr("regionedit.edit_api.load_model", lambda *a: object())
     assert main(["serve"]) == 0
-    opts = seen.pop("options")
+    opts, mm = seen["options"], seen["multimodal_options"]
     assert opts.paste_back and all(getattr(opts, k) == v for k, v in MINI_LOMOE.items())
+    assert all(getattr(mm, k) == v for k, v in MINI_MULTIMODAL.items())
     assert main(["serve", "--model", "some/folder"]) == 0
     assert seen["options"].guidance_scale == 7.5  # other models start from the paper's defaults
+    assert seen["multimodal_options"] is None  # (the spec's, in build_app)

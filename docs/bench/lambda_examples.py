@@ -14,19 +14,11 @@ from PIL import Image, ImageDraw, ImageFont
 
 from regionedit import load
 from regionedit.bench.datasets import shapes_bench
+from regionedit.models.mini import MINI_MULTIMODAL
 from regionedit.multimodal import Condition, MultimodalOptions, canny_edges, edit
 from regionedit.multimodal.nets import load_controlnet, mini_controlnet_path
 
 LAMBDAS = (0.0, 0.6, 1.0)
-RECIPE = MultimodalOptions(
-    num_inference_steps=20,
-    optimize_steps=15,
-    grad_steps=20,
-    learning_rate=0.1,
-    loss_space="noisy",
-    pres_mask="none",
-    main_pass_control=False,
-)
 CELL, HEAD = 192, 22
 
 
@@ -37,7 +29,7 @@ def row(model, net, item) -> list[Image.Image]:
     ImageDraw.Draw(shown).rectangle([xs.min(), ys.min(), xs.max(), ys.max()], outline=(255, 0, 255))
     cells, guidance = [shown, edges], None
     for lam in LAMBDAS:  # the guidance pass does not depend on λ: computed once, reused
-        opts = MultimodalOptions(**{**RECIPE.__dict__, "preservation_weight": lam})
+        opts = MultimodalOptions(**MINI_MULTIMODAL, preservation_weight=lam)
         res = edit(model, Image.fromarray(item.image), item.target_caption, item.source_caption,
                    mask=item.masks[0], controlnets=[net], conditions=[Condition("edge", edges)],
                    options=opts, generator=torch.Generator().manual_seed(0), guidance=guidance)  # fmt: skip

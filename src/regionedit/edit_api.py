@@ -49,7 +49,7 @@ class EditRequest:
     model: str = "mini"
     resize: str | None = None  # None: sizes must fit the model; "pad" or "crop" (see fit_to_model)
     # multimodal only: the prompt is the target, background_prompt the source caption, at most one mask
-    controls: list[str] = field(default_factory=list)  # "KIND=PATH|auto", e.g. "edge=auto"
+    controls: list = field(default_factory=list)  # "KIND=PATH|auto" (e.g. "edge=auto") or Condition
     control_scales: list[float] = field(default_factory=list)  # the first controls' scales
     controlnets: dict = field(default_factory=dict)  # kind -> diffusers folder (default: bundled)
 
@@ -144,7 +144,9 @@ class EditRequest:
             },
         }
         if self.method == "multimodal":
-            meta["controls"] = list(self.controls)
+            from .multimodal.request import control_names
+
+            meta["controls"] = control_names(self.controls)
             meta["control_scales"] = list(self.control_scales)
             meta["controlnets"] = {k: str(v) for k, v in self.controlnets.items()}
         return meta

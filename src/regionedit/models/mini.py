@@ -32,6 +32,20 @@ MINI_LOMOE = {
     "background_blend": True,
 }
 
+# The multi-modal editor's settings measured on the mini model and its edge ControlNet
+# (BENCHMARKS.md, session 17): losses in noisy space over the whole image, 20 Adam steps at 0.1
+# on the first 15 of 20 steps, conditions in the guidance pass only. λ = 0.6 reached 80.0% of
+# target shapes at 33.8 dB background PSNR, and λ traded them (26.7% at λ = 1, 34.1 dB).
+MINI_MULTIMODAL = {
+    "num_inference_steps": 20,
+    "optimize_steps": 15,
+    "grad_steps": 20,
+    "learning_rate": 0.1,
+    "loss_space": "noisy",
+    "pres_mask": "none",
+    "main_pass_control": False,
+}
+
 VOCAB_WORDS = (
     ["a", "an", "the", "and", "on", "background", "object", ","]
     + list(COLOURS)

@@ -7,6 +7,7 @@ bundled ones otherwise.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +31,21 @@ def split_pairs(items, what: str) -> list[tuple[str, str]]:
 
 
 def conditions_from(controls, scales) -> list[Condition]:
-    """One :class:`Condition` per ``KIND=VALUE``; ``scales`` gives the first ones their scale."""
-    pairs = split_pairs(controls, "a control")
+    """One :class:`Condition` per ``KIND=VALUE`` string (or Condition); ``scales`` go to the first ones."""
     scales = list(scales or [])
-    if len(scales) > len(pairs):
-        raise InvalidInputError(f"got {len(scales)} control scales for {len(pairs)} controls")
-    return [Condition(kind, value, scale=scales[i] if i < len(scales) else None) for i, (kind, value) in
-            enumerate(pairs)]  # fmt: skip
+    if len(scales) > len(controls or []):
+        raise InvalidInputError(f"got {len(scales)} control scales for {len(controls or [])} controls")
+    out = []
+    for i, item in enumerate(controls or []):
+        cond = item if isinstance(item, Condition) else Condition(*split_pairs([item], "a control")[0])
+        out.append(replace(cond, scale=scales[i]) if i < len(scales) else cond)
+    return out
+
+
+def control_names(controls) -> list[str]:
+    """How controls are recorded in metadata: ``KIND=VALUE``, ``KIND=<image>`` for in-memory maps."""
+    return [item if isinstance(item, str) else f"{item.kind}=" + (str(item.source) if isinstance(
+        item.source, (str, Path)) else "<image>") for item in controls]  # fmt: skip
 
 
 def parse_controls(request) -> list[Condition]:
@@ -100,7 +109,8 @@ def run_request(model, request, image, mask, conditions, progress: bool = True, 
 def side_images(result, request) -> dict:
     """Name suffix -> image of what ``--save-masks`` writes beside the edit."""
     out = {"_mask": result.mask_image, "_guidance": result.guidance_image}
-    for (kind, _), im in zip(split_pairs(request.controls, "a control"), result.control_images, strict=True):
+    kinds = [c.kind for c in conditions_from(request.controls, request.control_scales)]
+    for kind, im in zip(kinds, result.control_images, strict=True):
         name = f"_control_{kind}"
         out[name if name not in out else f"{name}_{len(out)}"] = im  # two of a kind: keep both
     return out

@@ -14,11 +14,13 @@ from PIL import Image
 from .. import edit_api
 from ..errors import RegionEditError
 from ..lomoe.options import LoMOEOptions
-from .engine import DEFAULT_MAX_PIXELS, LAYER_COLOURS, MAX_OBJECTS, Engine, options_with
+from ..multimodal.options import MultimodalOptions
+from .engine import DEFAULT_MAX_PIXELS, LAYER_COLOURS, MAX_OBJECTS, Engine, multimodal_at_steps, options_with
 
 log = logging.getLogger(__name__)
 
-METHOD_LABELS = {"lomoe": "LoMOE"}  # the multi-modal method joins when edit_api offers it
+METHOD_LABELS = {"lomoe": "LoMOE", "multimodal": "Multi-modal (λ-weighted optimisation)"}
+CONTROL_KINDS = ("edge", "scribble")  # the kinds with a bundled mini ControlNet
 VISIBLE_ROWS = 3  # prompt rows shown; the rest sit in an accordion
 
 INTRO = """\
@@ -26,6 +28,9 @@ INTRO = """\
 Upload an image (or load a shapes-world example), paint each object to change on **its own layer**
 (layer *n* uses prompt *n*), describe the input in the background prompt, and press **Edit**.
 Re-editing the same image reuses its inversion, so later edits are faster.
+**Multi-modal**: layer 1 is the region (leave it empty to have it estimated), prompt 1 the target
+caption, the background prompt the input's caption; add an edge, scribble, pose or layout map
+and set λ (higher keeps more of the input).
 """
 
 
@@ -104,6 +109,7 @@ def build_app(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     output_dir=None,
     example_size: int | None = None,
+    multimodal_options: MultimodalOptions | None = None,
 ):
     """Build the Gradio Blocks app around a loaded model (nothing is launched).
 
@@ -115,10 +121,13 @@ def build_app(
         max_pixels: larger images are refused with a message.
         output_dir: where edited PNGs are written (a temporary folder by default).
         example_size: side of the shapes-world examples (default: the model's native size).
+        multimodal_options: the multi-modal method's settings (the spec's by default); the page
+            sets its steps (keeping the share of optimised steps), guidance scale and λ.
     """
     gr = import_gradio()
     engine = Engine(model, model_name, max_pixels=max_pixels, output_dir=output_dir)
     base = options or LoMOEOptions(paste_back=True)
+    mm_base = multimodal_options or MultimodalOptions()
 
     brush_size = max(2, model.native_size // 16)  # radius; "auto" (25) covers half a 64x64 image
 
@@ -181,7 +190,6 @@ def build_app(
                     [(label, name) for name, label in METHOD_LABELS.items() if name in edit_api.METHODS],
                     value="lomoe",
                     label="Method",
-                    info="multi-modal editing will join later",
                     elem_id="method",
                 )
                 with gr.Row():
@@ -204,6 +212,18 @@ def build_app(
                     paste_back = gr.Checkbox(
                         base.paste_back, label="Keep original pixels outside the masks", elem_id="paste-back"
                     )
+                with gr.Accordion("Multi-modal method", open=False):
+                    lam = gr.Slider(
+                        0, 1, value=mm_base.preservation_weight, step=0.05, elem_id="lambda",
+                        label="λ: preservation weight (0 follows the instruction, 1 keeps the input)",
+                    )  # fmt: skip
+                    control_kind = gr.Dropdown(
+                        list(CONTROL_KINDS), value="edge", label="Layout map kind", elem_id="control-kind"
+                    )
+                    control_image = gr.Image(
+                        label="Layout map (optional; the input's size)", type="numpy", image_mode="RGB",
+                        format="png", sources=("upload", "clipboard"), elem_id="control-image",
+                    )  # fmt: skip
                 run = gr.Button("Edit", variant="primary", elem_id="run")
         status = gr.Markdown(elem_id="status")
         with gr.Row():
@@ -222,9 +242,30 @@ def build_app(
             value, background_prompt, method_name, n_steps, seed_value, g, xa, bw, boot, fe, paste,
             *texts, progress=gr.Progress(),  # noqa: B008 - gradio injects progress this way
         ):  # fmt: skip
-            prompt_texts, negative_texts = list(texts[:MAX_OBJECTS]), list(texts[MAX_OBJECTS:])
+            prompt_texts, negative_texts = (
+                list(texts[:MAX_OBJECTS]),
+                list(texts[MAX_OBJECTS : 2 * MAX_OBJECTS]),
+            )
+            lam_value, kind, control = texts[2 * MAX_OBJECTS :] or (mm_base.preservation_weight, "edge", None)
             try:
                 image, layers = editor_to_inputs(value)
+                if method_name == "multimodal":
+                    mm = multimodal_at_steps(mm_base, n_steps)
+                    mm = options_with(mm, guidance_scale=g, preservation_weight=float(lam_value))
+                    total = mm.num_inference_steps * 2  # the guidance pass, then the main pass
+                    progress(0, desc="inverting")
+
+                    done = [0]
+
+                    def mm_callback(step, info):  # step restarts with the main pass: count calls
+                        done[0] += 1
+                        progress((min(done[0], total), total), desc="editing", unit="steps")
+
+                    out = engine.edit_multimodal(
+                        image, layers, prompt_texts, background_prompt, control=control, control_kind=kind,
+                        seed=int(seed_value or 0), options=mm, callback=mm_callback,
+                    )  # fmt: skip
+                    return image, out.overlay, out.image, str(out.png_path), out.message
                 opts = options_with(
                     base,
                     num_inference_steps=n_steps,
@@ -272,7 +313,7 @@ def build_app(
         run.click(
             on_edit,
             inputs=[editor, background, method, steps, seed, guidance, xa_weight, bg_weight, bootstrap, feather,
-                    paste_back, *prompts, *negatives],
+                    paste_back, *prompts, *negatives, lam, control_kind, control_image],
             outputs=[shown_input, shown_masks, shown_result, download, status],
             api_name="edit",
             concurrency_limit=1,  # one model, one edit at a time

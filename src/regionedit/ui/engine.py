@@ -23,6 +23,8 @@ from .. import edit_api
 from ..errors import ImageSizeError, InvalidInputError, InvalidMaskError, PromptCountError
 from ..inversion import Inversion
 from ..lomoe.options import LoMOEOptions
+from ..multimodal.conditions import Condition
+from ..multimodal.options import MultimodalOptions
 
 log = logging.getLogger(__name__)
 
@@ -236,10 +238,7 @@ class Engine:
             self.cache.put(key, result.inversion, result.timings["invert_seconds"])
         else:
             self.cache.put(key, result.inversion, first_invert_seconds)
-        with self._lock:
-            self._count += 1
-            name = f"regionedit-{self._count:04d}-{time.strftime('%H%M%S')}.png"
-        path = edit_api.save_result(result, request, self.output_dir / name, model_name=self.model_name)
+        path = self._save(result, request)
         t = result.timings
         layer_text = ", ".join(f"layer {n}: {p!r}" for n, p in zip(numbers, used, strict=True))
         if inversion is not None:
@@ -262,10 +261,76 @@ class Engine:
             timings={**t, "first_invert_seconds": first_invert_seconds},
         )
 
+    def edit_multimodal(
+        self,
+        image: Image.Image | None,
+        layers: list,
+        prompts: list[str],
+        source_prompt: str,
+        control=None,
+        control_kind: str = "edge",
+        seed: int = 0,
+        options: MultimodalOptions | None = None,
+        callback=None,
+    ) -> UIResult:
+        """The multi-modal method: layer 1 is the mask (unpainted: estimated), prompt 1 the
+        target, the background prompt the source caption; ``control`` an optional layout map."""
+        image = self.check_image(image)
+        painted = [
+            i for i, layer in enumerate(layers, start=1) if layer is not None and painted_mask(layer).any()
+        ]
+        if any(i > 1 for i in painted):
+            raise InvalidMaskError(
+                f"layer {max(painted)} is painted; the multi-modal method edits one region: paint layer 1 "
+                "only (or nothing, to have the mask estimated)"
+            )
+        extra = [i for i, p in enumerate(prompts, start=1) if i > 1 and (p or "").strip()]
+        if extra:
+            raise PromptCountError(
+                f"prompt {extra[0]} is filled in; the multi-modal method uses prompt 1 (the target) only"
+            )
+        target = (prompts[0] if prompts else "").strip()
+        if not target:
+            raise PromptCountError("prompt 1 is empty; say what the image should become (the target prompt)")
+        masks = []
+        if painted:
+            masks = collect_regions(layers[:1], [target], [], (image.height, image.width))[0]
+        controls = [] if control is None else [Condition(control_kind, np.asarray(control))]
+        request = edit_api.EditRequest(
+            image=image,
+            masks=masks,
+            prompts=[target],
+            background_prompt=(source_prompt or "").strip(),
+            method="multimodal",
+            seed=int(seed),
+            options=options or MultimodalOptions(),
+            model=self.model_name,
+            controls=controls,
+        )
+        result = edit_api.run(self.model, request, progress=False, callback=callback)
+        path = self._save(result, request)
+        t = result.timings
+        how = "your mask" if painted else "an estimated mask"
+        message = (
+            f"Edited in {t['seconds']:.1f} s (guidance pass {t.get('guidance_seconds', 0.0):.1f} s, "
+            f"main pass {t['main_seconds']:.1f} s) with {how}"
+            + (f" and the {control_kind} map" if controls else "")
+            + f" at λ = {request.options.preservation_weight:g}."
+        )
+        mask = np.asarray(result.mask_image) > 127
+        return UIResult(result.image, mask_overlay(image, [mask]), path, message, False, dict(t))
 
-def options_with(base: LoMOEOptions, **changes) -> LoMOEOptions:
-    """``base`` with the page's values; ints stay ints (gradio sends numbers as floats)."""
-    fields = {f.name: f for f in dataclasses.fields(LoMOEOptions)}
+    def _save(self, result, request) -> Path:
+        with self._lock:
+            self._count += 1
+            name = f"regionedit-{self._count:04d}-{time.strftime('%H%M%S')}.png"
+        return edit_api.save_result(result, request, self.output_dir / name, model_name=self.model_name)
+
+
+def options_with(base, **changes):
+    """``base`` (LoMOE or multimodal options) with the page's values; ints stay ints (gradio
+    sends numbers as floats)."""
+    fields = {f.name: f for f in dataclasses.fields(base)}
     clean = {}
     for name, value in changes.items():
         if value is None:
@@ -274,3 +339,10 @@ def options_with(base: LoMOEOptions, **changes) -> LoMOEOptions:
             value = int(value)
         clean[name] = value
     return dataclasses.replace(base, **clean)
+
+
+def multimodal_at_steps(base: MultimodalOptions, steps: int) -> MultimodalOptions:
+    """``base`` at ``steps`` DDIM steps with the same share of optimised steps (t_u / N)."""
+    steps = int(steps)
+    t_u = round(steps * base.optimize_steps / base.num_inference_steps)
+    return dataclasses.replace(base, num_inference_steps=steps, optimize_steps=min(t_u, steps))
