@@ -44,8 +44,13 @@ def conditions_from(controls, scales) -> list[Condition]:
 
 def control_names(controls) -> list[str]:
     """How controls are recorded in metadata: ``KIND=VALUE``, ``KIND=<image>`` for in-memory maps."""
-    return [item if isinstance(item, str) else f"{item.kind}=" + (str(item.source) if isinstance(
-        item.source, (str, Path)) else "<image>") for item in controls]  # fmt: skip
+    names = []
+    for item in controls:
+        if isinstance(item, str):
+            names.append(item)
+        else:
+            names.append(f"{item.kind}={item.source if isinstance(item.source, (str, Path)) else '<image>'}")
+    return names
 
 
 def parse_controls(request) -> list[Condition]:
