@@ -89,3 +89,25 @@ def test_readme_recipe_runs_and_sets_its_options(files, tiny_model_dir, capsys, 
     assert f"--optimize-steps {MINI_MULTIMODAL['optimize_steps']} " in command
     same = ("grad_steps", "learning_rate", "loss_space", "pres_mask", "main_pass_control")
     assert all(opts[k] == MINI_MULTIMODAL[k] for k in same)
+
+
+def test_spec_file_with_relative_paths_equals_the_flags(files, tiny_model_dir, capsys, tmp_path):
+    """A multimodal --spec (paths relative to it) gives the flags' edit; flags override the spec."""
+    spec = {"method": "multimodal", "image": "in.png", "masks": "mask.png", "prompts": ["a blue circle"],
+            "background_prompt": "a red square", "controls": ["edge=auto"], "controlnets": {"edge": "cn_edge"},
+            "options": {"steps": 4, "optimize_steps": 2, "grad_steps": 2, "preservation_weight": 0.8}}  # fmt: skip
+    (files / "spec.json").write_text(json.dumps(spec))
+    model = ["--model", str(tiny_model_dir)]
+    assert main(["edit", "--spec", str(files / "spec.json"), "--lambda", "0.5", "--out", str(tmp_path / "a.png"),
+                 *model]) == 0, capsys.readouterr().err  # fmt: skip
+    assert main(["edit", "--method", "multimodal", "--image", str(files / "in.png"), "--mask", str(files / "mask.png"),
+                 "--prompt", "a blue circle", "--source-prompt", "a red square", "--control", "edge=auto",
+                 "--controlnet", f"edge={files / 'cn_edge'}", "--lambda", "0.5", "--out", str(tmp_path / "b.png"),
+                 *FAST, *model]) == 0, capsys.readouterr().err  # fmt: skip
+    a, b = (np.asarray(Image.open(tmp_path / n).convert("RGB")) for n in ("a.png", "b.png"))
+    assert np.array_equal(a, b)
+    meta = read_metadata(tmp_path / "a.png")
+    assert meta["options"]["preservation_weight"] == 0.5 and meta["options"]["optimize_steps"] == 2
+    assert meta["masks"] == [str(files / "mask.png")] and meta["controlnets"] == {
+        "edge": str(files / "cn_edge")
+    }

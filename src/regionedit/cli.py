@@ -252,11 +252,12 @@ def run_edit(args) -> int:
     from . import edit_api
 
     spec, base = ({}, Path.cwd()) if args.spec is None else _load_spec(args.spec)
-    if (args.method or spec.get("method")) == "multimodal":
-        return _multimodal_cli().run(args)
 
     def rel(v):
         return None if v is None else str(base / v) if args.spec and not Path(v).is_absolute() else v
+
+    if (args.method or spec.get("method")) == "multimodal":
+        return _multimodal_cli().run(args, spec, rel)
 
     image = args.image or rel(spec.get("image"))
     masks = args.mask if args.mask is not None else [rel(m) for m in _as_list(spec.get("masks"), "masks")]

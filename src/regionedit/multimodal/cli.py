@@ -50,49 +50,61 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         g.add_argument(flag, **flag_kwargs(f))
 
 
-def options_from_args(args) -> MultimodalOptions:
+def options_from_args(args, spec_options: dict | None = None) -> MultimodalOptions:
+    """A spec's ``options`` (if any) overridden by the flags given; ``--steps`` alone keeps t_u at
+    the first half of the steps."""
     from ..cli import option_values
+    from ..edit_api import options_from_dict
 
-    values = option_values(MultimodalOptions, args)
-    if "num_inference_steps" in values and "optimize_steps" not in values:
-        steps = values.pop("num_inference_steps")
-        return MultimodalOptions(**values).at_steps(steps)  # t_u: the first half of the steps
-    return MultimodalOptions(**values)
+    values = {{"steps": "num_inference_steps"}.get(k, k): v for k, v in (spec_options or {}).items()}
+    values.update(option_values(MultimodalOptions, args))
+    return options_from_dict(values, MultimodalOptions)
 
 
-def run(args) -> int:
-    """Handler of ``edit --method multimodal``: flags to an ``EditRequest``, run by ``edit_api``."""
+def run(args, spec: dict | None = None, rel=lambda v: v) -> int:
+    """Handler of ``edit --method multimodal``: flags (over a ``--spec``, whose paths ``rel``
+    resolves) to an ``EditRequest``, run by ``edit_api``."""
     from .. import edit_api
+    from ..cli import _as_list
     from .request import split_pairs
 
-    if args.spec:
-        raise InvalidInputError("--spec is not supported with --method multimodal yet; pass the flags")
-    if not args.image or not args.out:
-        raise InvalidInputError("--method multimodal needs --image IN and --out OUT.png")
-    if not args.prompt or len(args.prompt) != 1:
+    spec = spec or {}
+    image, out = args.image or rel(spec.get("image")), args.out or spec.get("out")
+    prompts = args.prompt if args.prompt is not None else _as_list(spec.get("prompts"), "prompts")
+    masks = args.mask if args.mask is not None else [rel(m) for m in _as_list(spec.get("masks"), "masks")]
+    if not image or not out:
+        raise InvalidInputError("--method multimodal needs --image IN and --out OUT.png (or both in --spec)")
+    if len(prompts) != 1:
         raise InvalidInputError("--method multimodal takes exactly one --prompt (the target prompt)")
-    if args.mask and len(args.mask) > 1:
+    if len(masks) > 1:
         raise InvalidInputError("--method multimodal takes at most one --mask (white = may change)")
-    split_pairs(args.control, "--control")  # flag-worded errors before anything is read
-    if len(args.control_scale or []) > len(args.control or []):
-        raise InvalidInputError(
-            f"got {len(args.control_scale)} --control-scale for {len(args.control or [])} --control"
-        )
+    if args.control is not None:
+        controls = list(args.control)
+        split_pairs(controls, "--control")  # flag-worded errors before anything is read
+    else:
+        pairs = split_pairs(_as_list(spec.get("controls"), "controls"), "a spec control")
+        controls = [f"{k}={v if v == 'auto' else rel(v)}" for k, v in pairs]
+    scales = args.control_scale if args.control_scale is not None else spec.get("control_scales", [])
+    if len(scales) > len(controls):
+        raise InvalidInputError(f"got {len(scales)} --control-scale for {len(controls)} --control")
+    if args.controlnet is not None:
+        nets = dict(split_pairs(args.controlnet, "--controlnet"))
+    else:
+        nets = {k: rel(v) for k, v in spec.get("controlnets", {}).items()}
+    source = args.source_prompt if args.source_prompt is not None else args.background_prompt
     request = edit_api.EditRequest(
-        image=args.image,
-        masks=list(args.mask or []),
-        prompts=list(args.prompt),
-        background_prompt=args.source_prompt
-        if args.source_prompt is not None
-        else (args.background_prompt or ""),
+        image=image,
+        masks=list(masks),
+        prompts=list(prompts),
+        background_prompt=source if source is not None else spec.get("background_prompt", ""),
         method="multimodal",
-        seed=0 if args.seed is None else args.seed,
-        options=options_from_args(args),
-        model=args.model or "mini",
-        resize=getattr(args, "resize", None),
-        controls=list(args.control or []),
-        control_scales=list(args.control_scale or []),
-        controlnets=dict(split_pairs(args.controlnet, "--controlnet")),
+        seed=args.seed if args.seed is not None else int(spec.get("seed", 0)),
+        options=options_from_args(args, spec.get("options")),
+        model=args.model or spec.get("model", "mini"),
+        resize=args.resize or spec.get("resize"),
+        controls=controls,
+        control_scales=list(scales),
+        controlnets=nets,
     )
     request.check_output(args.out, args.overwrite)
     request.check()  # read and check inputs before the slow model load
