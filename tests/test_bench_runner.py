@@ -120,13 +120,16 @@ def edge_net_dir(tiny_model, tmp_path_factory):
     return path
 
 
-def test_multimodal_uses_the_target_edge_map_through_the_controlnet(tiny_model, edge_net_dir):
+@pytest.mark.parametrize("kind", ["edge", "scribble"])
+def test_multimodal_uses_the_target_map_through_the_controlnet(tiny_model, edge_net_dir, kind):
     import torch
 
+    from regionedit.multimodal.conditions import canny_edges, scribble_from_image
+
     item = shapes_bench(1, which="shape", seed=0)[0]
-    cfg = dataclasses.replace(CFG, multimodal_control="edge", controlnet=str(edge_net_dir))
+    cfg = dataclasses.replace(CFG, multimodal_control=kind, controlnet=str(edge_net_dir))  # any net fits
     seen = []
-    net = methods._edge_controlnet(tiny_model, cfg)
+    net = methods._controlnet(tiny_model, cfg, kind)
     hook = net.register_forward_pre_hook(
         lambda mod, args, kwargs: seen.append(kwargs["controlnet_cond"].clone()), with_kwargs=True
     )
@@ -135,9 +138,8 @@ def test_multimodal_uses_the_target_edge_map_through_the_controlnet(tiny_model, 
     finally:
         hook.remove()
     assert seen, "the ControlNet was never called"
-    from regionedit.multimodal.conditions import canny_edges
-
-    expected = np.asarray(canny_edges(Image.fromarray(item.target_image)), np.float32)[..., 0] / 255
+    draw = canny_edges if kind == "edge" else scribble_from_image
+    expected = np.asarray(draw(Image.fromarray(item.target_image)), np.float32)[..., 0] / 255
     assert np.allclose(seen[0][0, 0].float().numpy(), expected)
     text_only = methods.run_multimodal(tiny_model, item, CFG, torch.Generator().manual_seed(1)).image
     assert not np.array_equal(with_edges, text_only)

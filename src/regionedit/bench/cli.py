@@ -98,9 +98,10 @@ def _run_args(p, methods="lomoe,iterative,blended,diffedit,sdedit,multimodal"):
     )
     p.add_argument(
         "--multimodal-control",
-        choices=["edge", "none"],
+        choices=["edge", "scribble", "none"],
         default="edge",
-        help="multimodal: the target scene's edge map through an edge ControlNet (ShapesBench), or text only",
+        help="multimodal: the target scene's edge map or scribble through that kind's ControlNet "
+        "(ShapesBench), or text only",
     )
     p.add_argument(
         "--no-main-pass-control",
@@ -143,7 +144,11 @@ def _run_args(p, methods="lomoe,iterative,blended,diffedit,sdedit,multimodal"):
         default=None,
         help="multimodal inner learning rate η (default 1e-2, Adam's scale; sgd needs a much larger one)",
     )
-    p.add_argument("--controlnet", default=None, help="edge ControlNet folder (default: the mini model's)")
+    p.add_argument(
+        "--controlnet",
+        default=None,
+        help="ControlNet folder of --multimodal-control's kind (default: the mini model's)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder (resumed when it exists)")
     p.add_argument("--clip", default=None, help="local CLIPModel folder for CLIP scores (else skipped)")

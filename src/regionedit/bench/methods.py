@@ -38,6 +38,8 @@ from ..multimodal.options import MultimodalOptions
 from ..regions import Region, latent_masks
 from .datasets import BenchItem
 
+MULTIMODAL_CONTROLS = ("edge", "scribble", "none")  # the target scene's map drawn for the editor
+
 
 @dataclass(frozen=True)
 class MethodConfig:
@@ -49,8 +51,8 @@ class MethodConfig:
     negative_prompt: str = ""  # for the baselines; LoMOE keeps its own region negative prompt
     lomoe: LoMOEOptions = field(default_factory=LoMOEOptions)
     multimodal: MultimodalOptions = field(default_factory=MultimodalOptions)
-    multimodal_control: str = "edge"  # "edge": the target scene's edge map where known; "none"
-    controlnet: str | None = None  # edge ControlNet folder; None: the mini model's shipped one
+    multimodal_control: str = "edge"  # the target scene's "edge" map or "scribble" where known; "none"
+    controlnet: str | None = None  # ControlNet folder of that kind; None: the mini model's shipped one
     multimodal_optimize_steps: int | None = None  # t_u at these steps; None: the first half
 
     def lomoe_options(self) -> LoMOEOptions:
@@ -59,8 +61,10 @@ class MethodConfig:
         )
 
     def __post_init__(self):
-        if self.multimodal_control not in ("edge", "none"):
-            raise ValueError(f"multimodal_control must be 'edge' or 'none', got {self.multimodal_control!r}")
+        if self.multimodal_control not in MULTIMODAL_CONTROLS:
+            raise ValueError(
+                f"multimodal_control must be one of {MULTIMODAL_CONTROLS}, got {self.multimodal_control!r}"
+            )
         if self.multimodal_optimize_steps is not None:
             self.multimodal_options()  # MultimodalOptions checks t_u against the steps
 
@@ -216,15 +220,15 @@ def run_sdedit(model: Model, item: BenchItem, cfg: MethodConfig, generator) -> M
 _CONTROLNETS: dict = {}
 
 
-def _edge_controlnet(model: Model, cfg: MethodConfig):
-    """The edge ControlNet, loaded once per model and folder."""
+def _controlnet(model: Model, cfg: MethodConfig, kind: str):
+    """The ControlNet of ``kind``, loaded once per model and folder."""
     from ..multimodal.nets import load_controlnet, mini_controlnet_path
 
-    path = Path(cfg.controlnet) if cfg.controlnet else mini_controlnet_path("edge")
+    path = Path(cfg.controlnet) if cfg.controlnet else mini_controlnet_path(kind)
     key = (str(path), id(model))
     if key not in _CONTROLNETS:
         _CONTROLNETS.clear()  # one model at a time
-        _CONTROLNETS[key] = load_controlnet(path, model, "edge", given=cfg.controlnet is not None)
+        _CONTROLNETS[key] = load_controlnet(path, model, kind, given=cfg.controlnet is not None)
     return _CONTROLNETS[key]
 
 
@@ -234,14 +238,16 @@ _GUIDANCE: dict = {}
 def run_multimodal(
     model: Model, item: BenchItem, cfg: MethodConfig, generator, lam: float | None = None
 ) -> MethodOutput:
-    from ..multimodal.conditions import Condition, canny_edges
+    from ..multimodal.conditions import Condition, canny_edges, scribble_from_image
     from ..multimodal.editor import edit
 
     union = np.logical_or.reduce([np.asarray(m, bool) for m in item.masks])
     conditions, nets = [], []
-    if cfg.multimodal_control == "edge" and item.target_image is not None:
-        conditions = [Condition("edge", canny_edges(_pil(item.target_image)))]
-        nets = [_edge_controlnet(model, cfg)]
+    kind = cfg.multimodal_control
+    if kind != "none" and item.target_image is not None:
+        draw = canny_edges if kind == "edge" else scribble_from_image
+        conditions = [Condition(kind, draw(_pil(item.target_image)))]
+        nets = [_controlnet(model, cfg, kind)]
     cached = _GUIDANCE.get((item.id, id(model)))
     kwargs = dict(
         mask=union, controlnets=nets, conditions=conditions, options=cfg.multimodal_options(lam)
