@@ -95,11 +95,13 @@ def test_spec_file_with_relative_paths_equals_the_flags(files, tiny_model_dir, c
     """A multimodal --spec (paths relative to it) gives the flags' edit; flags override the spec."""
     spec = {"method": "multimodal", "image": "in.png", "masks": "mask.png", "prompts": ["a blue circle"],
             "background_prompt": "a red square", "controls": ["edge=auto"], "controlnets": {"edge": "cn_edge"},
-            "options": {"steps": 4, "optimize_steps": 2, "grad_steps": 2, "preservation_weight": 0.8}}  # fmt: skip
+            "options": {"steps": 4, "optimize_steps": 2, "grad_steps": 2, "preservation_weight": 0.8},
+            "out": str(tmp_path / "a.png")}  # fmt: skip
     (files / "spec.json").write_text(json.dumps(spec))
     model = ["--model", str(tiny_model_dir)]
-    assert main(["edit", "--spec", str(files / "spec.json"), "--lambda", "0.5", "--out", str(tmp_path / "a.png"),
-                 *model]) == 0, capsys.readouterr().err  # fmt: skip
+    assert main(["edit", "--spec", str(files / "spec.json"), "--lambda", "0.5", *model]) == 0, (
+        capsys.readouterr().err
+    )
     assert main(["edit", "--method", "multimodal", "--image", str(files / "in.png"), "--mask", str(files / "mask.png"),
                  "--prompt", "a blue circle", "--source-prompt", "a red square", "--control", "edge=auto",
                  "--controlnet", f"edge={files / 'cn_edge'}", "--lambda", "0.5", "--out", str(tmp_path / "b.png"),

@@ -106,11 +106,9 @@ def run(args, spec: dict | None = None, rel=lambda v: v) -> int:
         control_scales=list(scales),
         controlnets=nets,
     )
-    request.check_output(args.out, args.overwrite)
+    request.check_output(out, args.overwrite)
     request.check()  # read and check inputs before the slow model load
     model = edit_api.load_model(request.model, args.device, args.dtype, args.allow_pickle)
     result = edit_api.run(model, request, progress=True)
-    print(
-        edit_api.save_result(result, request, args.out, overwrite=args.overwrite, save_masks=args.save_masks)
-    )
+    print(edit_api.save_result(result, request, out, overwrite=args.overwrite, save_masks=args.save_masks))
     return 0
