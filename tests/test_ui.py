@@ -73,12 +73,12 @@ def editor_value(tmp_path, image: Image.Image, masks: list) -> dict:
 
 
 def call_edit(client, value, background=CAPTION, prompts=(), negatives=(), seed=0, steps=2, method="lomoe",
-              lam=0.6, kind="edge", control=None):  # fmt: skip
+              lam=0.6, kind="edge", control=None, guidance=FAST.guidance_scale):  # fmt: skip
     prompts = list(prompts) + [""] * (MAX_OBJECTS - len(prompts))
     negatives = list(negatives) + [""] * (MAX_OBJECTS - len(negatives))
     control = None if control is None else gradio_client.handle_file(str(control))
     return client.predict(
-        value, background, method, steps, seed, FAST.guidance_scale, FAST.cross_attention_weight,
+        value, background, method, steps, seed, guidance, FAST.cross_attention_weight,
         FAST.background_weight, FAST.bootstrap_steps, FAST.feather, True, *prompts, *negatives, lam, kind,
         control, api_name="/edit",
     )  # fmt: skip
@@ -92,11 +92,12 @@ def test_multimodal_edit_with_a_painted_region_and_an_edge_map(server, image64, 
     canny_edges(image64).save(tmp_path / "edges.png")
     value = editor_value(tmp_path, image64, [m1])
     *_, result, png, status = call_edit(client, value, prompts=["a blue circle"], method="multimodal", lam=0.3,
-                                        control=tmp_path / "edges.png", seed=2)  # fmt: skip
+                                        control=tmp_path / "edges.png", seed=2, guidance=20.0)  # fmt: skip
     meta = read_metadata(png)
     assert meta["method"] == "multimodal" and meta["prompts"] == ["a blue circle"]
     assert meta["background_prompt"] == CAPTION and meta["controls"] == ["edge=<image>"]
     assert meta["options"]["preservation_weight"] == 0.3 and meta["options"]["num_inference_steps"] == 2
+    assert meta["options"]["guidance_scale"] == 7.5  # the LoMOE options' guidance does not apply
     assert "your mask" in status and "edge map" in status and "λ = 0.3" in status
     out = np.asarray(Image.open(result).convert("RGB")).astype(int)
     assert np.abs(out - np.asarray(image64).astype(int)).mean() > 1  # it edited something

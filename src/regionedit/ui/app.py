@@ -122,7 +122,8 @@ def build_app(
         output_dir: where edited PNGs are written (a temporary folder by default).
         example_size: side of the shapes-world examples (default: the model's native size).
         multimodal_options: the multi-modal method's settings (the spec's by default); the page
-            sets its steps (keeping the share of optimised steps), guidance scale and λ.
+            sets its steps (keeping the share of optimised steps) and λ; the *LoMOE options*
+            (guidance scale included) do not apply to it.
     """
     gr = import_gradio()
     engine = Engine(model, model_name, max_pixels=max_pixels, output_dir=output_dir)
@@ -197,7 +198,7 @@ def build_app(
                         1, 100, value=base.num_inference_steps, step=1, label="Steps", elem_id="steps"
                     )
                     seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="seed")
-                with gr.Accordion("Options", open=False):
+                with gr.Accordion("LoMOE options", open=False):
                     guidance = gr.Number(base.guidance_scale, label="Guidance scale", elem_id="guidance")
                     xa_weight = gr.Number(
                         base.cross_attention_weight, label="Cross-attention weight λ_xa", elem_id="xa-weight"
@@ -251,7 +252,7 @@ def build_app(
                 image, layers = editor_to_inputs(value)
                 if method_name == "multimodal":
                     mm = multimodal_at_steps(mm_base, n_steps)
-                    mm = options_with(mm, guidance_scale=g, preservation_weight=float(lam_value))
+                    mm = options_with(mm, preservation_weight=float(lam_value))  # its own CFG
                     total = mm.num_inference_steps * 2  # the guidance pass, then the main pass
                     progress(0, desc="inverting")
 
