@@ -251,6 +251,14 @@ BAD_MANIFESTS = {
         json.dumps(_job(1, method="multimodal", options={}, controls=["edge"])) + "\n",
         "KIND=VALUE",
     ),
+    "multimodal with two prompts": (
+        json.dumps(_job(2, method="multimodal", options={})) + "\n",
+        "exactly one",
+    ),
+    "multimodal unknown kind": (
+        json.dumps(_job(1, method="multimodal", options={}, controls=["depth=auto"])) + "\n",
+        "kind must be",
+    ),
     "multimodal option typo": (
         json.dumps(_job(1, method="multimodal", options={"lamda": 1})) + "\n",
         "unknown option",

@@ -113,3 +113,58 @@ def test_spec_file_with_relative_paths_equals_the_flags(files, tiny_model_dir, c
     assert meta["masks"] == [str(files / "mask.png")] and meta["controlnets"] == {
         "edge": str(files / "cn_edge")
     }
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--method", "multimodal", "--negative-prompt", "blurry"], "no negative prompts"),
+        (["--method", "multimodal", "--control", "edge=MISSING.png"], "control image file not found"),
+        (["--method", "multimodal", "--control", "edge=auto", "--controlnet", "edge=NOWHERE"], "no ControlNet"),
+        (["--background-prompt", "b", "--mask", "MASK", "--control", "edge=auto"], "need the multimodal method"),
+        (["--background-prompt", "b", "--mask", "MASK", "--lambda", "0.2"], "preservation_weight"),
+    ],
+)  # fmt: skip
+def test_misplaced_or_bad_inputs_fail_before_the_model_loads(files, capsys, tmp_path, argv, message):
+    """A model path that does not exist: reaching the load would give another error."""
+    sub = {"MISSING.png": str(tmp_path / "missing.png"), "NOWHERE": str(tmp_path / "nowhere"),
+           "MASK": str(files / "mask.png")}  # fmt: skip
+    argv = [next((a.replace(k, v) for k, v in sub.items() if k in a), a) for a in argv]
+    rc = main(["edit", "--image", str(files / "in.png"), "--prompt", "a blue circle", "--out",
+               str(tmp_path / "o.png"), "--model", str(tmp_path / "no-model"), *argv])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "no-model" not in err, err
+
+
+def test_method_flag_over_a_spec_without_method_and_control_flag_over_spec_controls(files, tmp_path):
+    from regionedit.edit_api import EditRequest
+
+    spec = {"image": "in.png", "prompts": ["a blue circle"], "background_prompt": "a red square",
+            "controls": ["scribble=in.png"], "control_scales": [0.5], "controlnets": {"scribble": "cn_edge"},
+            "options": {"preservation_weight": 0.3}}  # fmt: skip
+    (files / "spec2.json").write_text(json.dumps(spec))
+    seen = {}
+    import regionedit.edit_api as api
+
+    def stop(request):  # the request as built, before any model work
+        seen["request"] = request
+        raise api.InvalidInputError("stop here")
+
+    orig = EditRequest.check
+    EditRequest.check = stop
+    try:
+        assert main(["edit", "--spec", str(files / "spec2.json"), "--method", "multimodal", "--out",
+                     str(tmp_path / "x.png")]) == 2  # fmt: skip
+        spec_request = seen.pop("request")
+        assert main(["edit", "--spec", str(files / "spec2.json"), "--method", "multimodal", "--control", "edge=auto",
+                     "--out", str(tmp_path / "x.png")]) == 2  # fmt: skip
+        flag_request = seen.pop("request")
+    finally:
+        EditRequest.check = orig
+    assert spec_request.controls == [f"scribble={files / 'in.png'}"]  # relative to the spec
+    assert spec_request.control_scales == [0.5] and spec_request.options.preservation_weight == 0.3
+    assert spec_request.controlnets == {"scribble": str(files / "cn_edge")}
+    assert flag_request.controls == ["edge=auto"]  # the flag replaces the spec's controls, scales and nets
+    assert flag_request.control_scales == [] and flag_request.controlnets == {}
+    assert EditRequest(image="x", masks=[], prompts=["a"], background_prompt="", method="multimodal").options \
+        == api.MultimodalOptions()  # fmt: skip

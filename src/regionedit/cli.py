@@ -220,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load_spec(path: str) -> tuple[dict, Path]:
+def _load_spec(path: str, method: str | None = None) -> tuple[dict, Path]:
+    """The spec, checked as for ``method`` when the flag gives one (the flag wins over the file)."""
     from .io import read_json
 
     p = Path(path)
@@ -229,7 +230,7 @@ def _load_spec(path: str) -> tuple[dict, Path]:
         raise InvalidInputError(f"spec file {p} must hold a JSON object")
     from .edit_api import check_spec
 
-    return check_spec(spec, f"spec file {p}"), p.parent
+    return check_spec({**spec, "method": method} if method else spec, f"spec file {p}"), p.parent
 
 
 def _as_list(value, name) -> list:
@@ -251,7 +252,7 @@ def _multimodal_cli():
 def run_edit(args) -> int:
     from . import edit_api
 
-    spec, base = ({}, Path.cwd()) if args.spec is None else _load_spec(args.spec)
+    spec, base = ({}, Path.cwd()) if args.spec is None else _load_spec(args.spec, args.method)
 
     def rel(v):
         return None if v is None else str(base / v) if args.spec and not Path(v).is_absolute() else v
@@ -277,6 +278,13 @@ def run_edit(args) -> int:
         raise InvalidInputError("no output file: pass --out")
     if background is None:
         raise InvalidInputError("no background prompt: pass --background-prompt (the input's caption)")
+    from .multimodal.options import MultimodalOptions
+
+    lomoe_names = {f.name for f in dataclasses.fields(LoMOEOptions)}
+    mm_only = sorted(set(option_values(MultimodalOptions, args)) - lomoe_names)
+    if mm_only or args.source_prompt is not None:
+        names = ", ".join(mm_only + (["source_prompt"] if args.source_prompt is not None else []))
+        raise InvalidInputError(f"{names}: multi-modal options; add --method multimodal or drop them")
     opts = options_from_args(LoMOEOptions, args, spec.get("options"))
     request = edit_api.EditRequest(
         image=image,
@@ -289,6 +297,9 @@ def run_edit(args) -> int:
         options=opts,
         model=args.model or spec.get("model", "mini"),
         resize=args.resize or spec.get("resize"),
+        controls=list(args.control or []),  # multimodal-only flags: refused for LoMOE, not ignored
+        control_scales=list(args.control_scale or []),
+        controlnets=dict.fromkeys(args.controlnet or [], ""),
     )
     request.check_output(out, args.overwrite)
     request.prepare()  # read and check inputs before the slow model load

@@ -45,13 +45,17 @@ class EditRequest:
     negative_prompts: list[str] = field(default_factory=list)
     method: str = "lomoe"
     seed: int = 0
-    options: LoMOEOptions | MultimodalOptions = field(default_factory=LoMOEOptions)
+    options: LoMOEOptions | MultimodalOptions | None = None  # None: the method's defaults
     model: str = "mini"
     resize: str | None = None  # None: sizes must fit the model; "pad" or "crop" (see fit_to_model)
     # multimodal only: the prompt is the target, background_prompt the source caption, at most one mask
     controls: list = field(default_factory=list)  # "KIND=PATH|auto" (e.g. "edge=auto") or Condition
     control_scales: list[float] = field(default_factory=list)  # the first controls' scales
     controlnets: dict = field(default_factory=dict)  # kind -> diffusers folder (default: bundled)
+
+    def __post_init__(self):
+        if self.options is None:
+            self.options = OPTION_CLASSES.get(self.method, LoMOEOptions)()
 
     def check_output(self, out: str | Path, overwrite: bool) -> Path:
         out = Path(out)
@@ -85,12 +89,12 @@ class EditRequest:
 
     def prepare_multimodal(self):
         """Read the image and mask and parse the controls (multimodal): ``(image, mask, conditions)``."""
-        from .multimodal.request import check_request, parse_controls
+        from .multimodal.request import check_request
 
         self._check_method()
         image = self.image if isinstance(self.image, Image.Image) else load_image(self.image)
-        mask = check_request(self, image)
-        return image, mask, parse_controls(self)
+        mask, conditions = check_request(self, image)
+        return image, mask, conditions
 
     def prepare(self) -> tuple[Image.Image, list[Region]]:
         """Read the image and masks and check counts and sizes; no model needed (LoMOE)."""

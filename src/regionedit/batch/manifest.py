@@ -81,10 +81,28 @@ def _inside(base: Path, value: str, where: str, key: str) -> str:
 
 def _control(base: Path, item: str, where: str) -> str:
     """``KIND=PATH`` with the path resolved (``KIND=auto`` as it is)."""
-    from ..multimodal.request import split_pairs
+    from ..multimodal.request import resolve_control, split_pairs
 
     kind, value = split_pairs([item], f"{where}: a control")[0]
-    return f"{kind}={value if value == 'auto' else _inside(base, value, where, f'{kind} control')}"
+    return f"{kind}={resolve_control(value, lambda v: _inside(base, v, where, f'{kind} control'))}"
+
+
+def _net_folder(base: Path, value: str, where: str, kind: str) -> str:
+    """A ControlNet folder: shared weights, so an absolute path may lie anywhere."""
+    return value if Path(value).is_absolute() else _inside(base, value, where, f"{kind} ControlNet")
+
+
+def _check_multimodal(job: Job, where: str) -> None:
+    """The checks that need no file: counts and controls (the rest when the job runs)."""
+    from ..errors import RegionEditError
+    from ..multimodal.request import check_counts, parse_controls
+
+    request = job.request("")
+    try:
+        check_counts(request)
+        parse_controls(request)
+    except RegionEditError as exc:
+        raise type(exc)(f"{where}: {exc}") from None
 
 
 def parse_job(obj, base: Path, where: str) -> Job:
@@ -108,7 +126,7 @@ def parse_job(obj, base: Path, where: str) -> Job:
     negatives = [negatives] if isinstance(negatives, str) else negatives
     controls = [obj["controls"]] if isinstance(obj.get("controls"), str) else obj.get("controls", [])
     canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"))
-    return Job(
+    job = Job(
         id=obj["id"],
         image=_inside(base, obj["image"], where, "image"),
         masks=[_inside(base, m, where, f"mask {i}") for i, m in enumerate(masks, start=1)],
@@ -121,12 +139,13 @@ def parse_job(obj, base: Path, where: str) -> Job:
         resize=obj.get("resize"),
         controls=[_control(base, c, where) for c in controls],
         control_scales=list(obj.get("control_scales", [])),
-        controlnets={
-            k: _inside(base, v, where, f"{k} ControlNet") for k, v in obj.get("controlnets", {}).items()
-        },
+        controlnets={k: _net_folder(base, v, where, k) for k, v in obj.get("controlnets", {}).items()},
         line=0,
         fingerprint=hashlib.sha256(canonical.encode()).hexdigest(),
     )
+    if job.method == "multimodal":
+        _check_multimodal(job, where)
+    return job
 
 
 def load_manifest(path: str | Path) -> list[Job]:

@@ -66,36 +66,38 @@ def run(args, spec: dict | None = None, rel=lambda v: v) -> int:
     resolves) to an ``EditRequest``, run by ``edit_api``."""
     from .. import edit_api
     from ..cli import _as_list
-    from .request import split_pairs
+    from .request import resolve_control, split_pairs
 
     spec = spec or {}
     image, out = args.image or rel(spec.get("image")), args.out or spec.get("out")
     prompts = args.prompt if args.prompt is not None else _as_list(spec.get("prompts"), "prompts")
     masks = args.mask if args.mask is not None else [rel(m) for m in _as_list(spec.get("masks"), "masks")]
+    negatives = args.negative_prompt or _as_list(spec.get("negative_prompts"), "negative_prompts")
     if not image or not out:
         raise InvalidInputError("--method multimodal needs --image IN and --out OUT.png (or both in --spec)")
     if len(prompts) != 1:
         raise InvalidInputError("--method multimodal takes exactly one --prompt (the target prompt)")
     if len(masks) > 1:
         raise InvalidInputError("--method multimodal takes at most one --mask (white = may change)")
-    if args.control is not None:
+    if args.control is not None:  # the flags replace the spec's controls with their scales
         controls = list(args.control)
         split_pairs(controls, "--control")  # flag-worded errors before anything is read
+        scales = list(args.control_scale or [])
     else:
         pairs = split_pairs(_as_list(spec.get("controls"), "controls"), "a spec control")
-        controls = [f"{k}={v if v == 'auto' else rel(v)}" for k, v in pairs]
-    scales = args.control_scale if args.control_scale is not None else spec.get("control_scales", [])
+        controls = [f"{k}={resolve_control(v, rel)}" for k, v in pairs]
+        scales = args.control_scale if args.control_scale is not None else spec.get("control_scales", [])
     if len(scales) > len(controls):
         raise InvalidInputError(f"got {len(scales)} --control-scale for {len(controls)} --control")
-    if args.controlnet is not None:
-        nets = dict(split_pairs(args.controlnet, "--controlnet"))
-    else:
-        nets = {k: rel(v) for k, v in spec.get("controlnets", {}).items()}
+    kinds = {k for k, _ in split_pairs(controls, "--control")}
+    nets = {k: rel(v) for k, v in spec.get("controlnets", {}).items() if k in kinds}
+    nets.update(split_pairs(args.controlnet, "--controlnet"))
     source = args.source_prompt if args.source_prompt is not None else args.background_prompt
     request = edit_api.EditRequest(
         image=image,
         masks=list(masks),
         prompts=list(prompts),
+        negative_prompts=list(negatives),  # refused by the method, not ignored
         background_prompt=source if source is not None else spec.get("background_prompt", ""),
         method="multimodal",
         seed=args.seed if args.seed is not None else int(spec.get("seed", 0)),

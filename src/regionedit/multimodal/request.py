@@ -15,7 +15,7 @@ import torch
 
 from ..errors import InvalidInputError, InvalidMaskError, PromptCountError
 from ..regions import mask_to_array
-from .conditions import Condition
+from .conditions import AUTO, Condition, control_image
 from .nets import load_controlnet, mini_controlnet_path
 
 
@@ -28,6 +28,11 @@ def split_pairs(items, what: str) -> list[tuple[str, str]]:
             raise InvalidInputError(f"{what} must look like KIND=VALUE (e.g. edge=auto), got {item!r}")
         out.append((kind.strip(), value.strip()))
     return out
+
+
+def resolve_control(value: str, resolve) -> str:
+    """A control's VALUE with ``resolve`` applied to its path (``auto`` stays as it is)."""
+    return value if value == AUTO else resolve(value)
 
 
 def conditions_from(controls, scales) -> list[Condition]:
@@ -62,8 +67,8 @@ def parse_controls(request) -> list[Condition]:
     return conditions
 
 
-def check_request(request, image) -> np.ndarray | None:
-    """The request's counts and mask size for this method; returns the mask (None: estimate one)."""
+def check_counts(request) -> None:
+    """One target prompt, at most one mask, no negative prompts, no resize (no file read)."""
     if len(request.prompts) != 1:
         raise PromptCountError(
             f"the multimodal method takes exactly one prompt (the target prompt), got {len(request.prompts)}"
@@ -78,15 +83,30 @@ def check_request(request, image) -> np.ndarray | None:
         raise InvalidInputError(
             "resize is not supported by the multimodal method yet; resize the image first"
         )
+
+
+def check_request(request, image) -> tuple[np.ndarray | None, list[Condition]]:
+    """Everything but the model: counts, the mask (None: estimate one) and the conditions, whose
+    maps are read and sized against the image, and the ControlNet folders named."""
+    check_counts(request)
+    conditions = parse_controls(request)
+    for c in conditions:
+        control_image(c, image)
+    for kind, path in request.controlnets.items():
+        if not (Path(path) / "config.json").is_file():
+            raise InvalidInputError(f"no ControlNet for {kind} at {path}: give a diffusers ControlNet folder")
     if not request.masks:
-        return None
+        return None, conditions
     mask = mask_to_array(request.masks[0], what="mask")
     if mask.shape != (image.height, image.width):
         raise InvalidMaskError(
             f"the mask is {mask.shape[-1]}x{mask.shape[0]} but the image is {image.width}x{image.height}; "
             "it must have the image's size"
         )
-    return mask
+    return mask, conditions
+
+
+_NETS: dict = {}  # (folder, model, dtype) -> the loaded net: batches and the page reuse them
 
 
 def load_nets(model, conditions: list[Condition], given: dict) -> dict:
@@ -95,7 +115,12 @@ def load_nets(model, conditions: list[Condition], given: dict) -> dict:
     for c in conditions:
         if c.kind not in nets:
             path = Path(given[c.kind]) if c.kind in given else mini_controlnet_path(c.kind)
-            nets[c.kind] = load_controlnet(path, model, c.kind, given=c.kind in given)
+            key = (str(path.resolve()), id(model), model.dtype)
+            if key not in _NETS:
+                if len(_NETS) >= 4:  # a few kinds of one model: drop the oldest
+                    _NETS.pop(next(iter(_NETS)))
+                _NETS[key] = load_controlnet(path, model, c.kind, given=c.kind in given)
+            nets[c.kind] = _NETS[key]
     return nets
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 from .. import edit_api
 from ..errors import RegionEditError
 from ..lomoe.options import LoMOEOptions
+from ..multimodal.guidance import start_index
 from ..multimodal.options import MultimodalOptions
 from .engine import DEFAULT_MAX_PIXELS, LAYER_COLOURS, MAX_OBJECTS, Engine, multimodal_at_steps, options_with
 
@@ -29,8 +30,8 @@ Upload an image (or load a shapes-world example), paint each object to change on
 (layer *n* uses prompt *n*), describe the input in the background prompt, and press **Edit**.
 Re-editing the same image reuses its inversion, so later edits are faster.
 **Multi-modal**: layer 1 is the region (leave it empty to have it estimated), prompt 1 the target
-caption, the background prompt the input's caption; add an edge, scribble, pose or layout map
-and set λ (higher keeps more of the input).
+caption, the background prompt the input's caption; add an edge map or a scribble and set λ
+(higher keeps more of the input).
 """
 
 
@@ -253,7 +254,8 @@ def build_app(
                 if method_name == "multimodal":
                     mm = multimodal_at_steps(mm_base, n_steps)
                     mm = options_with(mm, preservation_weight=float(lam_value))  # its own CFG
-                    total = mm.num_inference_steps * 2  # the guidance pass, then the main pass
+                    n = mm.num_inference_steps  # the guidance pass (from s_g's step), then the main pass
+                    total = 2 * n - start_index(n, mm.strength_for(control is not None))
                     progress(0, desc="inverting")
 
                     done = [0]
