@@ -56,7 +56,7 @@ def options_from_args(args, spec_options: dict | None = None) -> MultimodalOptio
     from ..cli import option_values
     from ..edit_api import options_from_dict
 
-    values = {{"steps": "num_inference_steps"}.get(k, k): v for k, v in (spec_options or {}).items()}
+    values = dict(spec_options or {})  # options_from_dict reads "steps"; flags, added later, win
     values.update(option_values(MultimodalOptions, args))
     return options_from_dict(values, MultimodalOptions)
 
