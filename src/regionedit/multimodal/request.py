@@ -106,7 +106,7 @@ def check_request(request, image) -> tuple[np.ndarray | None, list[Condition]]:
     return mask, conditions
 
 
-_NETS: dict = {}  # (folder, model, dtype) -> the loaded net: batches and the page reuse them
+_NETS: dict = {}  # (folder, model, device, dtype) -> the loaded net: batches and the page reuse them
 
 
 def load_nets(model, conditions: list[Condition], given: dict) -> dict:
@@ -115,7 +115,7 @@ def load_nets(model, conditions: list[Condition], given: dict) -> dict:
     for c in conditions:
         if c.kind not in nets:
             path = Path(given[c.kind]) if c.kind in given else mini_controlnet_path(c.kind)
-            key = (str(path.resolve()), id(model), model.dtype)
+            key = (str(path.resolve()), id(model), str(model.device), model.dtype)
             if key not in _NETS:
                 if len(_NETS) >= 4:  # a few kinds of one model: drop the oldest
                     _NETS.pop(next(iter(_NETS)))
