@@ -328,6 +328,18 @@ def fit_to_model(image: Image.Image, regions: list[Region], factor: int, mode: s
     return Image.fromarray(np.ascontiguousarray(arr)), regions, box
 
 
+@contextlib.contextmanager
+def _finite_or_error(model):
+    """A half-precision UNet or VAE that overflowed (the decoder already retried in float32)
+    becomes a one-line NonFiniteError."""
+    try:
+        yield
+    except FloatingPointError as exc:
+        raise NonFiniteError(
+            f"{exc} (model dtype {model.dtype}); run in float32 (CLI: --dtype float32)"
+        ) from None
+
+
 def run(model, request: EditRequest, progress: bool = True, callback=None, inversion=None):
     """Run a request on a loaded model; ``inversion`` reuses an earlier one of the same image (LoMOE).
 
@@ -349,24 +361,18 @@ def run(model, request: EditRequest, progress: bool = True, callback=None, inver
         latent_masks(masks, (image.height // f, image.width // f))
     generator = torch.Generator().manual_seed(request.seed)
     source = inversion if inversion is not None else image
-    try:
-        with quiet_libraries():
-            result = lomoe_edit(
-                model,
-                source,
-                regions,
-                background_prompt=None if inversion is not None else request.background_prompt,
-                options=request.options,
-                generator=generator,
-                progress=progress,
-                callback=callback,
-                original=image,
-            )
-    except FloatingPointError as exc:
-        # A half-precision UNet or VAE that overflowed: the decoder already retried in float32.
-        raise NonFiniteError(
-            f"{exc} (model dtype {model.dtype}); run in float32 (CLI: --dtype float32)"
-        ) from None
+    with quiet_libraries(), _finite_or_error(model):
+        result = lomoe_edit(
+            model,
+            source,
+            regions,
+            background_prompt=None if inversion is not None else request.background_prompt,
+            options=request.options,
+            generator=generator,
+            progress=progress,
+            callback=callback,
+            original=image,
+        )
     if box is not None:
         result.image = result.image.crop(box)
         result.reconstruction = result.reconstruction.crop(box)
@@ -381,13 +387,8 @@ def _run_multimodal(model, request: EditRequest, progress, callback, inversion):
         raise InvalidInputError("reusing an inversion is supported by the LoMOE method only")
     image, mask, conditions = request.prepare_multimodal()
     model.check_image_size(image.height, image.width)
-    try:
-        with quiet_libraries():
-            return run_request(model, request, image, mask, conditions, progress=progress, callback=callback)
-    except FloatingPointError as exc:
-        raise NonFiniteError(
-            f"{exc} (model dtype {model.dtype}); run in float32 (CLI: --dtype float32)"
-        ) from None
+    with quiet_libraries(), _finite_or_error(model):
+        return run_request(model, request, image, mask, conditions, progress=progress, callback=callback)
 
 
 def side_images(result, request: EditRequest) -> dict:

@@ -217,19 +217,12 @@ def run_sdedit(model: Model, item: BenchItem, cfg: MethodConfig, generator) -> M
     return MethodOutput(_decode(model, z))
 
 
-_CONTROLNETS: dict = {}
-
-
 def _controlnet(model: Model, cfg: MethodConfig, kind: str):
     """The ControlNet of ``kind``, loaded once per model and folder."""
-    from ..multimodal.nets import load_controlnet, mini_controlnet_path
+    from ..multimodal.nets import cached_controlnet, mini_controlnet_path
 
     path = Path(cfg.controlnet) if cfg.controlnet else mini_controlnet_path(kind)
-    key = (str(path), id(model))
-    if key not in _CONTROLNETS:
-        _CONTROLNETS.clear()  # one model at a time
-        _CONTROLNETS[key] = load_controlnet(path, model, kind, given=cfg.controlnet is not None)
-    return _CONTROLNETS[key]
+    return cached_controlnet(path, model, kind, given=cfg.controlnet is not None)
 
 
 _GUIDANCE: dict = {}

@@ -81,7 +81,7 @@ def run(args, spec: dict | None = None, rel=lambda v: v) -> int:
         raise InvalidInputError("--method multimodal takes at most one --mask (white = may change)")
     if args.control is not None:  # the flags replace the spec's controls with their scales
         controls = list(args.control)
-        split_pairs(controls, "--control")  # flag-worded errors before anything is read
+        pairs = split_pairs(controls, "--control")  # flag-worded errors before anything is read
         scales = list(args.control_scale or [])
     else:
         pairs = split_pairs(_as_list(spec.get("controls"), "controls"), "a spec control")
@@ -89,7 +89,7 @@ def run(args, spec: dict | None = None, rel=lambda v: v) -> int:
         scales = args.control_scale if args.control_scale is not None else spec.get("control_scales", [])
     if len(scales) > len(controls):
         raise InvalidInputError(f"got {len(scales)} --control-scale for {len(controls)} --control")
-    kinds = {k for k, _ in split_pairs(controls, "--control")}
+    kinds = {k for k, _ in pairs}
     nets = {k: rel(v) for k, v in spec.get("controlnets", {}).items() if k in kinds}
     nets.update(split_pairs(args.controlnet, "--controlnet"))
     source = args.source_prompt if args.source_prompt is not None else args.background_prompt

@@ -34,3 +34,17 @@ def load_controlnet(path, model, kind: str, given: bool = True):
     except Exception as exc:  # diffusers raises many types; one clear line for the user
         raise InvalidInputError(f"cannot load the {kind} ControlNet from {path}: {exc}") from None
     return net.to(model.device)
+
+
+_LOADED: dict = {}  # (folder, model, device, dtype) -> net: batches, the page and the bench reuse them
+
+
+def cached_controlnet(path, model, kind: str, given: bool = True):
+    """:func:`load_controlnet`, loaded once per folder and model (the last few are kept)."""
+    path = Path(path)
+    key = (str(path.resolve()), id(model), str(model.device), model.dtype)
+    if key not in _LOADED:
+        if len(_LOADED) >= 4:  # a few kinds of one model: drop the oldest
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[key] = load_controlnet(path, model, kind, given=given)
+    return _LOADED[key]

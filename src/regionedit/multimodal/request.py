@@ -16,7 +16,7 @@ import torch
 from ..errors import InvalidInputError, InvalidMaskError, PromptCountError
 from ..regions import mask_to_array
 from .conditions import AUTO, Condition, control_image
-from .nets import load_controlnet, mini_controlnet_path
+from .nets import cached_controlnet, mini_controlnet_path
 
 
 def split_pairs(items, what: str) -> list[tuple[str, str]]:
@@ -106,21 +106,13 @@ def check_request(request, image) -> tuple[np.ndarray | None, list[Condition]]:
     return mask, conditions
 
 
-_NETS: dict = {}  # (folder, model, device, dtype) -> the loaded net: batches and the page reuse them
-
-
 def load_nets(model, conditions: list[Condition], given: dict) -> dict:
     """The ControlNet of each condition kind: ``given[kind]`` or the mini model's bundled one."""
     nets = {}
     for c in conditions:
         if c.kind not in nets:
-            path = Path(given[c.kind]) if c.kind in given else mini_controlnet_path(c.kind)
-            key = (str(path.resolve()), id(model), str(model.device), model.dtype)
-            if key not in _NETS:
-                if len(_NETS) >= 4:  # a few kinds of one model: drop the oldest
-                    _NETS.pop(next(iter(_NETS)))
-                _NETS[key] = load_controlnet(path, model, c.kind, given=c.kind in given)
-            nets[c.kind] = _NETS[key]
+            path = given[c.kind] if c.kind in given else mini_controlnet_path(c.kind)
+            nets[c.kind] = cached_controlnet(path, model, c.kind, given=c.kind in given)
     return nets
 
 
