@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from regionedit.models.loading import from_components
-from regionedit.models.mini import MiniConfig, build_components, save_pipeline
+from regionedit.shapes.model import MiniConfig, build_components, save_pipeline
 
 TINY = MiniConfig(image_size=64, vae_channels=(32, 32, 32), unet_channels=(16, 32, 32), text_width=32)
 

@@ -24,6 +24,7 @@ from regionedit import edit_api
 from regionedit.cli import main
 from regionedit.errors import InvalidInputError, InvalidMaskError, NonFiniteError, RegionEditError
 from regionedit.io import load_image
+from regionedit.models.loading import ModelInfo
 from regionedit.multimodal import MultimodalOptions
 from regionedit.regions import mask_to_array
 
@@ -336,10 +337,14 @@ def test_bad_multimodal_request_fails_before_any_model(name, image64):
     kw = {"masks": [], "prompts": ["a"], **kw}
     request = edit_api.EditRequest(image=image64, background_prompt="b", **kw)
     with pytest.raises(RegionEditError, match=fragment):
-        request.check()
+        request.prepare(ModelInfo("tiny", vae_scale_factor=4))  # the model's files, not its weights
 
 
 # --- edge cases that are accepted -------------------------------------------------------
+
+
+def _run(model, request):
+    return edit_api.run(model, request.prepare(model), progress=False)
 
 
 def _request(image, masks, prompts, **kw):
@@ -350,7 +355,7 @@ def _request(image, masks, prompts, **kw):
 def test_full_mask_and_overlapping_soft_masks_run(tiny_model, image64):
     full = np.ones((64, 64), np.float32)
     soft = box(0, 40, 0, 40).astype(np.float32) * 0.8  # grey, over the threshold: edited
-    res = edit_api.run(tiny_model, _request(image64, [full, soft], ["a", "b"]), progress=False)
+    res = _run(tiny_model, _request(image64, [full, soft], ["a", "b"]))
     assert res.image.size == (64, 64)
     assert np.isfinite(res.latents.numpy()).all()
 
@@ -359,7 +364,7 @@ def test_full_mask_and_overlapping_soft_masks_run(tiny_model, image64):
 def test_resize_pad_keeps_size_crop_takes_lower_multiple(tiny_model, image64, mode, size):
     image = image64.crop((1, 2, 64, 64))  # 63x62: not a multiple of 4
     mask = box(10, 30, 10, 30)[2:, 1:]
-    res = edit_api.run(tiny_model, _request(image, [mask], ["a"], resize=mode), progress=False)
+    res = _run(tiny_model, _request(image, [mask], ["a"], resize=mode))
     assert res.image.size == size
     assert res.mask_images[0].size == size
 
@@ -368,10 +373,10 @@ def test_resize_pad_matches_editing_the_padded_image(tiny_model, image64):
     """Pad = edit the edge-replicated image, then crop back: checked against doing that by hand."""
     image = image64.crop((0, 0, 62, 62))
     mask = box(10, 30, 10, 30)[:62, :62]
-    res = edit_api.run(tiny_model, _request(image, [mask], ["a"], resize="pad"), progress=False)
+    res = _run(tiny_model, _request(image, [mask], ["a"], resize="pad"))
     padded = Image.fromarray(np.pad(np.asarray(image), ((0, 2), (0, 2), (0, 0)), mode="edge"))
     pmask = np.pad(mask, ((0, 2), (0, 2)), mode="edge")
-    ref = edit_api.run(tiny_model, _request(padded, [pmask], ["a"]), progress=False)
+    ref = _run(tiny_model, _request(padded, [pmask], ["a"]))
     assert np.array_equal(np.asarray(res.image), np.asarray(ref.image)[:62, :62])
 
 
@@ -383,7 +388,7 @@ def test_nonfinite_half_precision_fails_clearly(tiny_model, image64, monkeypatch
 
     monkeypatch.setattr(tiny_model, "decode", nan_decode)
     with pytest.raises(NonFiniteError, match="float32"):
-        edit_api.run(tiny_model, _request(image64, [box(8, 24, 8, 24)], ["a"]), progress=False)
+        _run(tiny_model, _request(image64, [box(8, 24, 8, 24)], ["a"]))
 
 
 def test_vae_nan_in_half_is_retried_in_float32(tiny_components):
@@ -460,7 +465,9 @@ def test_spec_parsing_property(spec):
         value = spec.get(key, [])
         assert isinstance(value, str) or all(isinstance(v, str) for v in value)
     if "options" in spec:
-        edit_api.options_from_dict(spec["options"])  # accepted by check_spec -> builds
+        regionedit.make_options(
+            spec.get("method", "lomoe"), spec["options"]
+        )  # accepted by check_spec -> builds
 
 
 def test_errors_are_value_errors():
@@ -470,11 +477,12 @@ def test_errors_are_value_errors():
 
 def test_existing_mask_output_refused_before_anything_is_written(tiny_model, image64, tmp_path):
     request = _request(image64, [box(8, 24, 8, 24)], ["a"])
-    result = edit_api.run(tiny_model, request, progress=False)
+    prepared = request.prepare(tiny_model)
+    result = edit_api.run(tiny_model, prepared, progress=False)
     (tmp_path / "e_mask_1.png").write_bytes(b"keep")
     with pytest.raises(regionedit.errors.OutputExistsError, match="e_mask_1.png"):
-        edit_api.save_result(result, request, tmp_path / "e.png", save_masks=True)
+        edit_api.save_result(result, request, prepared, tmp_path / "e.png", save_masks=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e_mask_1.png"]
     assert (tmp_path / "e_mask_1.png").read_bytes() == b"keep"
-    edit_api.save_result(result, request, tmp_path / "e.png", save_masks=True, overwrite=True)
+    edit_api.save_result(result, request, prepared, tmp_path / "e.png", save_masks=True, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.png", "e_mask_1.png"]

@@ -103,7 +103,7 @@ def test_batch_image_equals_a_single_edit(reference, tiny_model_dir):
     manifest, out, _ = reference
     job = load_manifest(manifest)[1]
     model = edit_api.load_model(str(tiny_model_dir))  # the batch's model, loaded the same way
-    result = edit_api.run(model, job.request("tiny"), progress=False)
+    result = edit_api.run(model, job.request("tiny").prepare(model), progress=False)
     assert np.array_equal(_pixels(out / "job-1.png"), np.asarray(result.image))
     seeds = [_pixels(out / f"job-{i}.png") for i in (1, 3)]
     assert not np.array_equal(*seeds)  # seeds matter: the comparison above can fail
@@ -318,7 +318,7 @@ def test_multimodal_jobs_equal_the_library_edit(tiny_components, tiny_model_dir,
     assert meta["method"] == "multimodal" and meta["controls"][0].startswith("edge=")
     assert meta["options"]["preservation_weight"] == 0.3 and meta["options"]["optimize_steps"] == 2
 
-    from regionedit.multimodal.nets import load_controlnet
+    from regionedit.models.controlnet import load_controlnet
 
     model = edit_api.load_model(str(tiny_model_dir))
     net = load_controlnet(folder / "cn", model, "edge")
@@ -326,7 +326,7 @@ def test_multimodal_jobs_equal_the_library_edit(tiny_components, tiny_model_dir,
         ref = multimodal_edit(
             model, image64, "a blue circle", "a red square", mask=mask, controlnets=[net],
             conditions=[Condition("edge", "auto")], generator=torch.Generator().manual_seed(seed),
-            options=MultimodalOptions(grad_steps=2, preservation_weight=0.3).at_steps(4),
+            options=MultimodalOptions(grad_steps=2, preservation_weight=0.3, num_inference_steps=4, optimize_steps=2),
         )  # fmt: skip
         assert np.array_equal(_pixels(out / f"{job}.png"), np.asarray(ref.image)), job
     assert not np.array_equal(_pixels(out / "boxed.png"), _pixels(out / "estimated.png"))

@@ -79,12 +79,12 @@ def test_bench_flags_reach_the_method_config():
         ["bench", "shapes", "--out", "x", "--bootstrap-steps", "25", "--region-negative-prompt", "",
          "--lambda", "0.2", "--multimodal-control", "none", "--steps", "25", "--background-weight", "10",
          "--cross-attention-weight", "0", "--background-blend", "--temperature", "1.5",
-         "--regularize-inversion", "false", "--feather", "1", "--no-main-pass-control",
+         "--regularize-inversion", "false", "--feather", "1",
          "--main-pass-control-scale", "0.5", "--main-pass-prompt", "source", "--loss-space", "noisy", "--grad-steps", "3",
-         "--multimodal-optimizer", "sgd",
-         "--multimodal-learning-rate", "300", "--learning-rate", "0.2"]
+         "--solver", "closed_form", "--mask-estimate-num-maps", "4",
+         "--multimodal-learning-rate", "300", "--learning-rate", "0.2", "--chunk-size", "2"]
     )  # fmt: skip
-    cfg = bench_cli._options(args)
+    cfg = bench_cli._options(args, {})
     assert cfg.lomoe.bootstrap_steps == 25 and cfg.lomoe.region_negative_prompt == ""
     assert cfg.lomoe.background_weight == 10 and cfg.lomoe.cross_attention_weight == 0
     assert cfg.lomoe.background_blend is True
@@ -93,20 +93,30 @@ def test_bench_flags_reach_the_method_config():
     assert cfg.multimodal_control == "none"
     opts = cfg.multimodal_options()
     assert opts.preservation_weight == 0.2 and opts.num_inference_steps == 25 and opts.optimize_steps == 12
-    assert opts.main_pass_control is False and opts.main_pass_control_scale == 0.5
+    assert opts.main_pass_control_scale == 0.5 and opts.mask_estimate.num_maps == 4
     assert opts.main_pass_prompt == "source" and opts.loss_space == "noisy" and opts.grad_steps == 3
-    assert opts.optimizer == "sgd" and opts.learning_rate == 300 and cfg.lomoe.learning_rate == 0.2
-    defaults = bench_cli._options(parser.parse_args(["bench", "shapes", "--out", "x"]))
+    assert opts.solver == "closed_form" and opts.learning_rate == 300 and cfg.lomoe.learning_rate == 0.2
+    assert cfg.execution.chunk_size == 2
+    defaults = bench_cli._options(parser.parse_args(["bench", "shapes", "--out", "x"]), {})
     assert defaults.lomoe.region_negative_prompt.startswith("artifacts")
     assert defaults.lomoe.background_weight == 1.75 and defaults.lomoe.cross_attention_weight == 1.0
     assert defaults.lomoe.background_blend is False
     assert defaults.multimodal_options().preservation_weight == 0.6
-    assert defaults.multimodal_options().main_pass_control is True
     assert defaults.multimodal_options().main_pass_control_scale == 1.0
     assert defaults.multimodal_options().main_pass_prompt == "target"
     assert defaults.multimodal_options().loss_space == "x0" and defaults.multimodal_options().grad_steps == 5
-    assert defaults.multimodal_options().optimizer == "adam"
+    assert defaults.multimodal_options().solver == "adam"
     assert defaults.multimodal_options().learning_rate == 1e-2
+    # the model's settings are the starting point; flags override them
+    mini = {
+        "lomoe": {"guidance_scale": 20.0},
+        "multimodal": {"num_inference_steps": 20, "optimize_steps": 15},
+    }
+    started = bench_cli._options(
+        parser.parse_args(["bench", "shapes", "--out", "x", "--lambda", "0.3"]), mini
+    )
+    assert started.lomoe.guidance_scale == 20.0 and started.guidance_scale == 20.0
+    assert (started.multimodal.optimize_steps, started.multimodal.preservation_weight) == (15, 0.3)
 
 
 def test_shards_share_one_run_and_report_counts_finished_items(tiny_model_dir, tmp_path, capsys):
@@ -140,16 +150,12 @@ def test_lambda_post_blend_and_pres_mask_flags_reach_the_multimodal_options():
     from regionedit.bench.cli import _options
     from regionedit.cli import build_parser
 
-    args = ["bench", "shapes", "--out", "x", "--lambda", "0.3", "--post-blend", "--pres-mask", "none"]
-    cfg = _options(
-        build_parser().parse_args([*args, "--post-blend-target", "loss", "--guidance-start", "inversion"])
-    )
-    assert cfg.multimodal.preservation_weight == 0.3 and cfg.multimodal.post_blend
-    assert cfg.multimodal.pres_mask == "none" and cfg.multimodal.post_blend_target == "loss"
-    assert cfg.multimodal.guidance_start == "inversion"
-    plain = _options(build_parser().parse_args(["bench", "shapes", "--out", "x"])).multimodal
-    assert plain.preservation_weight == 0.6 and not plain.post_blend and plain.pres_mask == "keep"
-    assert plain.post_blend_target == "input" and plain.guidance_start == "noise"
+    args = ["bench", "shapes", "--out", "x", "--lambda", "0.3", "--post-blend", "loss", "--pres-mask", "none"]
+    cfg = _options(build_parser().parse_args(args), {})
+    assert cfg.multimodal.preservation_weight == 0.3 and cfg.multimodal.post_blend == "loss"
+    assert cfg.multimodal.pres_mask == "none"
+    plain = _options(build_parser().parse_args(["bench", "shapes", "--out", "x"]), {}).multimodal
+    assert plain.preservation_weight == 0.6 and plain.post_blend == "none" and plain.pres_mask == "keep"
 
 
 def test_optimize_steps_and_guidance_strength_flags_reach_the_multimodal_options(capsys):
@@ -157,11 +163,13 @@ def test_optimize_steps_and_guidance_strength_flags_reach_the_multimodal_options
     from regionedit.cli import build_parser
 
     args = ["bench", "shapes", "--out", "x", "--steps", "20"]
-    cfg = _options(build_parser().parse_args([*args, "--optimize-steps", "20", "--guidance-strength", "0.7"]))
+    cfg = _options(
+        build_parser().parse_args([*args, "--optimize-steps", "20", "--guidance-strength", "0.7"]), {}
+    )
     opts = cfg.multimodal_options(0.4)
     assert (opts.optimize_steps, opts.num_inference_steps, opts.guidance_strength) == (20, 20, 0.7)
     assert opts.preservation_weight == 0.4
-    plain = _options(build_parser().parse_args(args)).multimodal_options()
+    plain = _options(build_parser().parse_args(args), {}).multimodal_options()
     assert plain.optimize_steps == 10 and plain.guidance_strength is None  # first half, automatic s_g
     # t_u beyond the steps: one line, exit 2, before any model loads (the path does not exist)
     assert main([*args, "--optimize-steps", "21", "--model", "no/such/model"]) == 2

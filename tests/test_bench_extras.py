@@ -13,7 +13,7 @@ from regionedit.bench.extras import load_clip
 def clip_dir(tmp_path_factory):
     from transformers import CLIPConfig, CLIPModel
 
-    from regionedit.models.mini import build_tokenizer
+    from regionedit.shapes.model import build_tokenizer
 
     tok = build_tokenizer(77)
     text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,

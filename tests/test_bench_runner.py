@@ -22,12 +22,19 @@ from regionedit.bench.runner import (
     work_ratio,
 )
 from regionedit.errors import InvalidInputError
+from regionedit.execution import ExecutionOptions
 from regionedit.lomoe.options import LoMOEOptions
+from regionedit.multimodal.options import MultimodalOptions
 from regionedit.shapes.judge import Judge
 
 T = 2
 # multimodal without a ControlNet here (the shipped one fits the mini model, not the tiny one)
-CFG = MethodConfig(num_inference_steps=T, lomoe=LoMOEOptions(bootstrap_steps=1), multimodal_control="none")
+CFG = MethodConfig(
+    num_inference_steps=T,
+    lomoe=LoMOEOptions(bootstrap_steps=1),
+    multimodal=MultimodalOptions(num_inference_steps=T, optimize_steps=1),
+    multimodal_control="none",
+)
 
 
 @pytest.fixture(scope="module")
@@ -282,14 +289,14 @@ def test_run_folders_from_before_a_new_option_still_resume(tiny_model, tmp_path)
     items = shapes_bench(1, seed=1)
     run_benchmark(tiny_model, items, {"copy": _Counting()}, tmp_path, CFG, progress=False)
     config = json.loads((tmp_path / "config.json").read_text())
-    del config["method_config"]["multimodal_optimize_steps"]  # as written before the field existed
-    del config["method_config"]["multimodal"]["gradient_checkpointing"]
+    del config["method_config"]["execution"]  # as written before the field existed
+    del config["method_config"]["multimodal"]["control_scale"]
     (tmp_path / "config.json").write_text(json.dumps(config))
     again = _Counting()
     run_benchmark(tiny_model, items, {"copy": again}, tmp_path, CFG, progress=False)
     assert again.calls == []
     # the new option at another value is refused
-    changed = dataclasses.replace(CFG, multimodal_optimize_steps=1)
+    changed = dataclasses.replace(CFG, execution=ExecutionOptions(chunk_size=1))
     with pytest.raises(InvalidInputError, match="other settings"):
         run_benchmark(tiny_model, items, {"copy": _Counting()}, tmp_path, changed, progress=False)
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import regionedit as R
+from regionedit.execution import ExecutionOptions
 
 from .conftest import box
 
@@ -90,10 +91,18 @@ def test_gradients_reach_the_latents_only(tiny_model, inv):
 def test_chunked_gradient_matches_single_batch(tiny_model, inv):
     full = R.edit(tiny_model, inv, two_regions(), options=OPTS, progress=False)
     chunked = R.edit(
-        tiny_model, inv, two_regions(), options=dataclasses.replace(OPTS, chunk_size=1), progress=False
+        tiny_model, inv, two_regions(), options=OPTS, progress=False, execution=ExecutionOptions(chunk_size=1)
     )
     assert torch.allclose(full.latents, chunked.latents, atol=1e-4)
     assert chunked.timings["unet_calls"] > full.timings["unet_calls"]
+
+
+def test_gradient_checkpointing_gives_the_same_edit(tiny_model, inv):
+    full = R.edit(tiny_model, inv, two_regions(), options=OPTS, progress=False)
+    checkpointed = R.edit(tiny_model, inv, two_regions(), options=OPTS, progress=False,
+                          execution=ExecutionOptions(gradient_checkpointing=True))  # fmt: skip
+    assert torch.allclose(full.latents, checkpointed.latents, atol=1e-5)
+    assert not tiny_model.unet.is_gradient_checkpointing  # restored
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 16])
@@ -149,16 +158,6 @@ def test_guidance_rescale_acts_on_region_branches_only(tiny_model, image64):
     assert not torch.allclose(res.latents[0][:, inside], plain.latents[0][:, inside], atol=1e-3)
 
 
-def test_rescale_rule_is_diffusers_rescale_noise_cfg():
-    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
-
-    from regionedit.lomoe.editor import _rescale_cfg
-
-    g = torch.Generator().manual_seed(0)
-    guided, cond = torch.randn(3, 4, 8, 8, generator=g) * 5, torch.randn(3, 4, 8, 8, generator=g)
-    assert torch.allclose(_rescale_cfg(guided, cond, 0.7), rescale_noise_cfg(guided, cond, 0.7))
-
-
 def test_steps_mismatch_and_missing_caption(tiny_model, inv, image64):
     with pytest.raises(R.InvalidInputError, match="4 steps but the edit asks for 50"):
         R.edit(tiny_model, inv, two_regions(), progress=False)
@@ -182,7 +181,6 @@ def test_changed_guidance_recomputes_reference(tiny_model, inv):
         ("num_inference_steps", 0),
         ("bootstrap_steps", -2),
         ("overlap", "max"),
-        ("chunk_size", 0),
         ("mask_threshold", 1.5),
         ("background_blend", "yes"),
         ("guidance_rescale", 1.5),
@@ -191,6 +189,12 @@ def test_changed_guidance_recomputes_reference(tiny_model, inv):
 def test_option_errors_name_the_option(field, value):
     with pytest.raises(R.InvalidOptionError, match=field):
         R.LoMOEOptions(**{field: value})
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True])
+def test_chunk_size_errors(value):
+    with pytest.raises(R.InvalidOptionError, match="chunk_size"):
+        ExecutionOptions(chunk_size=value)
 
 
 def test_edit_from_image_equals_edit_from_its_inversion(tiny_model, image64):

@@ -9,7 +9,7 @@ from PIL import Image
 from regionedit.bench.metrics import background_of, background_psnr
 from regionedit.cli import main
 from regionedit.edit_api import read_metadata
-from regionedit.models.mini import MINI_DIR
+from regionedit.models.loading import MINI_DIR
 from regionedit.shapes.judge import load_judge
 from regionedit.shapes.world import make_scene, render, write_scene
 
@@ -72,10 +72,10 @@ def test_cli_edit_three_masks_is_deterministic_and_keeps_the_background(tmp_path
 
 @pytest.mark.parametrize("kind", ["edge", "scribble"])
 def test_shipped_controlnets_fit_the_mini_model_and_run_from_the_cli(tmp_path, kind):
+    from regionedit.models.loading import DATA_DIR
     from regionedit.multimodal.conditions import canny_edges, scribble_from_image
-    from regionedit.multimodal.nets import MINI_CONTROLNET_DIR
 
-    size = sum(p.stat().st_size for p in MINI_CONTROLNET_DIR.rglob("*") if p.is_file())
+    size = sum(p.stat().st_size for p in (DATA_DIR / "controlnet-mini").rglob("*") if p.is_file())
     assert size <= 15 * 2**20, size  # every shipped ControlNet together
     scene = make_scene(4, 2)
     d = write_scene(scene, tmp_path / "scene")

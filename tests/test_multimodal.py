@@ -12,12 +12,14 @@ from diffusers.models.controlnets import MultiControlNetModel
 from PIL import Image
 
 from regionedit.errors import DependencyError, InvalidInputError, InvalidOptionError
-from regionedit.inversion import make_scheduler
+from regionedit.execution import ExecutionOptions
 from regionedit.models.loading import from_components
+from regionedit.models.sd import to_x0
 from regionedit.multimodal import Condition, InvalidConditionError, MultimodalOptions, edit, invert_image
 from regionedit.multimodal.conditions import POSE_COLOURS, canny_edges, control_image, image_to_control_tensor
-from regionedit.multimodal.guidance import Denoiser, Targets, optimised_pass, x0_from_output
+from regionedit.multimodal.guidance import Denoiser, Targets, optimised_pass
 from regionedit.multimodal.mask import estimate_mask
+from regionedit.multimodal.options import MaskEstimateOptions
 
 SD_SCHEDULE = dict(
     prediction_type="epsilon", rescale_betas_zero_snr=False, timestep_spacing="leading", steps_offset=1
@@ -113,7 +115,7 @@ def test_x0_formula_recovers_clean_latent(tiny_components, schedule):
         z = sched.add_noise(z0, eps, tt)
         # A mock network that returns the true target of its prediction type.
         out = eps if schedule is SD_SCHEDULE else sched.get_velocity(z0, eps, tt)
-        x0 = x0_from_output(out, z, sched.alphas_cumprod[int(t)], sched.config.prediction_type)
+        x0 = to_x0(out, z, sched.alphas_cumprod[int(t)], sched.config.prediction_type)
         assert torch.allclose(x0, z0, atol=1e-5), int(t)
         # and the scheduler's own step agrees (catches ᾱ off by one timestep)
         ref = sched.step(out, t, z).pred_original_sample
@@ -127,18 +129,18 @@ def test_x0_formula_recovers_clean_latent(tiny_components, schedule):
 @pytest.mark.parametrize("target", [SOURCE, "a blue circle"])
 def test_identity_with_empty_mask_and_post_blend(tiny_components, image64, schedule, target):
     model = make_model(tiny_components, schedule, unit_latents=True, image=image64)
-    opts = dataclasses.replace(FAST, preservation_weight=1.0, post_blend=True)
+    opts = dataclasses.replace(FAST, preservation_weight=1.0, post_blend="input")
     res = edit(model, image64, target, SOURCE, mask=np.zeros((64, 64)), options=opts, generator=gen())
     assert psnr(res.image, res.reconstruction) >= 30
     assert not res.mask.any() and not res.mask_estimated
 
 
 def test_post_blend_towards_the_losses_optimum(model, image64):
-    """post_blend_target="loss": outside m the final latent is T8's λ-weighted mean of z0 and
+    """post_blend="loss": outside m the final latent is T8's λ-weighted mean of z0 and
     z0^g (z0^g itself at λ = 0, z0 at λ = 1); inside m the edit is left alone."""
     mask = np.zeros((64, 64))
     mask[16:40, 8:32] = 1
-    base = dataclasses.replace(FAST, post_blend=True, post_blend_target="loss")
+    base = dataclasses.replace(FAST, post_blend="loss")
     first = edit(model, image64, "a blue circle", SOURCE, mask=mask, options=base, generator=gen())
     inv, m = first.inversion, first.mask
     z0, zg, keep = inv[:1], first.guidance_latents, ~m
@@ -152,7 +154,7 @@ def test_post_blend_towards_the_losses_optimum(model, image64):
         assert torch.allclose(res.latents[..., keep], want[..., keep], atol=1e-5)
         inside = res.latents[..., m]
         assert not torch.allclose(inside, want[..., m], atol=1e-3)  # the edit region is not blended
-    opts = dataclasses.replace(FAST, post_blend=True, preservation_weight=0.6)  # the input's blend
+    opts = dataclasses.replace(FAST, post_blend="input", preservation_weight=0.6)  # the input's blend
     plain = edit(model, image64, "a blue circle", SOURCE, mask=mask, options=opts, generator=gen(),
                  inversion=inv, guidance=first.guidance)  # fmt: skip
     assert torch.allclose(plain.latents[..., keep], z0[..., keep], atol=1e-6)
@@ -219,8 +221,8 @@ def test_no_optimisation_equals_plain_regeneration(model, nets, image64):
     ]
     # The plain loop, written out here: invert, then DDIM with CFG and the ControlNet.
     inv = invert_image(model, image64, SOURCE, 4)
-    sched = make_scheduler(model, 4)
-    emb = model.encode_prompts(["", target])
+    sched = model.scheduler(4)
+    emb = model.encode_prompt(["", target]).embeds
     control = image_to_control_tensor(canny_edges(image64), model.device, model.dtype)
     z = inv[-1:]
     with torch.no_grad():
@@ -239,25 +241,32 @@ def test_no_optimisation_equals_plain_regeneration(model, nets, image64):
 
 
 @pytest.mark.parametrize("lam", [0.6, 0.2])
-def test_noisy_loss_optimum_matches_closed_form(model, lam):
+@pytest.mark.parametrize("pres_everywhere", [False, True], ids=["keep", "whole-image"])
+def test_noisy_loss_optimum_matches_closed_form(model, lam, pres_everywhere):
+    """The closed-form solver lands on T8's optimum exactly; many Adam steps approach it."""
     g = gen(5)
     a, b = torch.randn((1, 4, 16, 16), generator=g), torch.randn((1, 4, 16, 16), generator=g)
     m = torch.zeros((1, 1, 16, 16))
     m[..., 4:10, 3:12] = 1
-    keep = 1 - m
-    opts = MultimodalOptions(
-        num_inference_steps=2, optimize_steps=1, grad_steps=300, optimizer="sgd", learning_rate=300.0,
-        loss_space="noisy", preservation_weight=lam,
-    )  # fmt: skip
-    sched = make_scheduler(model, 2)
-    den = Denoiser(model, model.encode_prompts(["", ""]), 1.0, None, 2)
-    targets = Targets(pres=a, pres_traj={0: a}, guid_traj={0: b}, keep=keep, edit=m)
+    keep = torch.ones_like(m) if pres_everywhere else 1 - m
+    sched = model.scheduler(2)
+    den = Denoiser(model, model.encode_prompt(["", ""]), 1.0, None, 2)
+    targets = Targets(pres=a, pres_traj={0: a}, guid_traj={0: b}, keep=None if pres_everywhere else keep)
     start = torch.randn((1, 4, 16, 16), generator=g)
-    _, traj, _ = optimised_pass(den, sched, start, 0, opts, lam, targets)
     alpha, beta = lam / (4 * keep.sum()), (1 - lam) / (4 * 16 * 16)
     expected = (alpha * keep * a + beta * b) / (alpha * keep + beta)
-    assert torch.allclose(traj[0], expected, atol=1e-4)
-    assert torch.allclose(traj[0] * m, b * m, atol=1e-4)  # inside m only L_guid acts
+    noisy = MultimodalOptions(
+        num_inference_steps=2, optimize_steps=1, loss_space="noisy", preservation_weight=lam
+    )
+    exact = dataclasses.replace(noisy, solver="closed_form")
+    _, traj, records = optimised_pass(den, sched, start, 0, exact, lam, targets)
+    assert torch.allclose(traj[0], expected, atol=1e-6)
+    assert records[0]["loss_after"] < records[0]["loss_before"]
+    adam = dataclasses.replace(noisy, grad_steps=2000, learning_rate=0.01)
+    _, traj_adam, _ = optimised_pass(den, sched, start, 0, adam, lam, targets)
+    assert torch.allclose(traj_adam[0], expected, atol=2e-3)
+    if not pres_everywhere:
+        assert torch.allclose(traj[0] * m, b * m, atol=1e-6)  # inside m only L_guid acts
 
 
 # --- T9: ControlNet plumbing ----------------------------------------------------------------
@@ -278,7 +287,7 @@ def test_main_pass_control_off_leaves_the_condition_to_the_guidance_pass(model, 
     box = np.zeros((64, 64))
     box[16:48, 16:48] = 1
     one = dataclasses.replace(FAST, preservation_weight=1.0)  # λ = 1: the guidance image is unused
-    off = dataclasses.replace(one, main_pass_control=False)
+    off = dataclasses.replace(one, main_pass_control_scale=0.0)
     kw = dict(mask=box, controlnets=nets["edge"], conditions=[Condition("edge", "auto")])
     on_1 = edit(model, image64, "a blue circle", SOURCE, options=one, generator=gen(), **kw)
     off_1 = edit(model, image64, "a blue circle", SOURCE, options=off, generator=gen(), **kw)
@@ -304,10 +313,9 @@ def test_main_pass_control_scale_weakens_the_condition_in_the_main_pass_only(mod
                 options=dataclasses.replace(one, main_pass_control_scale=f))
         for f in (0.0, 0.5, 1.0)
     }  # fmt: skip
-    off = edit(model, image64, "a blue circle", SOURCE, options=dataclasses.replace(one, main_pass_control=False),
-               generator=gen(), **kw)  # fmt: skip
-    assert all(torch.equal(r.guidance.latents, off.guidance.latents) for r in run.values())
-    assert torch.equal(run[0.0].latents, off.latents)  # scale 0 is the condition switched off
+    text = edit(model, image64, "a blue circle", SOURCE, options=one, generator=gen(), mask=box)
+    assert all(torch.equal(r.guidance.latents, run[0.0].guidance.latents) for r in run.values())
+    assert torch.allclose(run[0.0].latents, text.latents, atol=1e-6)  # scale 0: no condition in the main pass
     assert not torch.allclose(run[0.5].latents, run[0.0].latents, atol=1e-3)
     assert not torch.allclose(run[0.5].latents, run[1.0].latents, atol=1e-3)
     with pytest.raises(InvalidOptionError, match="main_pass_control_scale"):
@@ -512,25 +520,30 @@ def test_option_validation():
         dict(preservation_weight=1.5),
         dict(optimize_steps=60),
         dict(loss_space="z"),
-        dict(optimizer="lbfgs"),
+        dict(solver="lbfgs"),
+        dict(solver="closed_form"),  # the closed form exists in noisy space only
         dict(guidance_strength=0.0),
         dict(learning_rate=float("nan")),
         dict(grad_steps=-1),
         dict(post_blend="yes"),
+        dict(post_blend=True),
         dict(pres_mask="edit"),
-        dict(post_blend_target="guidance", post_blend=True),
-        dict(post_blend_target="loss"),  # without post_blend it would do nothing
+        dict(control_scale=-1.0),
+        dict(mask_estimate=dict(num_maps=3)),
     ):
         with pytest.raises(InvalidOptionError):
             MultimodalOptions(**bad)
+    for bad in (dict(num_maps=0), dict(threshold=1.5), dict(clamp_ratio=0.0), dict(dilate="yes")):
+        with pytest.raises(InvalidOptionError):
+            MaskEstimateOptions(**bad)
     assert MultimodalOptions().strength_for(True) == 1.0 and MultimodalOptions().strength_for(False) == 0.8
 
 
 # --- loss spaces and memory option ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("kw", [dict(loss_space="pixel"), dict(loss_space="noisy", guid_mask="edit")])
-def test_other_loss_spaces_run_and_optimise(model, image64, kw):
+@pytest.mark.parametrize("kw", [dict(loss_space="noisy"), dict(loss_space="noisy", solver="closed_form")])
+def test_noisy_loss_space_runs_and_optimises(model, image64, kw):
     res = edit(
         model, image64, "a blue circle", SOURCE, options=dataclasses.replace(FAST, **kw), generator=gen()
     )
@@ -542,7 +555,9 @@ def test_other_loss_spaces_run_and_optimise(model, image64, kw):
 def test_gradient_checkpointing_gives_the_same_edit(model, nets, image64):
     kw = dict(controlnets=[nets["edge"]], conditions=[Condition("edge", "auto")])
     a = edit(model, image64, "a blue circle", SOURCE, options=FAST, generator=gen(), **kw)
-    opts = dataclasses.replace(FAST, gradient_checkpointing=True)
-    b = edit(model, image64, "a blue circle", SOURCE, options=opts, generator=gen(), **kw)
+    execution = ExecutionOptions(gradient_checkpointing=True)
+    b = edit(
+        model, image64, "a blue circle", SOURCE, options=FAST, generator=gen(), execution=execution, **kw
+    )
     assert torch.allclose(a.latents, b.latents, atol=1e-5)
     assert not model.unet.is_gradient_checkpointing  # restored

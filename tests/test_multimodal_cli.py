@@ -1,5 +1,6 @@
 """`regionedit edit --method multimodal` on the tiny model saved as a diffusers folder."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -11,6 +12,7 @@ from regionedit.edit_api import read_metadata
 
 from .test_multimodal import make_controlnet
 
+BACKSLASH_NEWLINE = "\\\n"
 FAST = ["--steps", "4", "--optimize-steps", "2", "--grad-steps", "2"]
 
 
@@ -65,30 +67,33 @@ def test_cli_multimodal_errors(files, tiny_model_dir, capsys, extra, message):
     assert not out.exists()
 
 
-def test_readme_recipe_runs_and_sets_its_options(files, tiny_model_dir, capsys, tmp_path):
-    """The README's noisy-space recipe, as written there, on the tiny model (fewer steps)."""
+def test_readme_recipe_uses_the_mini_models_settings(capsys, tmp_path):
+    """The README's multi-modal command, as written there, on the mini model: no tuning flag, so
+    the options are the mini model's shipped multimodal settings with λ from the command."""
     import shlex
     from pathlib import Path
 
+    from regionedit import load, make_options
+    from regionedit.multimodal.conditions import canny_edges
+    from regionedit.shapes.world import box_mask, make_scene, render, write_scene
+
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     start = readme.index("regionedit edit --method multimodal --image in.png --mask box.png")
-    command = readme[start : readme.index("```", start)].replace("\\\n", " ")
-    argv = shlex.split(command)[1:]
-    paths = {"in.png": files / "in.png", "box.png": files / "mask.png", "out.png": tmp_path / "out.png"}
-    argv = [str(paths.get(a, a)) for a in argv]
-    argv = [f"edge={files / 'in.png'}" if a.startswith("edge=") else a for a in argv]
-    argv[argv.index("--steps") + 1], argv[argv.index("--optimize-steps") + 1] = "4", "3"
-    argv += ["--model", str(tiny_model_dir), "--controlnet", f"edge={files / 'cn_edge'}"]
+    command = readme[start : readme.index("```", start)].replace(BACKSLASH_NEWLINE, " ")
+    scene, target = make_scene(4, 1, size=128), make_scene(5, 1, size=128)
+    write_scene(scene, tmp_path / "scene")
+    Image.fromarray(box_mask(scene.objects[0], 128).astype(np.uint8) * 255).save(tmp_path / "box.png")
+    canny_edges(Image.fromarray(render(target)[0])).save(tmp_path / "target_edges.png")
+    paths = {"in.png": tmp_path / "scene" / "image.png", "box.png": tmp_path / "box.png",
+             "out.png": tmp_path / "out.png", "edge=target_edges.png": f"edge={tmp_path / 'target_edges.png'}"}  # fmt: skip
+    argv = [str(paths.get(a, a)) for a in shlex.split(command)[1:]]
+    tuning = {"--steps", "--optimize-steps", "--grad-steps", "--learning-rate", "--loss-space", "--pres-mask"}
+    assert not tuning & set(argv)  # the settings ship with the model
     assert main(argv) == 0, capsys.readouterr().err
     opts = read_metadata(tmp_path / "out.png")["options"]
-    assert (opts["loss_space"], opts["pres_mask"], opts["main_pass_control"]) == ("noisy", "none", False)
-    assert (opts["learning_rate"], opts["grad_steps"], opts["preservation_weight"]) == (0.1, 20, 0.6)
-    from regionedit.models.mini import MINI_MULTIMODAL  # the UI's settings for the mini model
-
-    assert f"--steps {MINI_MULTIMODAL['num_inference_steps']} " in command
-    assert f"--optimize-steps {MINI_MULTIMODAL['optimize_steps']} " in command
-    same = ("grad_steps", "learning_rate", "loss_space", "pres_mask", "main_pass_control")
-    assert all(opts[k] == MINI_MULTIMODAL[k] for k in same)
+    shipped = make_options("multimodal", {"preservation_weight": 0.6}, load("mini").settings["multimodal"])
+    assert opts == dataclasses.asdict(shipped)
+    assert (opts["loss_space"], opts["pres_mask"], opts["main_pass_control_scale"]) == ("noisy", "none", 0.0)
 
 
 def test_spec_file_with_relative_paths_equals_the_flags(files, tiny_model_dir, capsys, tmp_path):
@@ -137,6 +142,7 @@ def test_misplaced_or_bad_inputs_fail_before_the_model_loads(files, capsys, tmp_
 
 
 def test_method_flag_over_a_spec_without_method_and_control_flag_over_spec_controls(files, tmp_path):
+    from regionedit import MultimodalOptions, make_options
     from regionedit.edit_api import EditRequest
 
     spec = {"image": "in.png", "prompts": ["a blue circle"], "background_prompt": "a red square",
@@ -146,12 +152,12 @@ def test_method_flag_over_a_spec_without_method_and_control_flag_over_spec_contr
     seen = {}
     import regionedit.edit_api as api
 
-    def stop(request):  # the request as built, before any model work
+    def stop(request, model):  # the request as built, before any model work
         seen["request"] = request
         raise api.InvalidInputError("stop here")
 
-    orig = EditRequest.check
-    EditRequest.check = stop
+    orig = EditRequest.prepare
+    EditRequest.prepare = stop
     try:
         assert main(["edit", "--spec", str(files / "spec2.json"), "--method", "multimodal", "--out",
                      str(tmp_path / "x.png")]) == 2  # fmt: skip
@@ -160,11 +166,11 @@ def test_method_flag_over_a_spec_without_method_and_control_flag_over_spec_contr
                      "--out", str(tmp_path / "x.png")]) == 2  # fmt: skip
         flag_request = seen.pop("request")
     finally:
-        EditRequest.check = orig
+        EditRequest.prepare = orig
     assert spec_request.controls == [f"scribble={files / 'in.png'}"]  # relative to the spec
-    assert spec_request.control_scales == [0.5] and spec_request.options.preservation_weight == 0.3
+    assert spec_request.control_scales == [0.5] and spec_request.options["preservation_weight"] == 0.3
     assert spec_request.controlnets == {"scribble": str(files / "cn_edge")}
     assert flag_request.controls == ["edge=auto"]  # the flag replaces the spec's controls, scales and nets
     assert flag_request.control_scales == [] and flag_request.controlnets == {}
-    assert EditRequest(image="x", masks=[], prompts=["a"], background_prompt="", method="multimodal").options \
-        == api.MultimodalOptions()  # fmt: skip
+    request = EditRequest(image="x", masks=[], prompts=["a"], background_prompt="", method="multimodal")
+    assert make_options("multimodal", request.options) == MultimodalOptions()  # the method's own defaults

@@ -6,7 +6,7 @@ import torch
 from diffusers import ControlNetModel
 from safetensors.torch import load_file
 
-from regionedit.multimodal.train_controlnet import ControlTrainConfig, train_controlnet
+from regionedit.shapes.train_controlnet import ControlTrainConfig, train_controlnet
 
 CFG = ControlTrainConfig(num_scenes=6, steps=3, batch=2, ckpt_every=2, embedding_channels=(8, 16, 32))
 
@@ -58,8 +58,8 @@ def test_init_from_a_missing_folder_says_so(tiny_model, tmp_path):
 def test_a_controlnet_grows_with_its_unet():
     import pytest
 
-    from regionedit.models.mini import MiniConfig, build_components, load_grown_unet
-    from regionedit.multimodal.train_controlnet import grow_controlnet
+    from regionedit.shapes.model import MiniConfig, build_components, load_grown_unet
+    from regionedit.shapes.train_controlnet import grow_controlnet
 
     cfg = MiniConfig(vae_channels=(32, 32, 32), unet_channels=(16, 32, 32), text_width=32)
     small = build_components(cfg, seed=1)["unet"]

@@ -3,10 +3,18 @@ import pytest
 import torch
 from PIL import Image
 
+from regionedit import LoMOEOptions
 from regionedit.errors import InvalidMaskError, PromptCountError
-from regionedit.regions import Region, active_weights, latent_masks, mask_to_array, validate_regions
+from regionedit.lomoe.prepare import prepare_lomoe
+from regionedit.regions import Region, active_weights, latent_masks, mask_to_array
 
 from .conftest import box
+
+
+def binary_masks(regions):
+    """The binary masks a LoMOE edit of a 16x16 image (VAE factor 4) prepares."""
+    prepared = prepare_lomoe(Image.new("RGB", (16, 16)), regions, "bg", LoMOEOptions(), 4)
+    return [r.mask for r in prepared.regions]
 
 
 def test_mask_forms_and_threshold(tmp_path):
@@ -16,7 +24,7 @@ def test_mask_forms_and_threshold(tmp_path):
     Image.fromarray(m).save(tmp_path / "m.png")
     rgb = Image.fromarray(np.stack([m] * 3, -1))
     for form in (tmp_path / "m.png", str(tmp_path / "m.png"), Image.fromarray(m), rgb, m, m / 255.0):
-        (binary,) = validate_regions([Region(form, "x")], 16, 16, 0.5)
+        (binary,) = binary_masks([Region(form, "x")])
         assert binary.sum() == 16 and binary[3, 3] and not binary[9, 9]
 
 
@@ -33,7 +41,7 @@ def test_mask_forms_and_threshold(tmp_path):
 )
 def test_region_errors(region, msg):
     with pytest.raises((InvalidMaskError, PromptCountError), match=msg):
-        validate_regions([region], 16, 16, 0.5)
+        binary_masks([region])
 
 
 def test_latent_masks_background_first_and_overlap_policies():

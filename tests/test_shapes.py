@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from regionedit.models.mini import VOCAB_WORDS, build_tokenizer
+from regionedit.shapes.model import VOCAB_WORDS, build_tokenizer
 from regionedit.shapes.world import COLOURS, SHAPES, make_scene, render, write_scene
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from regionedit.models.mini import MiniConfig
+from regionedit.shapes.model import MiniConfig
 from regionedit.shapes.train import TrainConfig, export_checkpoint, train_mini
 
 CFG = TrainConfig(
@@ -57,7 +57,7 @@ def test_training_can_start_from_a_saved_pipeline(tmp_path):
 def test_a_grown_unet_keeps_the_old_levels_and_starts_its_new_ones_as_pass_throughs():
     import torch.nn.functional as F
 
-    from regionedit.models.mini import build_components, load_grown_unet
+    from regionedit.shapes.model import build_components, load_grown_unet
 
     small = build_components(MODEL, seed=1)["unet"]
     grown = build_components(dataclasses.replace(MODEL, image_size=128, unet_plain_levels=1), seed=2)["unet"]

@@ -267,19 +267,18 @@ def test_serve_command_starts_a_working_app(tiny_model_dir, tmp_path):
         proc.wait(timeout=30)
 
 
-def test_serve_starts_the_mini_model_from_its_measured_settings(monkeypatch):
-    from regionedit.cli import main
-    from regionedit.models.mini import MINI_LOMOE, MINI_MULTIMODAL
-    from regionedit.ui import app as ui_app
+def test_the_page_starts_from_the_models_settings(tiny_components, tmp_path):
+    """No model name is special: the page's first values are the model's settings (paste-back on)."""
+    from regionedit.models.loading import from_components
 
-    seen = {}
-    monkeypatch.setattr(ui_app, "build_app", lambda model, **kw: seen.update(kw))
-    monkeypatch.setattr(ui_app, "launch", lambda *a, **kw: None)
-    monkeypatch.setattr("regionedit.edit_api.load_model", lambda *a: object())
-    assert main(["serve"]) == 0
-    opts, mm = seen["options"], seen["multimodal_options"]
-    assert opts.paste_back and all(getattr(opts, k) == v for k, v in MINI_LOMOE.items())
-    assert all(getattr(mm, k) == v for k, v in MINI_MULTIMODAL.items())
-    assert main(["serve", "--model", "some/folder"]) == 0
-    assert seen["options"].guidance_scale == 7.5  # other models start from the paper's defaults
-    assert seen["multimodal_options"] is None  # (the spec's, in build_app)
+    settings = {"lomoe": {"num_inference_steps": 7, "guidance_scale": 3.0},
+                "multimodal": {"preservation_weight": 0.4}}  # fmt: skip
+    for given, steps, guidance, lam in ((settings, 7, 3.0, 0.4), ({}, 50, 7.5, 0.6)):
+        model = from_components(tiny_components, name="tiny", settings=given)
+        app = build_app(model, model_name="tiny", output_dir=tmp_path)
+        config = app.get_config_file()
+        values = {
+            c.get("props", {}).get("elem_id"): c.get("props", {}).get("value") for c in config["components"]
+        }
+        assert (values["steps"], values["guidance"], values["lambda"]) == (steps, guidance, lam)
+        assert values["paste-back"] is True

@@ -16,16 +16,20 @@ from .errors import (
     PromptCountError,
     RegionEditError,
 )
+from .execution import ExecutionOptions
 from .inversion import Inversion, InversionOptions, invert
 from .lomoe import EditResult, LoMOEOptions
 from .lomoe import edit as edit
-from .models.loading import Model, load
+from .models.interface import Model
+from .models.loading import describe, load
+from .multimodal import MultimodalOptions
+from .options import make_options
 from .regions import Region
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "EditResult",
+    "ExecutionOptions",
     "ImageSizeError",
     "InvalidInputError",
     "InvalidMaskError",
@@ -34,11 +38,15 @@ __all__ = [
     "InversionOptions",
     "LoMOEOptions",
     "Model",
+    "MultimodalOptions",
     "ModelLoadError",
     "PromptCountError",
     "Region",
+    "__version__",
     "RegionEditError",
+    "describe",
     "edit",
     "invert",
     "load",
+    "make_options",
 ]

@@ -1,8 +1,8 @@
 """Cross-attention with a temperature, and capture of its probabilities.
 
-Installed through diffusers' attention-processor API on the ``attn2`` (cross-attention)
-layers only; self-attention keeps its fast SDPA processor. The originals are restored when
-the context manager exits, whatever happens inside.
+Installed through diffusers' attention-processor API on the cross-attention layers a model
+names (``Model.cross_attention_layers``); self-attention keeps its fast SDPA processor. The
+originals are restored when the context manager exits, whatever happens inside.
 """
 
 from __future__ import annotations
@@ -80,32 +80,24 @@ class TemperatureCrossAttnProcessor:
         return out / attn.rescale_output_factor
 
 
-def cross_attention_names(unet) -> list[str]:
-    """Processor names of the UNet's cross-attention layers (``...attn2.processor``)."""
-    return [n for n in unet.attn_processors if n.endswith("attn2.processor")]
-
-
 @contextmanager
-def temperature_attention(unet, temperature: float = 1.0):
-    """Install temperature/capture processors on ``attn2`` layers; yield the store.
+def temperature_attention(network, layers: list[str], temperature: float = 1.0):
+    """Install temperature/capture processors on the processors named ``layers``; yield the store.
 
-    >>> with temperature_attention(unet, 1.25) as store:
+    >>> with temperature_attention(unet, names, 1.25) as store:
     ...     store.capture = True
     ...     unet(latents, t, encoder_hidden_states=emb)
     ...     maps = store.maps
     """
-    original = unet.attn_processors
+    original = network.attn_processors
     store = AttentionStore()
+    chosen = set(layers)
     procs = {
-        name: (
-            TemperatureCrossAttnProcessor(name, store, temperature)
-            if name.endswith("attn2.processor")
-            else proc
-        )
+        name: TemperatureCrossAttnProcessor(name, store, temperature) if name in chosen else proc
         for name, proc in original.items()
     }
-    unet.set_attn_processor(procs)
+    network.set_attn_processor(procs)
     try:
         yield store
     finally:
-        unet.set_attn_processor(original)
+        network.set_attn_processor(original)

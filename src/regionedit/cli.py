@@ -7,84 +7,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import logging
 import sys
 from pathlib import Path
 
 from .errors import InvalidInputError, RegionEditError
-from .lomoe.options import LoMOEOptions
-
-# Flags whose names differ from the option field.
-FLAG_NAMES = {"num_inference_steps": "steps"}
-
-
-def _flag(field: str) -> str:
-    return "--" + FLAG_NAMES.get(field, field).replace("_", "-")
-
-
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _option_type(f: dataclasses.Field):
-    t = str(f.type)
-    if t.startswith("bool"):
-        return _bool
-    if t.startswith("int"):
-        return int
-    if t.startswith("float"):
-        return float
-    return str
-
-
-def flag_kwargs(f: dataclasses.Field) -> dict:
-    """``add_argument`` keywords for an options field; a bare boolean flag means true
-    (``--paste-back``), or give a value (``--paste-back false``)."""
-    kind = _option_type(f)
-    return {
-        "dest": f"opt_{f.name}",
-        "type": kind,
-        "default": None,
-        "metavar": f.name.upper(),
-        "help": f"default: {f.default!r}",
-        **({"nargs": "?", "const": True} if kind is _bool else {}),
-    }
-
-
-def add_option_flags(parser: argparse.ArgumentParser, cls, skip=(), title: str | None = None) -> None:
-    """One flag per field of an options dataclass (except ``skip``); ``--help`` shows the spec default."""
-    group = parser.add_argument_group(title or f"{cls.__name__} (defaults from the method's spec)")
-    for f in dataclasses.fields(cls):
-        if f.name not in skip:
-            group.add_argument(_flag(f.name), **flag_kwargs(f))
-
-
-def option_values(cls, args) -> dict:
-    """The fields of ``cls`` given on the command line by :func:`add_option_flags`."""
-    values = {}
-    for f in dataclasses.fields(cls):
-        v = getattr(args, f"opt_{f.name}", None)
-        if v is not None:
-            values[f.name] = v
-    return values
-
-
-def options_from_args(cls, args, spec_options: dict | None = None):
-    values = {}
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key, value in (spec_options or {}).items():
-        key = {"steps": "num_inference_steps"}.get(key, key)
-        if key not in names:
-            raise InvalidInputError(f"unknown option {key!r}; known: {sorted(names)}")
-        values[key] = value
-    values.update(option_values(cls, args))
-    return cls(**values)
+from .flags import add_option_flags, flag_names, option_values
+from .version import __version__
 
 
 class _Parser(argparse.ArgumentParser):
@@ -94,7 +24,10 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="regionedit", description="Mask-localized multi-object image editing.")
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="log details, library warnings and loading bars"
+    )
+    p.add_argument("--version", action="version", version=f"regionedit {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     e = sub.add_parser(
@@ -137,8 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fit sizes that are not a multiple of the VAE factor: pad (edges replicated, output "
         "cropped back to the input size) or crop (centre crop to the lower multiple)",
     )
-    add_option_flags(e, LoMOEOptions)
-    _multimodal_cli().add_flags(e)  # after LoMOE: shared flag names keep one meaning
+    add_edit_flags(e)
 
     s = sub.add_parser("shapes", help="generate a shapes-world scene")
     s.add_argument("--seed", type=int, default=0)
@@ -199,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     et.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this long")
     from .shapes.edit_tune import EditTuneConfig
 
-    add_option_flags(et, EditTuneConfig, title="edit-tune options (defaults: the shipped run's)")
+    add_option_flags(et, EditTuneConfig, "edit-tune options (defaults: the shipped run's)")
     tj = sub.add_parser("train-judge", help="train the shapes-world judge; prints held-out accuracy")
     tj.add_argument("--out", required=True, help="safetensors file to write")
     tj.add_argument("--steps", type=int, default=800)
@@ -214,98 +146,167 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--guidance-scale", type=float, default=5.0)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--out", default=None, help="also write the results as JSON here")
-    for module in EXTRA_COMMANDS:
-        name, handler = importlib.import_module(module).add_parser(sub)
+    from .batch.cli import add_parser as add_batch
+    from .bench.cli import add_parser as add_bench
+    from .ui.cli import add_parser as add_serve
+
+    for add in (add_serve, add_bench, add_batch):  # their heavy imports stay inside the handlers
+        name, handler = add(sub)
         COMMANDS[name] = handler
     return p
 
 
-def _load_spec(path: str, method: str | None = None) -> tuple[dict, Path]:
+def add_edit_flags(parser) -> None:
+    """The option flags of ``regionedit edit``: both methods' (a shared name keeps one meaning and
+    one destination; unset, each method uses its model's setting), then the execution ones."""
+    from .execution import ExecutionOptions
+    from .lomoe.options import LoMOEOptions
+    from .multimodal.options import MultimodalOptions
+
+    add_option_flags(parser, LoMOEOptions, "LoMOE options (default: the model's settings, else the paper's)")
+    g = parser.add_argument_group("multimodal (--method multimodal)")
+    g.add_argument(
+        "--source-prompt", default=None, help="caption of the input (default: --background-prompt or '')"
+    )
+    g.add_argument(
+        "--control",
+        action="append",
+        default=None,
+        metavar="KIND=PATH|auto",
+        help="layout condition: edge=PATH|auto, scribble=PATH|auto, pose=KEYPOINTS.json|SKELETON.png, "
+        "seg=PATH; repeat for several",
+    )
+    g.add_argument(
+        "--control-scale", action="append", type=float, default=None, help="scale of each --control, in order"
+    )
+    g.add_argument(
+        "--controlnet",
+        action="append",
+        default=None,
+        metavar="KIND=DIR",
+        help="diffusers ControlNet folder for a kind (default: the model's, where it ships them)",
+    )
+    add_option_flags(
+        parser, MultimodalOptions, "multimodal options (default: the model's settings, else the method's)"
+    )
+    add_option_flags(parser, ExecutionOptions, "execution (memory and time; never the result)")
+
+
+def _load_spec(path: str, method: str | None) -> tuple[dict, Path]:
     """The spec, checked as for ``method`` when the flag gives one (the flag wins over the file)."""
+    from .edit_api import check_spec
     from .io import read_json
 
     p = Path(path)
     spec = read_json(p, "spec")
-    if not isinstance(spec, dict):
-        raise InvalidInputError(f"spec file {p} must hold a JSON object")
-    from .edit_api import check_spec
-
-    return check_spec({**spec, "method": method} if method else spec, f"spec file {p}"), p.parent
+    if method and isinstance(spec, dict):
+        spec = {**spec, "method": method}
+    return check_spec(spec, f"spec file {p}"), p.parent
 
 
-def _as_list(value, name) -> list:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    if not isinstance(value, list):
-        raise InvalidInputError(f"{name} must be a list")
-    return value
+def _as_list(value) -> list:
+    return [] if value is None else [value] if isinstance(value, str) else list(value)
 
 
-def _multimodal_cli():
-    from .multimodal import cli
+def edit_request(args):
+    """``regionedit edit``'s flags over a ``--spec`` file's fields, as one :class:`EditRequest`.
 
-    return cli
+    A flag wins over the file's field; option flags override the file's options one by one.
+    Paths in the file are relative to it.
+    """
+    from .edit_api import EditRequest
+    from .execution import ExecutionOptions
+    from .multimodal.request import resolve_control, split_pairs
+    from .options import option_class
+
+    spec, base = ({}, Path.cwd()) if args.spec is None else _load_spec(args.spec, args.method)
+
+    def rel(v):
+        return v if args.spec is None or Path(v).is_absolute() else str(base / v)
+
+    method = args.method or spec.get("method", "lomoe")
+    cls = option_class(method)
+    other = option_class("multimodal" if method == "lomoe" else "lomoe")
+    own = option_values(cls, args)
+    foreign = sorted(set(flag_names(option_values(other, args))) - set(flag_names(own)))
+    if method == "lomoe":
+        given = (("--source-prompt", args.source_prompt), ("--control", args.control),
+                 ("--control-scale", args.control_scale), ("--controlnet", args.controlnet))  # fmt: skip
+        foreign += [flag for flag, value in given if value is not None]
+        if foreign:
+            raise InvalidInputError(
+                f"{', '.join(foreign)}: need the multimodal method; add --method multimodal"
+            )
+    elif foreign:
+        raise InvalidInputError(
+            f"{', '.join(foreign)}: LoMOE options, not the multimodal method's; drop them"
+        )
+    options = {**spec.get("options", {}), **own}
+    if "mask_estimate" in own and "mask_estimate" in spec.get("options", {}):
+        options["mask_estimate"] = {**spec["options"]["mask_estimate"], **own["mask_estimate"]}
+    execution = {**spec.get("execution", {}), **option_values(ExecutionOptions, args)}
+
+    image = args.image or (rel(spec["image"]) if "image" in spec else None)
+    out = args.out or spec.get("out")
+    if not image:
+        raise InvalidInputError("no input image: pass --image or give 'image' in --spec")
+    if not out:
+        raise InvalidInputError("no output file: pass --out (or give 'out' in --spec)")
+    masks = args.mask if args.mask is not None else [rel(m) for m in _as_list(spec.get("masks"))]
+    prompts = args.prompt if args.prompt is not None else _as_list(spec.get("prompts"))
+    negatives = (
+        args.negative_prompt if args.negative_prompt is not None else _as_list(spec.get("negative_prompts"))
+    )
+    background = (
+        args.background_prompt if args.background_prompt is not None else spec.get("background_prompt")
+    )
+    if method == "multimodal":
+        background = args.source_prompt if args.source_prompt is not None else background
+        background = "" if background is None else background
+    elif background is None:
+        raise InvalidInputError("no background prompt: pass --background-prompt (the input's caption)")
+    if args.control is not None:  # the flags replace the spec's controls with their scales
+        controls = list(args.control)
+        pairs = split_pairs(controls, "--control")  # flag-worded errors before anything is read
+        scales = list(args.control_scale or [])
+    else:
+        pairs = split_pairs(_as_list(spec.get("controls")), "a spec control")
+        controls = [f"{k}={resolve_control(v, rel)}" for k, v in pairs]
+        scales = args.control_scale if args.control_scale is not None else spec.get("control_scales", [])
+    if len(scales) > len(controls):
+        raise InvalidInputError(f"got {len(scales)} --control-scale for {len(controls)} --control")
+    kinds = {k for k, _ in pairs}
+    nets = {k: rel(v) for k, v in spec.get("controlnets", {}).items() if k in kinds}
+    nets.update(split_pairs(args.controlnet, "--controlnet"))
+    request = EditRequest(
+        image=image,
+        masks=list(masks),
+        prompts=list(prompts),
+        negative_prompts=list(negatives),
+        background_prompt=background,
+        method=method,
+        seed=args.seed if args.seed is not None else int(spec.get("seed", 0)),
+        options=options,
+        model=args.model or spec.get("model", "mini"),
+        resize=args.resize or spec.get("resize"),
+        controls=controls,
+        control_scales=list(scales),
+        controlnets=nets,
+        execution=execution,
+    )
+    return request, out
 
 
 def run_edit(args) -> int:
     from . import edit_api
 
-    spec, base = ({}, Path.cwd()) if args.spec is None else _load_spec(args.spec, args.method)
-
-    def rel(v):
-        return None if v is None else str(base / v) if args.spec and not Path(v).is_absolute() else v
-
-    if (args.method or spec.get("method")) == "multimodal":
-        return _multimodal_cli().run(args, spec, rel)
-
-    image = args.image or rel(spec.get("image"))
-    masks = args.mask if args.mask is not None else [rel(m) for m in _as_list(spec.get("masks"), "masks")]
-    prompts = args.prompt if args.prompt is not None else _as_list(spec.get("prompts"), "prompts")
-    negatives = (
-        args.negative_prompt
-        if args.negative_prompt is not None
-        else _as_list(spec.get("negative_prompts"), "negative_prompts")
-    )
-    background = (
-        args.background_prompt if args.background_prompt is not None else spec.get("background_prompt")
-    )
-    out = args.out or spec.get("out")
-    if not image:
-        raise InvalidInputError("no input image: pass --image or give 'image' in --spec")
-    if not out:
-        raise InvalidInputError("no output file: pass --out")
-    if background is None:
-        raise InvalidInputError("no background prompt: pass --background-prompt (the input's caption)")
-    from .multimodal.options import MultimodalOptions
-
-    lomoe_names = {f.name for f in dataclasses.fields(LoMOEOptions)}
-    mm_only = sorted(set(option_values(MultimodalOptions, args)) - lomoe_names)
-    if mm_only or args.source_prompt is not None:
-        names = ", ".join(mm_only + (["source_prompt"] if args.source_prompt is not None else []))
-        raise InvalidInputError(f"{names}: multi-modal options; add --method multimodal or drop them")
-    opts = options_from_args(LoMOEOptions, args, spec.get("options"))
-    request = edit_api.EditRequest(
-        image=image,
-        masks=masks,
-        prompts=prompts,
-        negative_prompts=negatives,
-        background_prompt=background,
-        method=args.method or spec.get("method", "lomoe"),
-        seed=args.seed if args.seed is not None else int(spec.get("seed", 0)),
-        options=opts,
-        model=args.model or spec.get("model", "mini"),
-        resize=args.resize or spec.get("resize"),
-        controls=list(args.control or []),  # multimodal-only flags: refused for LoMOE, not ignored
-        control_scales=list(args.control_scale or []),
-        controlnets=dict.fromkeys(args.controlnet or [], ""),
-    )
+    request, out = edit_request(args)
     request.check_output(out, args.overwrite)
-    request.prepare()  # read and check inputs before the slow model load
-    model = edit_api.load_model(request.model, args.device, args.dtype, args.allow_pickle)
-    result = edit_api.run(model, request, progress=True)
-    path = edit_api.save_result(result, request, out, overwrite=args.overwrite, save_masks=args.save_masks)
+    model, prepared = edit_api.prepare_and_load(request, args.device, args.dtype, args.allow_pickle)
+    result = edit_api.run(model, prepared, progress=True)
+    path = edit_api.save_result(
+        result, request, prepared, out, overwrite=args.overwrite, save_masks=args.save_masks
+    )
     print(path)
     return 0
 
@@ -331,7 +332,7 @@ def run_demo(args) -> int:
 
 
 def run_train(args) -> int:
-    from .models.mini import MiniConfig
+    from .shapes.model import MiniConfig
     from .shapes.train import TrainConfig, train_mini
 
     keys = (
@@ -359,7 +360,7 @@ def run_train(args) -> int:
 def run_tune_mini(args) -> int:
     from .shapes.edit_tune import EditTuneConfig, edit_tune
 
-    cfg = options_from_args(EditTuneConfig, args)
+    cfg = EditTuneConfig(**option_values(EditTuneConfig, args))
     result = edit_tune(args.out, args.base, cfg, max_minutes=args.max_minutes)
     print(result if result else f"stopped early; run the same command again to resume from {args.out}")
     return 0
@@ -402,9 +403,6 @@ COMMANDS = {
     "eval-mini": run_eval_mini,
     "train-judge": run_train_judge,
 }
-# Modules adding a subcommand: each has ``add_parser(subparsers) -> (name, handler)`` where
-# ``handler(args) -> int``; their heavy imports stay inside the handler.
-EXTRA_COMMANDS: list[str] = ["regionedit.ui.cli", "regionedit.bench.cli", "regionedit.batch.cli"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from .bench.metrics import attribute_accuracy, image_metrics
 from .io import save_image, write_text_atomic
 from .lomoe import LoMOEOptions
 from .lomoe import edit as lomoe_edit
-from .models.mini import MINI_LOMOE
+from .options import make_options
 from .regions import Region
 
 OUTLINE = [(255, 80, 80), (80, 255, 80), (80, 160, 255)]
@@ -64,9 +65,12 @@ def run_demo(
     start = time.perf_counter()
     model = model or load("mini")
     judge = judge or load_judge()
-    options = options or LoMOEOptions(**MINI_LOMOE)  # the mini model's measured best settings
-    if steps is not None:
-        options = LoMOEOptions(**{**options.__dict__, "num_inference_steps": steps})
+    if options is None:  # the model's recommended settings, as every front end starts from
+        options = make_options(
+            "lomoe", {} if steps is None else {"steps": steps}, model.settings.get("lomoe")
+        )
+    elif steps is not None:
+        options = dataclasses.replace(options, num_inference_steps=steps)
     item = shapes_item(seed, 0, "multi", min_masks=3, max_masks=3, size=model.vae.config.sample_size)
     image = Image.fromarray(item.image)
     regions = [Region(m, p) for m, p in zip(item.masks, item.prompts, strict=True)]

@@ -1,4 +1,11 @@
-"""One edit request from start to file: shared by the CLI, the batch runner and the UI."""
+"""One edit request from plain data to file: what the CLI, the batch runner and the web page share.
+
+A front end builds an :class:`EditRequest` (paths or images, prompts, option values as a
+mapping), calls :meth:`EditRequest.prepare` once (every file read and every check, before the
+model loads where the model's folder tells its VAE factor), then :func:`run` and
+:func:`save_result`. Options come from :func:`regionedit.options.make_options`: the method's
+defaults, the model's recommended settings, then the request's values.
+"""
 
 from __future__ import annotations
 
@@ -7,36 +14,41 @@ import dataclasses
 import json
 import logging
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
 from .errors import (
-    ImageSizeError,
     InvalidInputError,
-    InvalidMaskError,
     InvalidOptionError,
     NonFiniteError,
     OutputExistsError,
     PromptCountError,
+    RegionEditError,
 )
-from .io import load_image, save_image
-from .lomoe import LoMOEOptions
-from .lomoe import edit as lomoe_edit
-from .multimodal.options import MultimodalOptions
-from .regions import Region, latent_masks, mask_to_array, validate_regions
-
-METHODS = ("lomoe", "multimodal")
-OPTION_CLASSES = {"lomoe": LoMOEOptions, "multimodal": MultimodalOptions}
-RESIZE_MODES = ("pad", "crop")
+from .execution import ExecutionOptions
+from .io import save_image
+from .lomoe.prepare import prepare_lomoe
+from .models.loading import ModelInfo, describe
+from .multimodal.prepare import prepare_multimodal
+from .multimodal.request import check_counts, conditions_from, control_names, controlnet_folders
+from .options import METHODS, make_execution, make_options
+from .prepared import PreparedEdit
+from .regions import Region
 
 
 @dataclass
 class EditRequest:
-    """Everything that defines an edit; validated by :meth:`prepare`."""
+    """Everything that defines an edit, as plain data; checked once by :meth:`prepare`.
+
+    ``options`` is a mapping of option values over the model's recommended settings (``steps``
+    is accepted for ``num_inference_steps``), or an options object used as it is. For the
+    multimodal method ``prompts`` holds the one target prompt, ``background_prompt`` the source
+    caption and ``masks`` at most one mask (none: estimated).
+    """
 
     image: object
     masks: list
@@ -45,17 +57,13 @@ class EditRequest:
     negative_prompts: list[str] = field(default_factory=list)
     method: str = "lomoe"
     seed: int = 0
-    options: LoMOEOptions | MultimodalOptions | None = None  # None: the method's defaults
+    options: Mapping | object | None = None
     model: str = "mini"
-    resize: str | None = None  # None: sizes must fit the model; "pad" or "crop" (see fit_to_model)
-    # multimodal only: the prompt is the target, background_prompt the source caption, at most one mask
-    controls: list = field(default_factory=list)  # "KIND=PATH|auto" (e.g. "edge=auto") or Condition
+    resize: str | None = None  # None: sizes must fit the model; "pad" or "crop" (LoMOE)
+    controls: list = field(default_factory=list)  # multimodal: "KIND=PATH|auto" or Condition
     control_scales: list[float] = field(default_factory=list)  # the first controls' scales
-    controlnets: dict = field(default_factory=dict)  # kind -> diffusers folder (default: bundled)
-
-    def __post_init__(self):
-        if self.options is None:
-            self.options = OPTION_CLASSES.get(self.method, LoMOEOptions)()
+    controlnets: dict = field(default_factory=dict)  # kind -> diffusers folder (default: the model's)
+    execution: Mapping | ExecutionOptions | None = None
 
     def check_output(self, out: str | Path, overwrite: bool) -> Path:
         out = Path(out)
@@ -65,14 +73,9 @@ class EditRequest:
             raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
         return out
 
-    def _check_method(self) -> None:
+    def _check_fields(self) -> None:
         if self.method not in METHODS:
             raise InvalidInputError(f"unknown method {self.method!r}; choose one of {METHODS}")
-        if not isinstance(self.options, OPTION_CLASSES[self.method]):
-            raise InvalidOptionError(
-                f"method {self.method!r} takes {OPTION_CLASSES[self.method].__name__}, "
-                f"got {type(self.options).__name__}"
-            )
         if self.method != "multimodal" and (self.controls or self.control_scales or self.controlnets):
             raise InvalidInputError("controls, control scales and ControlNets need the multimodal method")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
@@ -80,25 +83,35 @@ class EditRequest:
         if not isinstance(self.background_prompt, str):
             raise InvalidInputError("background_prompt must be a string")
 
-    def check(self) -> None:
-        """Every check that needs no model, so that bad input fails before a slow load."""
+    def prepare(self, model) -> PreparedEdit:
+        """Read and check everything: image, masks, prompts, options, controls.
+
+        Args:
+            model: a loaded model or a :class:`~regionedit.models.loading.ModelInfo` (from
+                ``describe``): its VAE factor and recommended settings are used.
+        """
+        self._check_fields()
+        factor = model.vae_scale_factor
+        if factor is None:
+            raise InvalidInputError(f"the VAE factor of {self.model!r} is known only once it is loaded")
+        settings = model.settings or {}  # None: the model is unknown (only the inputs are checked)
+        options = make_options(self.method, self.options, settings.get(self.method))
+        execution = make_execution(self.execution)
         if self.method == "multimodal":
-            self.prepare_multimodal()
+            check_counts(self)
+            conditions = conditions_from(self.controls, self.control_scales)
+            mask = self.masks[0] if self.masks else None
+            prepared = prepare_multimodal(self.image, self.prompts[0], self.background_prompt, mask, conditions,
+                                          options, factor, seed=self.seed)  # fmt: skip
+            shipped = None if model.settings is None else settings.get("controlnets", {})
+            nets = controlnet_folders(conditions, self.controlnets, shipped)
+            prepared = dataclasses.replace(prepared, controlnets=nets)
         else:
-            self.prepare()
+            prepared = prepare_lomoe(self.image, self._regions(), self.background_prompt, options, factor,
+                                     resize=self.resize, seed=self.seed)  # fmt: skip
+        return dataclasses.replace(prepared, execution=execution)
 
-    def prepare_multimodal(self):
-        """Read the image and mask and parse the controls (multimodal): ``(image, mask, conditions)``."""
-        from .multimodal.request import check_request
-
-        self._check_method()
-        image = self.image if isinstance(self.image, Image.Image) else load_image(self.image)
-        mask, conditions = check_request(self, image)
-        return image, mask, conditions
-
-    def prepare(self) -> tuple[Image.Image, list[Region]]:
-        """Read the image and masks and check counts and sizes; no model needed (LoMOE)."""
-        self._check_method()
+    def _regions(self) -> list[Region]:
         if len(self.masks) != len(self.prompts):
             raise PromptCountError(
                 f"got {len(self.masks)} mask(s) and {len(self.prompts)} prompt(s); give one prompt per mask"
@@ -109,26 +122,16 @@ class EditRequest:
                 f"got {len(self.negative_prompts)} negative prompts for {n} masks; "
                 "give none, one for all, or one per mask"
             )
-        if self.resize not in (None, *RESIZE_MODES):
-            raise InvalidInputError(f"resize must be None, 'pad' or 'crop', got {self.resize!r}")
-        image = self.image if isinstance(self.image, Image.Image) else load_image(self.image)
         negs = (self.negative_prompts * n) if len(self.negative_prompts) == 1 else self.negative_prompts
-        regions = []
-        for i, (mask, prompt) in enumerate(zip(self.masks, self.prompts, strict=True), start=1):
-            arr = mask_to_array(mask, what=f"mask {i}")
-            if arr.shape != (image.height, image.width):
-                raise InvalidMaskError(
-                    f"mask {i} is {arr.shape[-1]}x{arr.shape[0]} but the image is "
-                    f"{image.width}x{image.height}; masks must have the image's size"
-                )
-            regions.append(Region(arr, prompt, negs[i - 1] if negs else None))
-        return image, regions
+        pairs = enumerate(zip(self.masks, self.prompts, strict=True))
+        return [Region(m, p, negs[i] if negs else None) for i, (m, p) in pairs]
 
-    def metadata(self, model_name: str) -> dict:
+    def metadata(self, model_name: str, prepared: PreparedEdit) -> dict:
+        """What a written PNG records: the request and the options actually used."""
         import diffusers
         import transformers
 
-        from . import __version__
+        from .version import __version__
 
         meta = {
             "regionedit": __version__,
@@ -139,7 +142,7 @@ class EditRequest:
             "prompts": list(self.prompts),
             "negative_prompts": list(self.negative_prompts),
             "masks": [str(m) if isinstance(m, (str, Path)) else "<array>" for m in self.masks],
-            "options": dataclasses.asdict(self.options),
+            "options": dataclasses.asdict(prepared.options),
             "resize": self.resize,
             "versions": {
                 "torch": torch.__version__,
@@ -148,11 +151,9 @@ class EditRequest:
             },
         }
         if self.method == "multimodal":
-            from .multimodal.request import control_names
-
             meta["controls"] = control_names(self.controls)
             meta["control_scales"] = list(self.control_scales)
-            meta["controlnets"] = {k: str(v) for k, v in self.controlnets.items()}
+            meta["controlnets"] = {k: str(v) for k, v in prepared.controlnets.items()}
         return meta
 
 
@@ -166,6 +167,7 @@ SPEC_FIELDS = {
     "method": (str,),
     "seed": (int,),
     "options": (dict,),
+    "execution": (dict,),
     "model": (str,),
     "out": (str,),
     "resize": (str,),
@@ -179,7 +181,8 @@ _LISTS_OF_STR = ("masks", "prompts", "negative_prompts", "controls")
 def check_spec(spec, where: str, fields: dict = SPEC_FIELDS) -> dict:
     """Check the keys and JSON types of a spec (or manifest) object; return it unchanged.
 
-    Values are checked further (files, ranges) when the request is prepared.
+    Values are checked further (files, ranges against the model's settings) when the request
+    is prepared.
     """
     if not isinstance(spec, dict):
         raise InvalidInputError(f"{where} must be a JSON object, got {type(spec).__name__}")
@@ -213,50 +216,13 @@ def check_spec(spec, where: str, fields: dict = SPEC_FIELDS) -> dict:
     given = [k for k in ("controls", "control_scales", "controlnets") if k in spec]
     if given and method != "multimodal":
         raise InvalidInputError(f'{where}: {", ".join(given)} need "method": "multimodal"')
-    if "options" in spec:
-        try:
-            options_from_dict(spec["options"], OPTION_CLASSES.get(method, LoMOEOptions))
-        except InvalidOptionError as exc:
-            raise InvalidOptionError(f"{where}: {exc}") from None
-    return spec
-
-
-def _json_type_ok(annotation: str, value) -> bool:
-    """Does a JSON value fit a simple annotation such as ``"int | None"``?"""
-    for t in (part.strip() for part in annotation.split("|")):
-        if (
-            (t == "None" and value is None)
-            or (t == "bool" and isinstance(value, bool))
-            or (t == "int" and isinstance(value, int) and not isinstance(value, bool))
-            or (t == "float" and isinstance(value, (int, float)) and not isinstance(value, bool))
-            or (t == "str" and isinstance(value, str))
-        ):
-            return True
-    return False
-
-
-def options_from_dict(values: dict, cls=LoMOEOptions):
-    """Editor options from a dict of field names (``steps`` is accepted for num_inference_steps).
-
-    Multimodal: ``steps`` without ``optimize_steps`` keeps t_u at the first half of the steps.
-    """
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in values.items():
-        key = {"steps": "num_inference_steps"}.get(key, key)
-        if key not in names:
-            raise InvalidOptionError(f"unknown option {key!r}; known: {sorted(names)}")
-        expected = str(cls.__dataclass_fields__[key].type)
-        if not _json_type_ok(expected, value):
-            raise InvalidOptionError(f"option {key} must be {expected}, got {json.dumps(value)[:60]}")
-        kwargs[key] = value
     try:
-        if cls is MultimodalOptions and "num_inference_steps" in kwargs and "optimize_steps" not in kwargs:
-            steps = kwargs.pop("num_inference_steps")
-            return MultimodalOptions(**kwargs).at_steps(steps)
-        return cls(**kwargs)
-    except TypeError as exc:  # e.g. a number compared with a string inside __post_init__
-        raise InvalidOptionError(f"invalid options {values}: {exc}") from None
+        if "options" in spec:
+            make_options(method, spec["options"])
+        make_execution(spec.get("execution"))
+    except InvalidOptionError as exc:
+        raise InvalidOptionError(f"{where}: {exc}") from None
+    return spec
 
 
 @contextlib.contextmanager
@@ -298,34 +264,21 @@ def load_model(name: str, device=None, dtype=None, allow_pickle: bool = False):
         return load(name, device=device, dtype=dtype, allow_pickle=allow_pickle)
 
 
-def fit_to_model(image: Image.Image, regions: list[Region], factor: int, mode: str):
-    """Make the image size a multiple of ``factor``.
+def prepare_and_load(request: EditRequest, device=None, dtype=None, allow_pickle: bool = False):
+    """Prepare ``request`` against its model's files, then load the model: ``(model, prepared)``.
 
-    ``"pad"`` replicates the edge pixels (and mask edges) up to the next multiple; the caller
-    crops the result back with the returned box. ``"crop"`` centre-crops image and masks to
-    the lower multiple; the result keeps the cropped size.
-
-    Returns:
-        (image, regions, box): ``box`` is ``(left, top, right, bottom)`` of the input inside
-        the edited image for "pad", else None.
+    A model whose VAE factor is known only after loading (a single file, an uncached hub id)
+    is loaded first; every other check still runs before any network does.
     """
-    w, h = image.size
-    if mode == "pad":
-        nh, nw = -(-h // factor) * factor, -(-w // factor) * factor
-        pads = ((0, nh - h), (0, nw - w))
-        arr = np.pad(np.asarray(image.convert("RGB")), (*pads, (0, 0)), mode="edge")
-        masks = [np.pad(np.asarray(r.mask), pads, mode="edge") for r in regions]
-        box = (0, 0, w, h)
-    else:
-        nh, nw = h // factor * factor, w // factor * factor
-        if nh == 0 or nw == 0:
-            raise ImageSizeError(f"image is {w}x{h}; too small to crop to a multiple of {factor}")
-        top, left = (h - nh) // 2, (w - nw) // 2
-        arr = np.asarray(image.convert("RGB"))[top : top + nh, left : left + nw]
-        masks = [np.asarray(r.mask)[top : top + nh, left : left + nw] for r in regions]
-        box = None
-    regions = [dataclasses.replace(r, mask=m) for r, m in zip(regions, masks, strict=True)]
-    return Image.fromarray(np.ascontiguousarray(arr)), regions, box
+    try:
+        info: ModelInfo = describe(request.model)
+    except RegionEditError:
+        # a bad input is the first thing to say; then that the model is missing
+        request.prepare(ModelInfo(request.model, vae_scale_factor=1, settings=None))
+        raise
+    prepared = request.prepare(info) if info.vae_scale_factor is not None else None
+    model = load_model(request.model, device, dtype, allow_pickle)
+    return model, prepared if prepared is not None else request.prepare(model)
 
 
 @contextlib.contextmanager
@@ -340,39 +293,30 @@ def _finite_or_error(model):
         ) from None
 
 
-def run(model, request: EditRequest, progress: bool = True, callback=None, inversion=None):
-    """Run a request on a loaded model; ``inversion`` reuses an earlier one of the same image (LoMOE).
+def run(model, prepared: PreparedEdit, progress: bool = True, callback=None, inversion=None):
+    """Run a prepared edit on a loaded model with the request's seed.
 
-    Returns the method's result: :class:`EditResult` (LoMOE) or ``MultimodalResult``.
+    ``inversion`` reuses an earlier LoMOE inversion of the same image and caption. Returns the
+    method's result: :class:`~regionedit.lomoe.EditResult` or ``MultimodalResult``.
     """
-    if request.method == "multimodal":
-        return _run_multimodal(model, request, progress, callback, inversion)
-    image, regions = request.prepare()
-    box = None
-    if request.resize is not None and inversion is None:
-        f = model.vae_scale_factor
-        if image.height % f or image.width % f:
-            image, regions, box = fit_to_model(image, regions, f, request.resize)
-    model.check_image_size(image.height, image.width)
-    if inversion is None:
-        # Every mask check before the (slow, chatty) inversion, so errors come first.
-        f = model.vae_scale_factor
-        masks = validate_regions(regions, image.height, image.width, request.options.mask_threshold)
-        latent_masks(masks, (image.height // f, image.width // f))
-    generator = torch.Generator().manual_seed(request.seed)
-    source = inversion if inversion is not None else image
+    generator = torch.Generator().manual_seed(prepared.seed)
+    if prepared.method == "multimodal":
+        from .models.controlnet import cached_controlnet
+        from .multimodal.editor import run as run_multimodal
+
+        if inversion is not None:
+            raise InvalidInputError("reusing an inversion is supported by the LoMOE method only")
+        nets = {kind: cached_controlnet(path, model, kind) for kind, path in prepared.controlnets.items()}
+        with quiet_libraries(), _finite_or_error(model):
+            return run_multimodal(
+                model, prepared, nets, generator=generator, progress=progress, callback=callback
+            )
+    from .lomoe.editor import run as run_lomoe
+
     with quiet_libraries(), _finite_or_error(model):
-        result = lomoe_edit(
-            model,
-            source,
-            regions,
-            background_prompt=None if inversion is not None else request.background_prompt,
-            options=request.options,
-            generator=generator,
-            progress=progress,
-            callback=callback,
-            original=image,
-        )
+        result = run_lomoe(model, prepared, inversion=inversion, generator=generator, progress=progress,
+                           callback=callback)  # fmt: skip
+    box = prepared.crop_box
     if box is not None:
         result.image = result.image.crop(box)
         result.reconstruction = result.reconstruction.crop(box)
@@ -380,43 +324,41 @@ def run(model, request: EditRequest, progress: bool = True, callback=None, inver
     return result
 
 
-def _run_multimodal(model, request: EditRequest, progress, callback, inversion):
-    from .multimodal.request import run_request
-
-    if inversion is not None:
-        raise InvalidInputError("reusing an inversion is supported by the LoMOE method only")
-    image, mask, conditions = request.prepare_multimodal()
-    model.check_image_size(image.height, image.width)
-    with quiet_libraries(), _finite_or_error(model):
-        return run_request(model, request, image, mask, conditions, progress=progress, callback=callback)
-
-
 def side_images(result, request: EditRequest) -> dict:
     """Name suffix -> image written beside the edit by ``save_masks``."""
-    if request.method == "multimodal":
-        from .multimodal.request import side_images as multimodal_side_images
-
-        return multimodal_side_images(result, request)
-    return {f"_mask_{i}": m for i, m in enumerate(result.mask_images, start=1)}
+    if request.method != "multimodal":
+        return {f"_mask_{i}": m for i, m in enumerate(result.mask_images, start=1)}
+    out = {"_mask": result.mask_image, "_guidance": result.guidance_image}
+    kinds = [c.kind for c in conditions_from(request.controls, request.control_scales)]
+    for kind, im in zip(kinds, result.control_images, strict=True):
+        name = f"_control_{kind}"
+        out[name if name not in out else f"{name}_{len(out)}"] = im  # two of a kind: keep both
+    return out
 
 
 def save_result(
     result,
     request: EditRequest,
+    prepared: PreparedEdit,
     out: str | Path,
     overwrite: bool = False,
     save_masks: bool = False,
     model_name: str | None = None,
+    extra: dict | None = None,
 ) -> Path:
-    """Write the edited PNG (atomically) with every parameter in a ``regionedit`` text chunk."""
+    """Write the edited PNG (atomically) with every parameter in a ``regionedit`` text chunk.
+
+    ``extra`` adds keys to the recorded parameters (the batch runner's job fingerprint).
+    """
     out = request.check_output(out, overwrite)
     sides = {out.with_name(f"{out.stem}{k}.png"): im for k, im in side_images(result, request).items()}
     # Check every target first: a refused mask file must not leave the image half-delivered.
     for p in sides if save_masks else []:
         if p.exists() and not overwrite:
             raise OutputExistsError(f"{p} exists; pass --overwrite to replace it")
-    meta = request.metadata(model_name or request.model)
+    meta = request.metadata(model_name or request.model, prepared)
     meta["timings"] = result.timings
+    meta.update(extra or {})
     path = save_image(result.image, out, overwrite=overwrite, text={"regionedit": json.dumps(meta)})
     if save_masks:
         for p, im in sides.items():

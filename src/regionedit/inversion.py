@@ -15,13 +15,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from diffusers import DDIMInverseScheduler, DDIMScheduler
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .attention import temperature_attention
+from .cfg import classifier_free_guidance
 from .errors import InvalidInputError, InvalidOptionError
-from .models.loading import Model
+from .models.interface import Model
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +130,6 @@ class Inversion:
             raise InvalidInputError(f"{path} is not a regionedit inversion file: {exc}") from None
 
 
-def make_scheduler(model: Model, steps: int) -> DDIMScheduler:
-    sched = DDIMScheduler.from_config(model.scheduler_config)
-    sched.set_timesteps(steps, device=model.device)
-    return sched
-
-
 # --- pix2pix-zero noise regularisation (spec Stage 1.3) -------------------------------------
 
 
@@ -179,17 +172,6 @@ def regularize_noise(eps: torch.Tensor, opts: InversionOptions, generator: torch
     return eps.detach()
 
 
-def to_epsilon(output: torch.Tensor, sample: torch.Tensor, alpha_prod: torch.Tensor, prediction_type: str):
-    """The model output as ε; v-prediction converts by ε = √ᾱ·v + √(1−ᾱ)·z."""
-    if prediction_type == "epsilon":
-        return output
-    if prediction_type == "v_prediction":
-        return alpha_prod**0.5 * output + (1 - alpha_prod) ** 0.5 * sample
-    raise InvalidOptionError(
-        f"prediction_type {prediction_type!r} is not supported; use epsilon or v_prediction"
-    )
-
-
 @torch.no_grad()
 def ddim_invert(
     model: Model,
@@ -216,20 +198,18 @@ def invert_batch(
 
     ``generator_at(step)`` gives the regulariser's generator at each step (one shared
     generator for an edit; the mini model's edit-tune reseeds it per step)."""
-    cfg = dict(model.scheduler_config)
-    prediction_type = cfg.get("prediction_type", "epsilon")
     # Every output is converted to ε (the regulariser needs ε); the scheduler then steps in ε.
-    inverse = DDIMInverseScheduler.from_config({**cfg, "prediction_type": "epsilon"})
-    inverse.set_timesteps(opts.num_inference_steps, device=model.device)
-    emb = model.encode_prompts(prompts)
+    inverse = model.inverse_scheduler(opts.num_inference_steps)
+    cond = model.encode_prompt(prompts)
     z = z0
     traj = [z0]
-    stride = cfg["num_train_timesteps"] // opts.num_inference_steps
+    stride = inverse.config.num_train_timesteps // opts.num_inference_steps
     for step, t in enumerate(tqdm(inverse.timesteps, desc="invert", disable=not progress, leave=False)):
+        # z sits at the previous (less noisy) timestep: convert with its ᾱ
         cur = int(t) - stride
         alpha = inverse.alphas_cumprod[cur] if cur >= 0 else inverse.initial_alpha_cumprod
-        out = model.unet_eps(z, t, emb)
-        eps = to_epsilon(out, z, alpha.to(z), prediction_type)
+        out = model.predict(z, t, cond)
+        eps = model.to_epsilon(out, z, alpha.to(z))
         if opts.regularize:
             eps = regularize_noise(eps, opts, generator_at(step))
         z = inverse.step(eps, t, z).prev_sample
@@ -250,15 +230,15 @@ def reference_pass(
 ):
     """Stage 2: background-branch reconstruction; returns (timesteps, offsets, attention maps)."""
     steps = latents.shape[0] - 1
-    sched = make_scheduler(model, steps)
-    emb = model.encode_prompts([negative_prompt, prompt])
+    sched = model.scheduler(steps)
+    cond = model.encode_prompt([negative_prompt, prompt])
     z = latents[-1:]
     offsets, maps = [], {}
-    with temperature_attention(model.unet, temperature) as store:
+    with model.cross_attention(temperature) as store:
         store.capture = store_attention
         for i, t in enumerate(tqdm(sched.timesteps, desc="reference", disable=not progress, leave=False)):
-            out = model.unet_eps(torch.cat([z, z]), t, emb)
-            out = out[:1] + guidance_scale * (out[1:] - out[:1])
+            out = model.predict(torch.cat([z, z]), t, cond)
+            out = classifier_free_guidance(out[:1], out[1:], guidance_scale)
             z_next = sched.step(out, t, z).prev_sample
             target = latents[steps - 1 - i : steps - i]
             offsets.append(target - z_next)
@@ -295,13 +275,29 @@ def invert(
     """
     from .io import load_image
 
-    options = options or InversionOptions()
-    generator = generator if generator is not None else torch.Generator().manual_seed(0)
     if isinstance(image, (str, Path)):
         image = load_image(image)
     model.check_image_size(image.height, image.width)
     if not isinstance(prompt, str):
         raise InvalidInputError("prompt must be a string (the source caption)")
+    return invert_image(model, image, prompt, options, negative_prompt, guidance_scale, temperature, generator,
+                        progress)  # fmt: skip
+
+
+def invert_image(
+    model: Model,
+    image,
+    prompt: str,
+    options: InversionOptions | None = None,
+    negative_prompt: str | None = None,
+    guidance_scale: float = 7.5,
+    temperature: float = 1.25,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> Inversion:
+    """:func:`invert` of a checked PIL image (its size fits the model)."""
+    options = options or InversionOptions()
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
     negative_prompt = prompt if negative_prompt is None else negative_prompt
     z0 = model.encode(model.image_to_tensor(image), generator=generator, sample=options.sample_posterior)
     latents = ddim_invert(model, z0, prompt, options, generator, progress)

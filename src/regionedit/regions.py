@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .errors import InvalidMaskError, PromptCountError
+from .errors import InvalidMaskError
 from .io import load_image, to_rgb
 
 OVERLAP_POLICIES = ("average", "last")
@@ -75,31 +75,6 @@ def mask_to_array(mask, threshold: float = 0.5, what: str = "mask") -> np.ndarra
     elif top > 1.0:
         arr = arr / 255.0
     return arr
-
-
-def validate_regions(regions: list[Region], height: int, width: int, threshold: float) -> list[np.ndarray]:
-    """Check every region and return binary image-resolution masks ``(H, W)`` (bool)."""
-    out = []
-    for i, r in enumerate(regions, start=1):
-        if not isinstance(r, Region):
-            raise PromptCountError(f"region {i} is a {type(r).__name__}; expected regionedit.Region")
-        if not isinstance(r.prompt, str) or not r.prompt.strip():
-            raise PromptCountError(f"region {i} has an empty prompt; give each mask a prompt")
-        if not (0.0 <= r.start < r.end <= 1.0):
-            raise InvalidMaskError(
-                f"region {i}: need 0 <= start < end <= 1, got start={r.start}, end={r.end}"
-            )
-        arr = mask_to_array(r.mask, threshold, what=f"mask {i}")
-        if arr.shape != (height, width):
-            raise InvalidMaskError(
-                f"mask {i} is {arr.shape[1]}x{arr.shape[0]} but the image is {width}x{height}; "
-                "masks must have the image's size"
-            )
-        binary = arr >= threshold
-        if not binary.any():
-            raise InvalidMaskError(f"mask {i} is empty (no pixel >= {threshold}); paint the region to edit")
-        out.append(binary)
-    return out
 
 
 def latent_masks(

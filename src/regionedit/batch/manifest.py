@@ -12,7 +12,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..edit_api import OPTION_CLASSES, SPEC_FIELDS, EditRequest, check_spec, options_from_dict
+from ..edit_api import SPEC_FIELDS, EditRequest, check_spec
 from ..errors import InvalidInputError
 
 MANIFEST_FIELDS = {
@@ -36,7 +36,8 @@ class Job:
     negative_prompts: list[str] = field(default_factory=list)
     method: str = "lomoe"
     seed: int = 0
-    options: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)  # over the model's settings, as on the CLI
+    execution: dict = field(default_factory=dict)
     resize: str | None = None
     controls: list[str] = field(default_factory=list)  # multimodal: "KIND=PATH|auto", paths resolved
     control_scales: list[float] = field(default_factory=list)
@@ -53,7 +54,8 @@ class Job:
             background_prompt=self.background_prompt,
             method=self.method,
             seed=self.seed,
-            options=options_from_dict(self.options, OPTION_CLASSES.get(self.method, OPTION_CLASSES["lomoe"])),
+            options=dict(self.options),
+            execution=dict(self.execution),
             model=model,
             resize=self.resize,
             controls=list(self.controls),
@@ -95,12 +97,15 @@ def _net_folder(base: Path, value: str, where: str, kind: str) -> str:
 def _check_multimodal(job: Job, where: str) -> None:
     """The checks that need no file: counts and controls (the rest when the job runs)."""
     from ..errors import RegionEditError
-    from ..multimodal.request import check_counts, parse_controls
+    from ..multimodal.request import check_counts, conditions_from
 
     request = job.request("")
     try:
         check_counts(request)
-        parse_controls(request)
+        kinds = {c.kind for c in conditions_from(request.controls, request.control_scales)}
+        for kind in request.controlnets:
+            if kind not in kinds:
+                raise InvalidInputError(f"a ControlNet is given for {kind} but there is no {kind} control")
     except RegionEditError as exc:
         raise type(exc)(f"{where}: {exc}") from None
 
@@ -136,6 +141,7 @@ def parse_job(obj, base: Path, where: str) -> Job:
         method=obj.get("method", "lomoe"),
         seed=obj.get("seed", 0),
         options=dict(obj.get("options", {})),
+        execution=dict(obj.get("execution", {})),
         resize=obj.get("resize"),
         controls=[_control(base, c, where) for c in controls],
         control_scales=list(obj.get("control_scales", [])),

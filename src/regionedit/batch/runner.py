@@ -21,7 +21,7 @@ from PIL import Image
 
 from .. import edit_api
 from ..errors import InvalidInputError, OutputExistsError
-from ..io import save_image, write_text_atomic
+from ..io import write_text_atomic
 from .manifest import Job, load_manifest, parse_shard, select_shard
 
 log = logging.getLogger(__name__)
@@ -108,11 +108,12 @@ def run_job(model, job: Job, out_dir: Path, model_name: str, overwrite: bool = F
         if out.exists() and not overwrite:
             raise OutputExistsError(f"{out} exists and was not written for this job; pass --overwrite")
         request = job.request(model_name)
-        result = edit_api.run(model, request, progress=False)
-        meta = request.metadata(model_name)
-        meta["timings"] = result.timings
-        meta["batch"] = {"id": job.id, "fingerprint": job.fingerprint}
-        save_image(result.image, out, overwrite=True, text={"regionedit": json.dumps(meta)})
+        prepared = request.prepare(model)
+        result = edit_api.run(model, prepared, progress=False)
+        batch = {"batch": {"id": job.id, "fingerprint": job.fingerprint}}
+        edit_api.save_result(
+            result, request, prepared, out, overwrite=True, model_name=model_name, extra=batch
+        )
     except Exception as exc:  # one job's failure is recorded; the batch goes on
         log.debug("job %s failed:\n%s", job.id, traceback.format_exc())
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

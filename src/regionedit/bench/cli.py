@@ -11,8 +11,8 @@ import json
 import logging
 from pathlib import Path
 
-from ..cli import add_option_flags, option_values
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, RegionEditError
+from ..flags import add_option_flags, option_values
 from ..lomoe.options import LoMOEOptions
 
 log = logging.getLogger(__name__)
@@ -39,21 +39,36 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def _model_args(p, default_model="mini"):
+    from ..execution import ExecutionOptions
+
     p.add_argument("--model", default=default_model, help=f"model to load (default {default_model})")
     p.add_argument("--device", default=None, help="cpu (default), cuda, ...")
     p.add_argument("--dtype", default=None, help="float32 (default), float16, bfloat16")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps of every method (default 50)")
-    p.add_argument("--guidance-scale", type=float, default=7.5)
+    p.add_argument(
+        "--steps", type=int, default=None, help="DDIM steps of every method (default: LoMOE's setting)"
+    )
+    p.add_argument(
+        "--guidance-scale", type=float, default=None, help="CFG of every method (default: LoMOE's setting)"
+    )
     add_option_flags(
         p,
         LoMOEOptions,
+        "LoMOE options, for lomoe and iterative (default: the model's settings, else the paper's)",
         skip=("num_inference_steps", "guidance_scale"),
-        title="LoMOE options, for lomoe and iterative (--steps and --guidance-scale apply to every method; "
-        "--region-negative-prompt '' suits the mini model's vocabulary)",
     )
+    add_option_flags(p, ExecutionOptions, "execution (memory and time; never the result)")
+
+
+# Multimodal flags whose names would collide with LoMOE's (--steps and --guidance-scale are shared).
+MULTIMODAL_RENAMES = {
+    "learning_rate": "multimodal-learning-rate",
+    "mask_threshold": "multimodal-mask-threshold",
+}
 
 
 def _run_args(p, methods="lomoe,iterative,blended,diffedit,sdedit,multimodal"):
+    from ..multimodal.options import MultimodalOptions
+
     _model_args(p)
     p.add_argument(
         "--methods",
@@ -61,40 +76,13 @@ def _run_args(p, methods="lomoe,iterative,blended,diffedit,sdedit,multimodal"):
         help=f"comma-separated (default {methods}); multimodal@L sets its λ, e.g. a sweep "
         "multimodal@0,multimodal@0.5,multimodal@1",
     )
-    p.add_argument("--lambda", dest="lam", type=float, default=None, help="multimodal λ (default 0.6)")
-    p.add_argument(
-        "--post-blend", action="store_true", help="multimodal: blend the inversion outside the mask after t_u"
-    )
-    p.add_argument(
-        "--post-blend-target",
-        choices=["input", "loss"],
-        default=None,
-        help="multimodal, with --post-blend: blend towards the inversion (input, the default) or towards "
-        "the losses' optimum, λ-weighted between the inversion and the guidance trajectory (loss)",
-    )
-    p.add_argument(
-        "--pres-mask",
-        choices=["keep", "none"],
-        default=None,
-        help="multimodal preservation region: outside the mask (keep, the default) or the whole image (none)",
-    )
-    p.add_argument(
-        "--optimize-steps",
-        type=int,
-        default=None,
-        help="multimodal t_u: optimised steps (default: the first half of --steps; all of them removes late drift)",
-    )
-    p.add_argument(
-        "--guidance-strength",
-        type=float,
-        default=None,
-        help="multimodal s_g of the guidance image (default: 1.0 with a layout condition, 0.8 text only)",
-    )
-    p.add_argument(
-        "--guidance-start",
-        choices=["noise", "inversion"],
-        default=None,
-        help="multimodal: start the guidance pass from seeded noise (noise, the paper's) or from the DDIM inversion",
+    add_option_flags(
+        p,
+        MultimodalOptions,
+        "multimodal options (default: the model's settings, else the method's)",
+        skip=("num_inference_steps", "guidance_scale"),
+        rename=MULTIMODAL_RENAMES,
+        dest_prefix="mm_",
     )
     p.add_argument(
         "--multimodal-control",
@@ -104,50 +92,9 @@ def _run_args(p, methods="lomoe,iterative,blended,diffedit,sdedit,multimodal"):
         "(ShapesBench), or text only",
     )
     p.add_argument(
-        "--no-main-pass-control",
-        action="store_true",
-        help="multimodal: the edge map steers the guidance pass only, so λ weighs it against the input",
-    )
-    p.add_argument(
-        "--main-pass-control-scale",
-        type=float,
-        default=None,
-        help="multimodal: the edge map's scale in the main pass, times its own (default 1; the guidance pass keeps 1)",
-    )
-    p.add_argument(
-        "--main-pass-prompt",
-        choices=["target", "source"],
-        default=None,
-        help="multimodal: the main pass's prompt (default target; source leaves the edit to L_guid)",
-    )
-    p.add_argument(
-        "--loss-space",
-        choices=["x0", "noisy"],
-        default=None,
-        help="multimodal: compare latents as predicted z0 (x0, the default) or as noisy z_t (noisy, closed-form optimum)",
-    )
-    p.add_argument(
-        "--grad-steps",
-        type=int,
-        default=None,
-        help="multimodal k: inner optimiser steps per optimised step (default 5)",
-    )
-    p.add_argument(
-        "--multimodal-optimizer",
-        choices=["adam", "sgd"],
-        default=None,
-        help="multimodal inner optimiser (default adam, new per timestep; sgd steps in proportion to λ's weights)",
-    )
-    p.add_argument(
-        "--multimodal-learning-rate",
-        type=float,
-        default=None,
-        help="multimodal inner learning rate η (default 1e-2, Adam's scale; sgd needs a much larger one)",
-    )
-    p.add_argument(
         "--controlnet",
         default=None,
-        help="ControlNet folder of --multimodal-control's kind (default: the mini model's)",
+        help="ControlNet folder of --multimodal-control's kind (default: the model's)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder (resumed when it exists)")
@@ -223,53 +170,43 @@ def add_parser(subparsers):
     return "bench", run
 
 
-def _options(args):
+def _options(args, settings: dict):
+    """The bench's :class:`MethodConfig`: each method's options from the model's ``settings``
+    and the flags; ``--steps`` and ``--guidance-scale`` apply to every method."""
+    from ..execution import ExecutionOptions
     from ..multimodal.options import MultimodalOptions
+    from ..options import make_execution, make_options
     from .methods import MethodConfig
 
-    extra = option_values(LoMOEOptions, args)  # LoMOE flags given on the command line
-    lomoe = LoMOEOptions(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, **extra)
-    mm = {}
-    mm_over = {}
-    if getattr(args, "lam", None) is not None:
-        mm_over["preservation_weight"] = args.lam
-    if getattr(args, "post_blend", False):
-        mm_over["post_blend"] = True
-    same_name = (
-        "post_blend_target",
-        "guidance_strength",
-        "guidance_start",
-        "main_pass_control_scale",
-        "main_pass_prompt",
-        "pres_mask",
-        "loss_space",
-        "grad_steps",
+    shared = {
+        k: v for k, v in (("steps", args.steps), ("guidance_scale", args.guidance_scale)) if v is not None
+    }
+    lomoe = make_options("lomoe", {**shared, **option_values(LoMOEOptions, args)}, settings.get("lomoe"))
+    extra = {}
+    if hasattr(args, "multimodal_control"):
+        given = option_values(MultimodalOptions, args, dest_prefix="mm_")
+        extra = dict(
+            multimodal=make_options("multimodal", {**shared, **given}, settings.get("multimodal")),
+            multimodal_control=args.multimodal_control,
+            controlnet=args.controlnet or settings.get("controlnets", {}).get(args.multimodal_control),
+        )
+    return MethodConfig(
+        num_inference_steps=lomoe.num_inference_steps,
+        guidance_scale=lomoe.guidance_scale,
+        lomoe=lomoe,
+        execution=make_execution(option_values(ExecutionOptions, args)),
+        **extra,
     )
-    for name in same_name:  # flags named as the option
-        if getattr(args, name, None) is not None:
-            mm_over[name] = getattr(args, name)
-    if getattr(args, "no_main_pass_control", False):
-        mm_over["main_pass_control"] = False
-    for name in ("optimizer", "learning_rate"):  # --learning-rate itself is LoMOE's
-        if getattr(args, "multimodal_" + name, None) is not None:
-            mm_over[name] = getattr(args, "multimodal_" + name)
-    if mm_over:
-        mm["multimodal"] = MultimodalOptions(**mm_over)
-    if getattr(args, "multimodal_control", None):
-        mm.update(multimodal_control=args.multimodal_control, controlnet=args.controlnet)
-    if getattr(args, "optimize_steps", None) is not None:
-        mm["multimodal_optimize_steps"] = args.optimize_steps
-    return MethodConfig(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, lomoe=lomoe, **mm)
 
 
 def _load_model(args):
     if args.model == "sd2-base-random":
         import torch
 
-        from ..models.loading import _resolve_device
+        from ..models.loading import resolve_device
         from .speed import sd2_base_components, timing_model
 
-        device, dtype = _resolve_device(args.device, args.dtype)
+        device, dtype = resolve_device(args.device, args.dtype)
         return timing_model(sd2_base_components(device, torch.float32), device, dtype, "sd2-base-random")
     from ..models.loading import load
 
@@ -287,7 +224,14 @@ def _run_quality(args, items, settings, judge=None) -> int:
         methods = get_methods(args.methods)
     except ValueError as exc:
         raise InvalidInputError(str(exc)) from None
-    config = _options(args)  # bad options fail before the model loads
+    from ..models.loading import describe
+
+    try:
+        settings = {} if args.model == "sd2-base-random" else describe(args.model).settings
+    except RegionEditError:
+        _options(args, {})  # a bad flag is the first thing to say
+        raise
+    config = _options(args, settings)  # bad options fail before the model loads
     model = _load_model(args)
     if callable(items):
         items, settings = items(model)
@@ -373,9 +317,8 @@ def run_speed(args) -> int:
     from .speed import format_ratios, format_rows, speed_bench
 
     model = _load_model(args)
-    res = speed_bench(
-        model, args.masks, args.size, args.steps, _options(args).lomoe, repeats=max(1, args.repeats)
-    )
+    config = _options(args, model.settings)
+    res = speed_bench(model, args.masks, args.size, config, repeats=max(1, args.repeats))
     print(f"{res['size']}x{res['size']}, {res['steps']} steps, {res['device']} {res['dtype']}")
     print(format_rows(res["rows"]))
     print()
@@ -388,8 +331,11 @@ def run_edit_scaling(args) -> int:
     from .speed import edit_scaling, format_rows
 
     model = _load_model(args)
-    rows = edit_scaling(model, args.regions, args.size, args.steps, _options(args).lomoe)
-    print(f"chunk_size={args.opt_chunk_size}, {args.steps} steps, {model.device} {model.dtype}")
+    config = _options(args, model.settings)
+    rows = edit_scaling(model, args.regions, args.size, config)
+    print(
+        f"chunk_size={config.execution.chunk_size}, {config.num_inference_steps} steps, {model.device} {model.dtype}"
+    )
     print(format_rows(rows))
     _write_json(args.out, rows)
     return 0

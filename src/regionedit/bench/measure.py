@@ -119,7 +119,7 @@ def measure(model, device=None):
     """
     m = Measurement()
     device = torch.device(device or model.device)
-    with count_unet(model.unet) as box, PeakMemory(device) as mem:
+    with count_unet(model.denoiser) as box, PeakMemory(device) as mem:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()

@@ -24,16 +24,17 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ..cfg import classifier_free_guidance
 from ..errors import InvalidInputError
-from ..inversion import InversionOptions, ddim_invert, make_scheduler
+from ..execution import ExecutionOptions
+from ..inversion import InversionOptions, ddim_invert
 from ..lomoe.options import LoMOEOptions
-from ..models.loading import Model, to_pil
+from ..models.interface import Model, to_pil
 from ..multimodal.options import MultimodalOptions
 from ..regions import Region, latent_masks
 from .datasets import BenchItem
@@ -43,8 +44,8 @@ MULTIMODAL_CONTROLS = ("edge", "scribble", "none")  # the target scene's map dra
 
 @dataclass(frozen=True)
 class MethodConfig:
-    num_inference_steps: int = 50
-    guidance_scale: float = 7.5
+    num_inference_steps: int = 50  # the baselines' steps (LoMOE's and the editor's are in their options)
+    guidance_scale: float = 7.5  # the baselines' CFG
     strength_sdedit: float = 0.6  # fraction of the schedule re-noised; SDEdit's usual 0.5–0.75
     strength_diffedit: float = 0.8  # DiffEdit's default encode ratio
     strength_blended: float = 1.0  # Blended Latent Diffusion starts from pure noise
@@ -52,8 +53,8 @@ class MethodConfig:
     lomoe: LoMOEOptions = field(default_factory=LoMOEOptions)
     multimodal: MultimodalOptions = field(default_factory=MultimodalOptions)
     multimodal_control: str = "edge"  # the target scene's "edge" map or "scribble" where known; "none"
-    controlnet: str | None = None  # ControlNet folder of that kind; None: the mini model's shipped one
-    multimodal_optimize_steps: int | None = None  # t_u at these steps; None: the first half
+    controlnet: str | None = None  # ControlNet folder of that kind (needed unless "none")
+    execution: ExecutionOptions = field(default_factory=ExecutionOptions)
 
     def lomoe_options(self) -> LoMOEOptions:
         return replace(
@@ -65,17 +66,10 @@ class MethodConfig:
             raise ValueError(
                 f"multimodal_control must be one of {MULTIMODAL_CONTROLS}, got {self.multimodal_control!r}"
             )
-        if self.multimodal_optimize_steps is not None:
-            self.multimodal_options()  # MultimodalOptions checks t_u against the steps
 
     def multimodal_options(self, lam: float | None = None) -> MultimodalOptions:
-        """The editor's options at this config's steps and CFG; t_u the first half unless set."""
-        lam = self.multimodal.preservation_weight if lam is None else lam
-        opts = replace(self.multimodal, guidance_scale=self.guidance_scale, preservation_weight=lam)
-        opts = opts.at_steps(self.num_inference_steps)
-        if self.multimodal_optimize_steps is not None:
-            opts = replace(opts, optimize_steps=self.multimodal_optimize_steps)
-        return opts
+        """The editor's options, with λ = ``lam`` when given (a sweep's variant)."""
+        return self.multimodal if lam is None else replace(self.multimodal, preservation_weight=lam)
 
 
 @dataclass
@@ -103,6 +97,7 @@ def run_lomoe(model: Model, item: BenchItem, cfg: MethodConfig, generator) -> Me
         options=cfg.lomoe_options(),
         generator=generator,
         progress=False,
+        execution=cfg.execution,
     )
     return MethodOutput(np.asarray(res.image), res.timings["unet_backward_latent_evals"])
 
@@ -120,15 +115,15 @@ def run_iterative(model: Model, item: BenchItem, cfg: MethodConfig, generator) -
             options=cfg.lomoe_options(),
             generator=generator,
             progress=False,
+            execution=cfg.execution,
         )
         image, backward = res.image, backward + res.timings["unet_backward_latent_evals"]
     return MethodOutput(np.asarray(image), backward)
 
 
-def _guided(model: Model, z, t, emb, scale: float):
-    out = model.unet_eps(torch.cat([z, z]), t, emb)
-    u, c = out.chunk(2)
-    return u + scale * (c - u)
+def _guided(model: Model, z, t, cond, scale: float):
+    u, c = model.predict(torch.cat([z, z]), t, cond).chunk(2)
+    return classifier_free_guidance(u, c, scale)
 
 
 def _start_index(steps: int, strength: float) -> int:
@@ -153,17 +148,17 @@ def _noise_like(z: torch.Tensor, generator) -> torch.Tensor:
 @torch.no_grad()
 def _blend_one(model, image, mask, prompt, cfg: MethodConfig, generator) -> np.ndarray:
     steps = cfg.num_inference_steps
-    sched = make_scheduler(model, steps)
+    sched = model.scheduler(steps)
     z_src = _encode(model, image)
     h, w = z_src.shape[-2:]
     m = latent_masks([np.asarray(mask, bool)], (h, w), device=model.device)[1:2]
     noise = _noise_like(z_src, generator)
-    emb = model.encode_prompts([cfg.negative_prompt, prompt])
+    cond = model.encode_prompt([cfg.negative_prompt, prompt])
     ts = sched.timesteps
     i0 = _start_index(steps, cfg.strength_blended)
     z = sched.add_noise(z_src, noise, ts[i0 : i0 + 1])
     for i in range(i0, steps):
-        eps = _guided(model, z, ts[i], emb, cfg.guidance_scale)
+        eps = _guided(model, z, ts[i], cond, cfg.guidance_scale)
         z = sched.step(eps, ts[i], z).prev_sample
         bg = sched.add_noise(z_src, noise, ts[i + 1 : i + 2]) if i + 1 < steps else z_src
         z = m * z + (1 - m) * bg
@@ -189,16 +184,16 @@ def run_diffedit(model: Model, item: BenchItem, cfg: MethodConfig, generator) ->
         generator,
         progress=False,
     )
-    sched = make_scheduler(model, steps)
+    sched = model.scheduler(steps)
     h, w = z_src.shape[-2:]
     union = np.logical_or.reduce([np.asarray(m, bool) for m in item.masks])
     m = latent_masks([union], (h, w), device=model.device)[1:2]
-    emb = model.encode_prompts([cfg.negative_prompt, item.target_caption])
+    cond = model.encode_prompt([cfg.negative_prompt, item.target_caption])
     i0 = _start_index(steps, cfg.strength_diffedit)
     z = traj[steps - i0 : steps - i0 + 1]  # the edit's step i starts from trajectory latent T - i
     for i in range(i0, steps):
         t = sched.timesteps[i]
-        z = sched.step(_guided(model, z, t, emb, cfg.guidance_scale), t, z).prev_sample
+        z = sched.step(_guided(model, z, t, cond, cfg.guidance_scale), t, z).prev_sample
         z = m * z + (1 - m) * traj[steps - 1 - i : steps - i]
     return MethodOutput(_decode(model, z))
 
@@ -206,23 +201,24 @@ def run_diffedit(model: Model, item: BenchItem, cfg: MethodConfig, generator) ->
 @torch.no_grad()
 def run_sdedit(model: Model, item: BenchItem, cfg: MethodConfig, generator) -> MethodOutput:
     steps = cfg.num_inference_steps
-    sched = make_scheduler(model, steps)
+    sched = model.scheduler(steps)
     z_src = _encode(model, item.image)
-    emb = model.encode_prompts([cfg.negative_prompt, item.target_caption])
+    cond = model.encode_prompt([cfg.negative_prompt, item.target_caption])
     i0 = _start_index(steps, cfg.strength_sdedit)
     ts = sched.timesteps
     z = sched.add_noise(z_src, _noise_like(z_src, generator), ts[i0 : i0 + 1])
     for i in range(i0, steps):
-        z = sched.step(_guided(model, z, ts[i], emb, cfg.guidance_scale), ts[i], z).prev_sample
+        z = sched.step(_guided(model, z, ts[i], cond, cfg.guidance_scale), ts[i], z).prev_sample
     return MethodOutput(_decode(model, z))
 
 
 def _controlnet(model: Model, cfg: MethodConfig, kind: str):
     """The ControlNet of ``kind``, loaded once per model and folder."""
-    from ..multimodal.nets import cached_controlnet, mini_controlnet_path
+    from ..models.controlnet import cached_controlnet
 
-    path = Path(cfg.controlnet) if cfg.controlnet else mini_controlnet_path(kind)
-    return cached_controlnet(path, model, kind, given=cfg.controlnet is not None)
+    if cfg.controlnet is None:
+        raise InvalidInputError(f"the {kind} condition needs a ControlNet: pass --controlnet DIR")
+    return cached_controlnet(cfg.controlnet, model, kind)
 
 
 _GUIDANCE: dict = {}
@@ -242,9 +238,8 @@ def run_multimodal(
         conditions = [Condition(kind, draw(_pil(item.target_image)))]
         nets = [_controlnet(model, cfg, kind)]
     cached = _GUIDANCE.get((item.id, id(model)))
-    kwargs = dict(
-        mask=union, controlnets=nets, conditions=conditions, options=cfg.multimodal_options(lam)
-    )  # fmt: skip
+    kwargs = dict(mask=union, controlnets=nets, conditions=conditions, options=cfg.multimodal_options(lam),
+                  execution=cfg.execution)  # fmt: skip
     state = generator.get_state()
     try:  # the editor checks that the pass fits (same item, seed, options but for λ)
         res = edit(model, _pil(item.image), item.target_caption, item.source_caption, generator=generator,

@@ -4,7 +4,7 @@
 own inversion) on an SD-2-base-architecture model with random weights (speed does not depend
 on what the weights are) and reports the measured ratio beside the UNet-work ratio
 19N/(8N+11). ``edit_scaling`` times single LoMOE edits for growing region counts, with the
-chunked exact gradient (``LoMOEOptions.chunk_size``) bounding memory.
+chunked exact gradient (``ExecutionOptions.chunk_size``) bounding memory.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import math
 import numpy as np
 import torch
 
-from ..lomoe.options import LoMOEOptions
-from ..models.loading import Model, from_components
+from ..models.interface import Model
+from ..models.loading import from_components
+from ..models.sd import StableDiffusion
 from .datasets import BenchItem
 from .measure import measure
 from .methods import MethodConfig, run_iterative, run_lomoe
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 PROMPTS = ("a red circle", "a blue square", "a green triangle", "a yellow circle", "a white square")
 
 
-class _TimingModel(Model):
+class _TimingModel(StableDiffusion):
     """Random weights may decode to non-finite pixels; timing does not care."""
 
     def decode(self, latents, check_finite: bool = True):
@@ -44,7 +45,7 @@ def sd2_base_components(device="cpu", dtype=torch.float32, seed: int = 0, text_l
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from ..models.mini import build_tokenizer
+    from ..shapes.model import build_tokenizer
 
     tokenizer = build_tokenizer(77)
     with torch.random.fork_rng(devices=[]), torch.device(device):
@@ -120,10 +121,10 @@ def unet_flops_per_eval(model: Model, latent_hw: tuple[int, int]) -> float:
     """FLOPs of one UNet forward on one latent (torch's FlopCounterMode, counted once)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    z = torch.zeros((1, 4, *latent_hw), device=model.device)
-    emb = model.encode_prompts(["a photo"])
+    z = torch.zeros((1, model.latent_channels, *latent_hw), device=model.device)
+    cond = model.encode_prompt(["a photo"])
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model.unet_eps(z, torch.tensor(999, device=model.device), emb)
+        model.predict(z, torch.tensor(999, device=model.device), cond)
     return float(fc.get_total_flops())
 
 
@@ -145,12 +146,12 @@ def speed_bench(
     model: Model,
     masks=(1, 2, 4, 7),
     size: int = 512,
-    steps: int = 50,
-    lomoe: LoMOEOptions | None = None,
+    cfg: MethodConfig | None = None,
     repeats: int = 1,
 ) -> dict:
     """LoMOE (one pass) vs iterative (N passes) per mask count; rows plus ratios."""
-    cfg = MethodConfig(num_inference_steps=steps, lomoe=lomoe or LoMOEOptions())
+    cfg = cfg or MethodConfig()
+    steps = cfg.num_inference_steps
     f = model.vae_scale_factor
     flops = unet_flops_per_eval(model, (size // f, size // f))
     # warm-up: first-call costs (allocator, kernels) are not the algorithm's
@@ -197,13 +198,12 @@ def edit_scaling(
     model: Model,
     regions=(1, 2, 4, 8, 16),
     size: int | None = None,
-    steps: int = 50,
-    lomoe: LoMOEOptions | None = None,
+    cfg: MethodConfig | None = None,
 ) -> list[dict]:
     """Seconds, UNet evaluations and peak memory of one LoMOE edit per region count."""
     f = model.vae_scale_factor
-    size = size or int(model.unet.config.sample_size) * f
-    cfg = MethodConfig(num_inference_steps=steps, lomoe=lomoe or LoMOEOptions())
+    size = size or model.native_size
+    cfg = cfg or MethodConfig()
     flops = unet_flops_per_eval(model, (size // f, size // f))
     run_lomoe(
         model,
@@ -217,7 +217,7 @@ def edit_scaling(
         with measure(model) as m:
             out = run_lomoe(model, item, cfg, torch.Generator().manual_seed(n))
         m.unet_backward_evals = out.unet_backward_evals
-        rows.append({**_row("lomoe", n, m, flops), "chunk_size": cfg.lomoe.chunk_size})
+        rows.append({**_row("lomoe", n, m, flops), "chunk_size": cfg.execution.chunk_size})
     return rows
 
 

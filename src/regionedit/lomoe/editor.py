@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -13,14 +12,16 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..attention import temperature_attention
+from ..cfg import classifier_free_guidance
 from ..errors import InvalidInputError
-from ..inversion import Inversion, InversionOptions, invert, make_scheduler, reference_pass
-from ..io import load_image
-from ..models.loading import Model, to_pil
-from ..regions import Region, active_weights, latent_masks, validate_regions
+from ..execution import ExecutionOptions, gradient_checkpointing
+from ..inversion import Inversion, InversionOptions, invert_image, reference_pass
+from ..models.interface import Conditioning, Model, to_pil
+from ..prepared import PreparedEdit, read_image
+from ..regions import Region, active_weights
 from .losses import background_loss, cross_attention_loss, fuse
 from .options import LoMOEOptions
+from .prepare import prepare_lomoe
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +62,6 @@ class _UNetCounter:
         self.backward_evals = 0
 
 
-def _rescale_cfg(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torch.Tensor:
-    """Lin et al. 2023, eq. 15-16: match the guided prediction's std to the conditional one's,
-    mixed by ``phi``. The same rule as diffusers' ``rescale_noise_cfg``, written here because
-    importing it loads the whole pipelines package (and its transformers warnings) into the CLI."""
-    dims = list(range(1, guided.ndim))
-    rescaled = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
-    return phi * rescaled + (1 - phi) * guided
-
-
 def _constant_colour_pool(model: Model, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
     """Latents of ``BOOTSTRAP_POOL`` images of one random colour each (seeded)."""
     colours = torch.rand((BOOTSTRAP_POOL, 3, 1, 1), generator=generator) * 2 - 1
@@ -77,63 +69,32 @@ def _constant_colour_pool(model: Model, size: tuple[int, int], generator: torch.
     return torch.cat([model.encode(images[i : i + 10]) for i in range(0, BOOTSTRAP_POOL, 10)])
 
 
-def _prepare(model: Model, image, background_prompt, options: LoMOEOptions, progress):
-    if isinstance(image, Inversion):
-        inv = image
-        if inv.num_steps != options.num_inference_steps:
-            raise InvalidInputError(
-                f"the inversion has {inv.num_steps} steps but the edit asks for "
-                f"{options.num_inference_steps}; invert again with the same num_inference_steps"
-            )
-        if background_prompt is not None and background_prompt != inv.prompt:
-            raise InvalidInputError(
-                "background_prompt differs from the inversion's caption; invert again with the new caption"
-            )
-        if inv.guidance_scale != options.guidance_scale or inv.temperature != options.temperature:
-            log.info(
-                "recomputing the reference pass for guidance %s, temperature %s",
-                options.guidance_scale,
-                options.temperature,
-            )
-            ts, offsets, attn = reference_pass(
-                model,
-                inv.latents,
-                inv.prompt,
-                inv.negative_prompt,
-                options.guidance_scale,
-                options.temperature,
-                progress=progress,
-            )
-            inv = Inversion(
-                **{
-                    **inv.__dict__,
-                    "timesteps": ts,
-                    "offsets": offsets,
-                    "attention": attn,
-                    "guidance_scale": options.guidance_scale,
-                    "temperature": options.temperature,
-                }
-            )
-        return inv
-    if background_prompt is None:
-        raise InvalidInputError("background_prompt (the source caption) is required with an image")
-    if isinstance(image, (str, Path)):
-        image = load_image(image)
-    inv_opts = InversionOptions(
-        num_inference_steps=options.num_inference_steps, regularize=options.regularize_inversion
-    )
-    # The inversion draws from its own fixed-seed generator (invert's default), not the edit's:
-    # it is then a function of image, caption and options alone, so an edit from a cached
-    # Inversion equals an edit from the image with the same seed.
-    return invert(
-        model,
-        image,
-        background_prompt,
-        inv_opts,
-        guidance_scale=options.guidance_scale,
-        temperature=options.temperature,
-        progress=progress,
-    )
+def _inversion_for(model: Model, edit: PreparedEdit, inversion: Inversion | None, progress) -> Inversion:
+    """The edit's inversion: the given one (its reference pass redone if the guidance scale or
+    temperature changed), or a new one of ``edit.image``."""
+    options = edit.options
+    if inversion is None:
+        inv_opts = InversionOptions(
+            num_inference_steps=options.num_inference_steps, regularize=options.regularize_inversion
+        )
+        # The inversion draws from its own fixed-seed generator (invert's default), not the edit's:
+        # it is then a function of image, caption and options alone, so an edit from a cached
+        # Inversion equals an edit from the image with the same seed.
+        return invert_image(model, edit.image, edit.background_prompt, inv_opts, guidance_scale=options.guidance_scale,
+                            temperature=options.temperature, progress=progress)  # fmt: skip
+    if inversion.num_steps != options.num_inference_steps:
+        raise InvalidInputError(
+            f"the inversion has {inversion.num_steps} steps but the edit asks for "
+            f"{options.num_inference_steps}; invert again with the same num_inference_steps"
+        )
+    if inversion.guidance_scale == options.guidance_scale and inversion.temperature == options.temperature:
+        return inversion
+    log.info("recomputing the reference pass for guidance %s, temperature %s", options.guidance_scale,
+             options.temperature)  # fmt: skip
+    ts, offsets, attn = reference_pass(model, inversion.latents, inversion.prompt, inversion.negative_prompt,
+                                       options.guidance_scale, options.temperature, progress=progress)  # fmt: skip
+    return replace(inversion, timesteps=ts, offsets=offsets, attention=attn, guidance_scale=options.guidance_scale,
+                   temperature=options.temperature)  # fmt: skip
 
 
 def edit(
@@ -146,6 +107,7 @@ def edit(
     progress: bool = True,
     callback=None,
     original: Image.Image | None = None,
+    execution: ExecutionOptions | None = None,
 ) -> EditResult:
     """Edit every region of an image in one multi-diffusion pass.
 
@@ -154,39 +116,61 @@ def edit(
         image: a PIL image or path (inverted here), or an :class:`Inversion` to reuse.
         regions: any number of :class:`Region` (mask + prompt); none gives the reconstruction.
         background_prompt: the source caption; required unless ``image`` is an Inversion.
-        options: :class:`LoMOEOptions`; defaults are the paper's.
+        options: :class:`LoMOEOptions`; None takes the model's recommended settings over the
+            paper's defaults (``LoMOEOptions()`` is the paper's alone).
         generator: seeds every random draw (default seed 0): same inputs, same output.
         callback: called as ``callback(step, info)`` after every step.
         original: the input image for ``paste_back`` when ``image`` is an Inversion.
+        execution: :class:`ExecutionOptions` (chunked gradients, checkpointing); same result.
     """
-    options = options or LoMOEOptions()
+    from ..options import make_options
+
+    options = options if options is not None else make_options("lomoe", {}, model.settings.get("lomoe"))
+    inversion = image if isinstance(image, Inversion) else None
+    prepared = prepare_lomoe(image, regions, background_prompt, options, model.vae_scale_factor)
+    prepared = replace(prepared, execution=execution or ExecutionOptions())
+    if prepared.image is None and original is not None:
+        prepared = replace(prepared, image=read_image(original))
+    return run(
+        model, prepared, inversion=inversion, generator=generator, progress=progress, callback=callback
+    )
+
+
+def run(
+    model: Model,
+    edit: PreparedEdit,
+    inversion: Inversion | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+    callback=None,
+) -> EditResult:
+    """Run a prepared LoMOE edit (see :func:`regionedit.lomoe.prepare.prepare_lomoe`).
+
+    ``inversion`` reuses an earlier inversion of the same image and caption; without it,
+    ``edit.image`` is inverted here.
+    """
+    options, execution = edit.options, edit.execution
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    if not isinstance(regions, (list, tuple)):
-        raise InvalidInputError("regions must be a list of regionedit.Region")
     start_time = time.perf_counter()
-    if isinstance(image, (str, Path)):
-        image = load_image(image)
-    if isinstance(image, Image.Image):
-        original = image
-        model.check_image_size(image.height, image.width)
-    height, width = image.image_size if isinstance(image, Inversion) else (image.height, image.width)
-    masks = validate_regions(list(regions), height, width, options.mask_threshold)
-    inv = _prepare(model, image, background_prompt, options, progress)
+    inv = _inversion_for(model, edit, inversion, progress)
     invert_seconds = time.perf_counter() - start_time
 
-    f = model.vae_scale_factor
-    weights = latent_masks(masks, (height // f, width // f), options.feather, options.overlap, model.device)
+    height, width = edit.image_size
+    weights = edit.latent_masks.to(model.device)
+    regions = list(edit.regions)
     counter = _UNetCounter()
-    latents, losses = _denoise(
-        model, inv, list(regions), weights, options, generator, counter, progress, callback
-    )
+    with gradient_checkpointing([model.denoiser], execution.gradient_checkpointing):
+        latents, losses = _denoise(
+            model, inv, regions, weights, options, execution, generator, counter, progress, callback
+        )
     decoded = model.decode(torch.cat([latents, inv.latents[:1]]))
     edited, recon = to_pil(decoded)
     if options.paste_back:
-        if original is None:
+        if edit.image is None:
             raise InvalidInputError("paste_back needs the original image (pass original=...)")
+        masks = [r.mask for r in regions]
         union = np.any(np.stack(masks), axis=0)[..., None] if masks else np.zeros((height, width, 1), bool)
-        edited = Image.fromarray(np.where(union, np.asarray(edited), np.asarray(original.convert("RGB"))))
+        edited = Image.fromarray(np.where(union, np.asarray(edited), np.asarray(edit.image)))
     up = F.interpolate(weights, size=(height, width), mode="nearest")[:, 0]
     mask_images = [Image.fromarray((m.cpu().numpy() * 255 + 0.5).astype(np.uint8), "L") for m in up[1:]]
     total = time.perf_counter() - start_time
@@ -210,17 +194,17 @@ def edit(
     )
 
 
-def _denoise(model, inv, regions, weights, options, generator, counter, progress, callback):
+def _denoise(model, inv, regions, weights, options, execution, generator, counter, progress, callback):
     """Spec Stage 3: views, bootstrapping, gradient step, re-evaluation, for every timestep."""
     steps = inv.num_steps
-    sched = make_scheduler(model, steps)
+    sched = model.scheduler(steps)
     n_branch = len(regions) + 1
     neg = [inv.negative_prompt] + [
         r.negative_prompt if r.negative_prompt is not None else options.region_negative_prompt
         for r in regions
     ]
     cond = [inv.prompt] + [r.prompt for r in regions]
-    emb_neg, emb_cond = model.encode_prompts(neg), model.encode_prompts(cond)
+    cond_neg, cond_pos = model.encode_prompt(neg), model.encode_prompt(cond)
     z_T = inv.latents[-1:]
     pool = None
     if options.bootstrap_steps > 0 and regions:
@@ -229,26 +213,29 @@ def _denoise(model, inv, regions, weights, options, generator, counter, progress
     optimise = options.learning_rate > 0 and (
         options.cross_attention_weight > 0 or options.background_weight > 0
     )
-    chunk = options.chunk_size or n_branch
+    chunk = execution.chunk_size or n_branch
     chunks = [list(range(s, min(s + chunk, n_branch))) for s in range(0, n_branch, chunk)]
 
     def step_branches(views, t, idx, offset):
         """UNet on [uncond, cond] of the branches ``idx``; CFG; DDIM step plus δ."""
-        emb = torch.cat([emb_neg[idx], emb_cond[idx]])
-        out = model.unet_eps(torch.cat([views, views]), t, emb)
+        pair = Conditioning.cat([cond_neg[idx], cond_pos[idx]])
+        out = model.predict(torch.cat([views, views]), t, pair)
         counter.calls += 1
         counter.latent_evals += 2 * len(idx)
         eps_u, eps_c = out.chunk(2)
-        eps = eps_u + options.guidance_scale * (eps_c - eps_u)
+        eps = classifier_free_guidance(eps_u, eps_c, options.guidance_scale)
         if options.guidance_rescale > 0:
             # region branches only: the background branch must match the inversion's offsets
             region = torch.tensor([b > 0 for b in idx], device=eps.device).view(-1, 1, 1, 1)
-            eps = torch.where(region, _rescale_cfg(eps, eps_c, options.guidance_rescale), eps)
+            rescaled = classifier_free_guidance(
+                eps_u, eps_c, options.guidance_scale, options.guidance_rescale
+            )
+            eps = torch.where(region, rescaled, eps)
         return sched.step(eps, t, views).prev_sample + offset
 
     z = z_T
     losses = []
-    with temperature_attention(model.unet, options.temperature) as store:
+    with model.cross_attention(options.temperature) as store:
         for i, t in enumerate(tqdm(sched.timesteps, desc="edit", disable=not progress, leave=False)):
             w_i = active_weights(weights, regions, i, steps)
             offset = inv.offsets[i : i + 1]
@@ -305,9 +292,10 @@ def _gradient(
     for c in chunks:
         leaf = views[c].detach().requires_grad_(True)
         with torch.enable_grad():
+            # capture stays on through the backward pass: a checkpointed UNet recomputes the
+            # same attention path there
             store.capture = use_xa
             z_c = step_branches(leaf, t, c, offset)
-            store.capture = False
             counter.backward_evals += 2 * len(c)
             z_full = z_c if len(chunks) == 1 else torch.cat([z_all[: c[0]], z_c, z_all[c[-1] + 1 :]])
             l_b = background_loss(fuse(z_full, weights), ref_latent, weights[:1])
@@ -316,8 +304,9 @@ def _gradient(
                 l_xa = cross_attention_loss(store.maps, ref_maps, num_total=n)
                 loss = loss + options.cross_attention_weight * l_xa
                 l_xa_total += float(l_xa.detach())
-            store.clear()
             (g,) = torch.autograd.grad(loss, leaf)
+            store.capture = False
+            store.clear()
         grads.append(g)
         l_b_val = float(l_b.detach())
     parts = {

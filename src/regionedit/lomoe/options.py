@@ -1,4 +1,4 @@
-"""LoMOE options; defaults are the official ones (shared/design/lomoe-spec.md)."""
+"""LoMOE options; defaults are the paper's and the official code's (docs/lomoe.md)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ class LoMOEOptions:
     feather: float = 0.0  # Gaussian soft mask edges, latent pixels; 0 = the paper's hard masks
     overlap: str = "average"  # "average" (paper) or "last" (last mask wins)
     region_negative_prompt: str = DEFAULT_REGION_NEGATIVE  # official README's negative prompt
-    chunk_size: int | None = None  # branches per gradient chunk (exact); None = all at once
     paste_back: bool = False  # copy original pixels outside the masks after decoding
     background_blend: bool = False  # ours: after every step, reset the fused latent outside the
     # masks to the inversion trajectory (Blended Latent Diffusion's rule; L_b alone lets it drift)
@@ -64,7 +63,3 @@ class LoMOEOptions:
         if self.overlap not in OVERLAP_POLICIES:
             raise InvalidOptionError(f"overlap must be one of {OVERLAP_POLICIES}, got {self.overlap!r}")
         require_bools(self, ("paste_back", "background_blend", "regularize_inversion"))
-        if self.chunk_size is not None and (not isinstance(self.chunk_size, int) or self.chunk_size < 1):
-            raise InvalidOptionError(
-                f"chunk_size must be a positive integer or None, got {self.chunk_size!r}"
-            )

@@ -1,137 +1,133 @@
-"""Load a Stable-Diffusion-style model: diffusers folder, single .safetensors, hub id or "mini"."""
+"""Load a model: ``"mini"``, a diffusers folder, a single ``.safetensors`` file or a hub id.
+
+The family is read from the files (which components a folder holds), never from the name.
+:func:`describe` reads only small JSON files, so front ends can check a request against the
+model (its VAE factor, its recommended settings) before the slow :func:`load`.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
-from ..errors import ImageSizeError, ModelLoadError
+from ..errors import ModelLoadError
+from .interface import Model
+from .sd import StableDiffusion
 
 log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+MINI_DIR = DATA_DIR / "mini"  # the bundled shapes-world model
+SETTINGS_FILE = "regionedit_settings.json"  # beside model_index.json: recommended edit settings
+SUPPORTED = "Stable Diffusion 1.x/2.x-architecture models (a UNet with one CLIP text encoder)"
 
 
-@dataclass(eq=False)
-class Model:
-    """Frozen components of a latent diffusion model plus small helpers shared by editors.
+@dataclass(frozen=True)
+class ModelInfo:
+    """What is known of a model before loading it.
 
-    Latents are kept in float32; networks run in ``dtype`` (float32 on CPU by default).
+    Attributes:
+        name: as given (``"mini"``, a folder, a file, a hub id).
+        path: the local folder, when there is one.
+        family: ``"sd"``; None when it can only be told by loading (single files, hub ids).
+        vae_scale_factor: pixels per latent cell; None when unknown before loading.
+        settings: recommended settings per method (``regionedit_settings.json``), else empty;
+            None when the model itself could not be found.
     """
 
-    vae: torch.nn.Module
-    unet: torch.nn.Module
-    text_encoder: torch.nn.Module
-    tokenizer: object
-    scheduler_config: dict
-    name: str = "model"
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    dtype: torch.dtype = torch.float32
-    _prompt_cache: dict = field(default_factory=dict, repr=False)
-
-    def __post_init__(self):
-        for m in (self.vae, self.unet, self.text_encoder):
-            m.requires_grad_(False).eval()
-
-    @property
-    def vae_scale_factor(self) -> int:
-        """Pixels per latent cell along each side (8 for Stable Diffusion, 4 for mini)."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
-    def native_size(self) -> int:
-        """The image side the model was trained at (UNet sample size times the VAE factor)."""
-        size = getattr(self.unet.config, "sample_size", 64) or 64
-        size = size[0] if isinstance(size, (list, tuple)) else size
-        return int(size) * self.vae_scale_factor
-
-    def check_image_size(self, height: int, width: int) -> None:
-        f = self.vae_scale_factor
-        if height % f or width % f or height < f or width < f:
-            nh, nw = max(f, round(height / f) * f), max(f, round(width / f) * f)
-            raise ImageSizeError(
-                f"image is {width}x{height}; sizes must be multiples of {f} for this model — "
-                f"use {nw}x{nh} (CLI: --resize pad|crop; EditRequest(resize=...))"
-            )
-
-    @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """CLIP hidden states ``(len(prompts), tokens, width)`` in ``dtype``; cached per prompt."""
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
-        if missing:
-            tok = self.tokenizer
-            ids = tok(
-                missing,
-                padding="max_length",
-                max_length=tok.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids.to(self.device)
-            emb = self.text_encoder(ids)[0].to(self.dtype)
-            for p, e in zip(missing, emb, strict=True):
-                self._prompt_cache[p] = e
-        return torch.stack([self._prompt_cache[p] for p in prompts])
-
-    def image_to_tensor(self, image: Image.Image) -> torch.Tensor:
-        """PIL RGB -> float32 ``(1, 3, H, W)`` in [-1, 1] on ``device``."""
-        arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
-        return torch.from_numpy(arr).permute(2, 0, 1)[None].to(self.device)
-
-    @torch.no_grad()
-    def encode(
-        self, image: torch.Tensor, generator: torch.Generator | None = None, sample: bool = False
-    ) -> torch.Tensor:
-        """Image ``(B, 3, H, W)`` in [-1, 1] -> scaled float32 latents (posterior mean by default)."""
-        dist = self.vae.encode(image.to(self.dtype)).latent_dist
-        if sample:
-            noise = torch.randn(dist.mean.shape, generator=generator, dtype=torch.float32)
-            z = dist.mean.float() + dist.std.float() * noise.to(dist.mean.device)
-        else:
-            z = dist.mean.float()
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        return (z - shift) * self.vae.config.scaling_factor
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor, check_finite: bool = True) -> torch.Tensor:
-        """Scaled latents -> float32 images ``(B, 3, H, W)`` in [0, 1].
-
-        A half-precision VAE that overflows (NaN/inf) is retried in float32 once.
-        """
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        z = latents / self.vae.config.scaling_factor + shift
-        x = self.vae.decode(z.to(self.dtype)).sample.float()
-        if check_finite and not torch.isfinite(x).all():
-            if self.dtype == torch.float32:
-                raise FloatingPointError("the VAE decoded NaN or inf values in float32")
-            log.warning("VAE produced NaN/inf in %s; retrying in float32", self.dtype)
-            self.vae.float()
-            try:
-                x = self.vae.decode(z.float()).sample.float()
-            finally:
-                self.vae.to(self.dtype)
-            if not torch.isfinite(x).all():
-                raise FloatingPointError("the VAE decoded NaN or inf values even in float32")
-        return ((x + 1) / 2).clamp(0, 1)
-
-    def unet_eps(self, latents: torch.Tensor, t, embeddings: torch.Tensor, **kwargs) -> torch.Tensor:
-        """One UNet call; float32 output of the model's own prediction type."""
-        out = self.unet(latents.to(self.dtype), t, encoder_hidden_states=embeddings, **kwargs)
-        return out.sample.float()
+    name: str
+    path: Path | None = None
+    family: str | None = None
+    vae_scale_factor: int | None = None
+    settings: dict | None = field(default_factory=dict)
 
 
-def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    """float images ``(B, 3, H, W)`` in [0, 1] -> PIL images."""
-    arr = (images.permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
-    return [Image.fromarray(a) for a in arr]
+def _family(index: dict, where: str) -> str:
+    """The family of a ``model_index.json``, from the components it lists."""
+    parts = set(index)
+    if "transformer" in parts:
+        kind = "a FLUX or SD3 transformer model" if "text_encoder_2" in parts else "a transformer model"
+    elif "text_encoder_2" in parts:
+        kind = "an SDXL model"
+    elif {"unet", "vae", "text_encoder"} <= parts:
+        return "sd"
+    else:
+        kind = f"a {index.get('_class_name', 'pipeline')} folder"
+    raise ModelLoadError(f"{where} is {kind}; regionedit supports {SUPPORTED} so far")
 
 
-def _resolve_device(device, dtype):
+def _read(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"cannot read {what} {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{what} {path} must hold a JSON object")
+    return data
+
+
+def _describe_folder(name: str, path: Path) -> ModelInfo:
+    if not (path / "model_index.json").exists():
+        raise ModelLoadError(f"{path} is not a diffusers model folder (no model_index.json)")
+    family = _family(_read(path / "model_index.json", "model index"), str(path))
+    factor = None
+    vae_config = path / "vae" / "config.json"
+    if vae_config.is_file():
+        factor = 2 ** (len(_read(vae_config, "VAE config").get("block_out_channels", [0] * 4)) - 1)
+    settings = _read(path / SETTINGS_FILE, "settings file") if (path / SETTINGS_FILE).is_file() else {}
+    if isinstance(settings.get("controlnets"), dict):  # folders relative to the model's
+        settings["controlnets"] = {k: str((path / v).resolve()) for k, v in settings["controlnets"].items()}
+    return ModelInfo(name, path, family, factor, settings)
+
+
+def describe(model: str | os.PathLike = "mini") -> ModelInfo:
+    """What can be known of ``model`` without loading its weights (see :class:`ModelInfo`)."""
+    spec = str(model)
+    if spec == "mini":
+        if not (MINI_DIR / "model_index.json").exists():
+            raise ModelLoadError(f"the bundled mini model is missing from {MINI_DIR}; reinstall regionedit")
+        return _describe_folder(spec, MINI_DIR)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _describe_folder(spec, path)
+    if path.exists():
+        if path.suffix in PICKLE_SUFFIXES or path.suffix == ".safetensors":
+            return ModelInfo(spec)
+        raise ModelLoadError(f"{path}: unknown model file type; expected .safetensors or a folder")
+    if spec.startswith((".", "/", "~")) or spec.endswith((".safetensors",) + PICKLE_SUFFIXES):
+        raise ModelLoadError(f"model path not found: {spec}")
+    cached = _hub_folder(spec)
+    return _describe_folder(spec, cached) if cached is not None else ModelInfo(spec)
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def _hub_folder(repo: str) -> Path | None:
+    """The local snapshot folder of a hub id whose model index is cached (or downloadable)."""
+    try:
+        from huggingface_hub import hf_hub_download
+
+        index = hf_hub_download(repo, "model_index.json", local_files_only=_offline())
+    except Exception:  # not cached, no network, not a repo: loading will say which
+        return None
+    folder = Path(index).parent
+    try:
+        hf_hub_download(repo, SETTINGS_FILE, local_files_only=_offline())
+    except Exception:
+        pass  # most models carry no settings file
+    return folder
+
+
+def resolve_device(device, dtype) -> tuple[torch.device, torch.dtype]:
+    """``device``/``dtype`` as given by a user (names or torch objects), CPU and float32 by default."""
     device = torch.device(device) if device is not None else torch.device("cpu")
     if dtype is None:
         dtype = torch.float32
@@ -163,17 +159,14 @@ def load(model: str | os.PathLike = "mini", device=None, dtype=None, allow_pickl
         dtype: network dtype (``torch.float16``/``"fp16"``, ...); float32 by default.
         allow_pickle: pickled ``.ckpt``/``.bin`` weights execute code when loaded; they are
             refused unless this is true.
-    """
-    device, dtype = _resolve_device(device, dtype)
-    spec = str(model)
-    if spec == "mini":
-        from .mini import MINI_DIR
 
-        if not (MINI_DIR / "model_index.json").exists():
-            raise ModelLoadError(f"the bundled mini model is missing from {MINI_DIR}; reinstall regionedit")
-        path: Path | None = MINI_DIR
-    else:
-        path = Path(spec).expanduser()
+    Returns:
+        The family's :class:`~regionedit.models.interface.Model`, with ``settings`` from the
+        folder's ``regionedit_settings.json`` (empty when it has none).
+    """
+    device, dtype = resolve_device(device, dtype)
+    info = describe(model)
+    spec = info.name
     try:
         from diffusers import StableDiffusionPipeline
     except ImportError as exc:  # pragma: no cover - diffusers is a core dependency
@@ -181,63 +174,62 @@ def load(model: str | os.PathLike = "mini", device=None, dtype=None, allow_pickl
 
     kwargs = dict(torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
     try:
-        if path.exists() and path.is_dir():
-            if not (path / "model_index.json").exists():
-                raise ModelLoadError(f"{path} is not a diffusers model folder (no model_index.json)")
-            pickled = any(p.suffix == ".bin" for p in path.rglob("*.bin"))
-            safe = any(path.rglob("*.safetensors"))
+        if info.path is not None:
+            pickled = any(p.suffix == ".bin" for p in info.path.rglob("*.bin"))
+            safe = any(info.path.rglob("*.safetensors"))
             if pickled and not safe and not allow_pickle:
                 raise ModelLoadError(
-                    f"{path} holds only pickled .bin weights; pass allow_pickle=True "
+                    f"{info.path} holds only pickled .bin weights; pass allow_pickle=True "
                     "(CLI: --allow-pickle) if you trust them"
                 )
-            pipe = StableDiffusionPipeline.from_pretrained(str(path), use_safetensors=safe, **kwargs)
-        elif path.exists():
+            pipe = StableDiffusionPipeline.from_pretrained(str(info.path), use_safetensors=safe, **kwargs)
+        elif Path(spec).expanduser().exists():
+            path = Path(spec).expanduser()
             if path.suffix in PICKLE_SUFFIXES and not allow_pickle:
                 raise ModelLoadError(
                     f"{path} is a pickled checkpoint, which can run code when loaded; "
                     "convert it to .safetensors or pass allow_pickle=True (CLI: --allow-pickle)"
                 )
-            if path.suffix not in (".safetensors",) + PICKLE_SUFFIXES:
-                raise ModelLoadError(f"{path}: unknown model file type; expected .safetensors or a folder")
             pipe = StableDiffusionPipeline.from_single_file(str(path), **kwargs)
-        elif spec.startswith((".", "/", "~")) or spec.endswith((".safetensors",) + PICKLE_SUFFIXES):
-            raise ModelLoadError(f"model path not found: {spec}")
         else:
-            offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-            pipe = StableDiffusionPipeline.from_pretrained(spec, local_files_only=offline, **kwargs)
+            pipe = StableDiffusionPipeline.from_pretrained(spec, local_files_only=_offline(), **kwargs)
     except ModelLoadError:
         raise
     except Exception as exc:  # diffusers raises many types; the user needs one clear line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot load model {spec!r}: {first}") from None
-
-    m = Model(
-        vae=pipe.vae.to(device),
-        unet=pipe.unet.to(device),
-        text_encoder=pipe.text_encoder.to(device),
-        tokenizer=pipe.tokenizer,
-        scheduler_config=dict(pipe.scheduler.config),
-        name=spec,
-        device=device,
-        dtype=dtype,
+    return from_components(
+        dict(pipe.components), name=spec, device=device, dtype=dtype, settings=info.settings, move=False
     )
-    return m
 
 
-def from_components(components: dict, name: str = "components", device=None, dtype=None, cls=Model) -> Model:
-    """Wrap in-memory components (as built in tests) into a :class:`Model` (or subclass ``cls``).
+def from_components(
+    components: dict,
+    name: str = "components",
+    device=None,
+    dtype=None,
+    cls=StableDiffusion,
+    settings: dict | None = None,
+    move: bool = True,
+) -> Model:
+    """Wrap in-memory components (as built in tests) into a model of family ``cls``.
 
-    The modules are moved to ``device``/``dtype`` in place (``nn.Module.to``), as diffusers does.
+    The modules are moved to ``device``/``dtype`` in place (``nn.Module.to``), as diffusers
+    does; ``move=False`` moves them to the device only (they already have their dtype).
     """
-    device, dtype = _resolve_device(device, dtype)
+    device, dtype = resolve_device(device, dtype)
+
+    def place(module):
+        return module.to(device, dtype) if move else module.to(device)
+
     return cls(
-        vae=components["vae"].to(device, dtype),
-        unet=components["unet"].to(device, dtype),
-        text_encoder=components["text_encoder"].to(device, dtype),
+        vae=place(components["vae"]),
+        unet=place(components["unet"]),
+        text_encoder=place(components["text_encoder"]),
         tokenizer=components["tokenizer"],
         scheduler_config=dict(components["scheduler"].config),
         name=name,
         device=device,
         dtype=dtype,
+        settings=dict(settings or {}),
     )

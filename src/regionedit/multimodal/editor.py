@@ -1,4 +1,4 @@
-"""Optimisation-based multi-modal editing (arXiv 2311.16882; shared/design/multimodal-spec.md).
+"""Optimisation-based multi-modal editing (arXiv 2311.16882; docs/multimodal.md).
 
 Stages (§0 h): DDIM inversion → guidance image (random-noise encoding, L_pres only) → mask
 (user or estimated) → main pass optimising z_t against λ·L_pres + (1−λ)·L_guid for the first
@@ -12,29 +12,29 @@ import hashlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import InvalidInputError
-from ..inversion import InversionOptions, ddim_invert, make_scheduler
-from ..io import load_image
-from ..models.loading import Model, to_pil
-from .conditions import Condition, control_image, image_to_control_tensor, layout_box
+from ..execution import ExecutionOptions, gradient_checkpointing
+from ..inversion import InversionOptions, ddim_invert
+from ..models.interface import Model, to_pil
+from ..prepared import PreparedEdit
+from .conditions import Condition, image_to_control_tensor, layout_box
 from .guidance import (
     ControlStack,
     Denoiser,
     Targets,
     blend_trajectory,
-    gradient_checkpointing,
     guidance_start_latent,
     optimised_pass,
     start_index,
 )
-from .mask import diffedit_mask, difference_mask, estimate_mask, mask_to_image, user_mask
+from .mask import diffedit_mask, difference_mask, estimate_mask, mask_to_image
 from .options import MultimodalOptions
+from .prepare import prepare_multimodal
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +68,8 @@ class GuidancePass:
 # Options the guidance pass never reads (main pass only): one guidance pass serves every value.
 MAIN_PASS_ONLY = dict(
     preservation_weight=0.0,
-    post_blend=False,
-    post_blend_target="input",
+    post_blend="none",
     pres_mask="keep",
-    guid_mask="none",
-    main_pass_control=True,
     main_pass_control_scale=1.0,
     main_pass_prompt="target",
 )
@@ -80,7 +77,7 @@ MAIN_PASS_ONLY = dict(
 
 def _main_pass_controls(controls: ControlStack | None, options: MultimodalOptions) -> ControlStack | None:
     """The conditions of the main pass: all, none, or all at ``main_pass_control_scale``."""
-    factor = options.main_pass_control_scale if options.main_pass_control else 0.0
+    factor = options.main_pass_control_scale
     if controls is None or factor == 1.0:
         return controls
     if factor == 0.0:
@@ -195,24 +192,22 @@ def _check_net(net, model: Model, i: int) -> None:
             f"ControlNet {i} downsamples its control image by {factor} but the model's VAE by "
             f"{model.vae_scale_factor}; use a ControlNet made for this model"
         )
-    if cfg.cross_attention_dim != model.unet.config.cross_attention_dim:
+    width = model.denoiser.config.cross_attention_dim
+    if cfg.cross_attention_dim != width:
         raise InvalidInputError(
-            f"ControlNet {i} has cross_attention_dim {cfg.cross_attention_dim}, the UNet "
-            f"{model.unet.config.cross_attention_dim}; use a ControlNet made for this model"
+            f"ControlNet {i} has cross_attention_dim {cfg.cross_attention_dim}, the model's "
+            f"denoiser {width}; use a ControlNet made for this model"
         )
 
 
-def _guidance_pass(denoiser, sched, z0, inversion, inv_traj, x_input, given_mask, options, has_layout,
-                   generator, bar, callback, key) -> GuidancePass:  # fmt: skip
+def _guidance_pass(denoiser, sched, z0, inv_traj, given_mask, options, has_layout, generator, bar, callback,
+                   key) -> GuidancePass:  # fmt: skip
     """§1.3: from a seeded random-noise start, optimise L_pres only (λ = 1) with the user mask."""
     t0, before_f, before_b = time.perf_counter(), denoiser.counter.forward, denoiser.counter.backward
     n = options.num_inference_steps
-    strength = options.strength_for(has_layout)
-    i0, z_start, before = guidance_start_latent(
-        sched, z0, inversion, strength, options.guidance_start, generator
-    )
+    i0, z_start, before = guidance_start_latent(sched, z0, options.strength_for(has_layout), generator)
     keep_user = None if given_mask is None else (~given_mask).float()[None, None].to(z0.device)
-    targets = Targets(pres=x_input if x_input is not None else z0, pres_traj=inv_traj, keep=keep_user)
+    targets = Targets(pres=z0, pres_traj=inv_traj, keep=keep_user)
     if i0 < n:
         z0_g, traj, losses = optimised_pass(
             denoiser, sched, z_start, i0, options, 1.0, targets, progress_bar=bar, callback=callback,
@@ -225,31 +220,6 @@ def _guidance_pass(denoiser, sched, z0, inversion, inv_traj, x_input, given_mask
     return GuidancePass(
         z0_g, {**before, **traj}, losses, time.perf_counter() - t0, evals, back, key, generator.get_state()
     )
-
-
-def _check_inputs(model, image, prompt, source_prompt, negative_prompt, conditions, options):
-    if isinstance(image, (str, Path)):
-        image = load_image(image)
-    if not isinstance(image, Image.Image):
-        raise InvalidInputError(f"image must be a path or PIL image, got {type(image).__name__}")
-    image = image.convert("RGB")
-    model.check_image_size(image.height, image.width)
-    for name, value in (
-        ("prompt", prompt),
-        ("source_prompt", source_prompt),
-        ("negative_prompt", negative_prompt),
-    ):
-        if not isinstance(value, str):
-            raise InvalidInputError(f"{name} must be a string, got {type(value).__name__}")
-    conditions = list(conditions or [])
-    for c in conditions:
-        if not isinstance(c, Condition):
-            raise InvalidInputError(
-                f"conditions must be regionedit Condition objects, got {type(c).__name__}"
-            )
-    if not isinstance(options, MultimodalOptions):
-        raise InvalidInputError(f"options must be MultimodalOptions, got {type(options).__name__}")
-    return image, conditions
 
 
 def edit(
@@ -267,6 +237,7 @@ def edit(
     guidance: GuidancePass | None = None,
     progress: bool = False,
     callback=None,
+    execution: ExecutionOptions | None = None,
 ) -> MultimodalResult:
     """Edit an image by inference-time optimisation with text and layout instructions.
 
@@ -281,32 +252,97 @@ def edit(
             condition kind, or a ``MultiControlNetModel``. The nets are frozen and moved to the
             model's device and dtype.
         conditions: :class:`Condition` list (edge, scribble, pose, seg), each with its scale.
-        options: :class:`MultimodalOptions`; defaults are the spec's.
+        options: :class:`MultimodalOptions`; None takes the model's recommended settings over
+            the method's defaults (``MultimodalOptions()`` is the method's alone).
         generator: seeds the guidance noise and the DiffEdit draws (default seed 0).
         negative_prompt: the unconditional half of CFG (default "").
         inversion: a trajectory from :func:`invert_image` or an earlier result, to reuse.
         guidance: an earlier result's :class:`GuidancePass`, to reuse: the same image, prompts,
-            mask, conditions, seed and options but for the main-pass ones
-            (``MAIN_PASS_ONLY``: λ, ``post_blend`` and its target, ``pres_mask``, ``guid_mask``,
-            ``main_pass_control`` and its scale, ``main_pass_prompt``; checked).
+            mask, conditions, seed and options but for the main-pass ones (``MAIN_PASS_ONLY``:
+            λ, ``post_blend``, ``pres_mask``, ``main_pass_control_scale``, ``main_pass_prompt``;
+            checked).
         callback: ``callback(step, info)`` after every denoising step of both passes.
+        execution: :class:`ExecutionOptions` (gradient checkpointing); same result.
     """
-    options = options or MultimodalOptions()
-    image, conditions = _check_inputs(
-        model, image, prompt, source_prompt, negative_prompt, conditions, options
+    from ..options import make_options
+
+    options = (
+        options if options is not None else make_options("multimodal", {}, model.settings.get("multimodal"))
     )
-    generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    nets = _as_nets(controlnets, conditions)
+    prepared = prepare_multimodal(image, prompt, source_prompt, mask, conditions, options, model.vae_scale_factor,
+                                  negative_prompt=negative_prompt)  # fmt: skip
+    prepared = replace(prepared, execution=execution or ExecutionOptions())
+    return run(model, prepared, controlnets, generator=generator, inversion=inversion, guidance=guidance,
+               progress=progress, callback=callback)  # fmt: skip
+
+
+def _control_stack(model: Model, edit: PreparedEdit, controlnets) -> ControlStack | None:
+    """The conditions' nets (checked, frozen, on the model's device and dtype) with their maps."""
+    nets = _as_nets(controlnets, list(edit.conditions))
+    if not nets:
+        return None
     for i, net in enumerate(nets):
         _check_net(net, model, i)
+        net.requires_grad_(False).eval()
+        p = next(net.parameters())
+        if p.device != model.device or p.dtype != model.dtype:
+            net.to(model.device, model.dtype)
+    return ControlStack(
+        nets,
+        [image_to_control_tensor(p, model.device, model.dtype) for p in edit.control_images],
+        [edit.options.control_scale if c.scale is None else float(c.scale) for c in edit.conditions],
+        [(c.start, c.end) for c in edit.conditions],
+    )
+
+
+def _estimate_mask(model, edit, z0, z0_g, generator) -> tuple[torch.Tensor, dict]:
+    """§1.4: the union of the text-difference, guidance-difference and layout masks, dilated."""
+    options, (region,) = edit.options, edit.regions
+    parts = {}
+    if edit.background_prompt != region.prompt:
+        n = options.num_inference_steps
+        parts["text"] = diffedit_mask(model, z0, region.prompt, edit.background_prompt, n, options.mask_estimate,
+                                      generator)  # fmt: skip
+    parts["diff"] = difference_mask(z0_g, z0, options.mask_estimate)
+    f = model.vae_scale_factor
+    boxes = [layout_box(p, f) for c, p in zip(edit.conditions, edit.control_images, strict=True)
+             if c.kind in ("pose", "scribble")]  # fmt: skip
+    if boxes:
+        parts["layout"] = torch.stack(boxes).any(0).to(model.device)
+    return estimate_mask(parts, options.mask_estimate.dilate), parts
+
+
+def run(
+    model: Model,
+    edit: PreparedEdit,
+    controlnets=None,
+    generator: torch.Generator | None = None,
+    inversion: torch.Tensor | None = None,
+    guidance: GuidancePass | None = None,
+    progress: bool = False,
+    callback=None,
+) -> MultimodalResult:
+    """Run a prepared multi-modal edit (see :func:`regionedit.multimodal.prepare.prepare_multimodal`).
+
+    The other arguments are :func:`edit`'s.
+    """
+    options, execution = edit.options, edit.execution
+    (region,) = edit.regions
+    prompt, source_prompt, negative_prompt = (
+        region.prompt,
+        edit.background_prompt,
+        region.negative_prompt or "",
+    )
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    controls = _control_stack(model, edit, controlnets)
     f, n = model.vae_scale_factor, options.num_inference_steps
-    image_hw, latent_hw = (image.height, image.width), (image.height // f, image.width // f)
-    given_mask = None if mask is None else user_mask(mask, image_hw, latent_hw, options.mask_threshold)
-    control_pils = [control_image(c, image) for c in conditions]
+    image_hw = edit.image_size
+    latent_hw = (image_hw[0] // f, image_hw[1] // f)
+    given_mask = edit.latent_masks
     timings, start_time = {}, time.perf_counter()
 
     if inversion is None:
-        inversion = invert_image(model, image, source_prompt, n, generator, progress)
+        inversion = invert_image(model, edit.image, source_prompt, n, generator, progress)
     elif inversion.ndim != 4 or tuple(inversion.shape[2:]) != latent_hw:
         raise InvalidInputError(
             f"inversion has shape {tuple(inversion.shape)}; expected ({n + 1}, C, {latent_hw[0]}, {latent_hw[1]})"
@@ -319,43 +355,25 @@ def edit(
     z0 = inversion[:1]
     timings["invert_seconds"] = time.perf_counter() - start_time
 
-    controls = None
-    if nets:
-        scale_default = options.control_scale_single if len(nets) == 1 else options.control_scale_multi
-        for net in nets:
-            net.requires_grad_(False).eval()
-            p = next(net.parameters())
-            if p.device != model.device or p.dtype != model.dtype:
-                net.to(model.device, model.dtype)
-        controls = ControlStack(
-            nets,
-            [image_to_control_tensor(p, model.device, model.dtype) for p in control_pils],
-            [scale_default if c.scale is None else float(c.scale) for c in conditions],
-            [(c.start, c.end) for c in conditions],
-        )
-    emb = model.encode_prompts([negative_prompt, prompt])
-    denoiser = Denoiser(model, emb, options.guidance_scale, controls, n)
-    sched = make_scheduler(model, n)
+    cond = model.encode_prompt([negative_prompt, prompt])
+    denoiser = Denoiser(model, cond, options.guidance_scale, controls, n)
+    sched = model.scheduler(n)
     inv_traj = {i: inversion[n - i : n - i + 1] for i in range(n)}  # z^inv at τ_i (step i)
-    x_input = (model.image_to_tensor(image) + 1) / 2 if options.loss_space == "pixel" else None
-    nets_all = [model.unet, *nets]
+    nets_all = [model.denoiser, *([] if controls is None else controls.nets)]
+    conditions = list(edit.conditions)
 
-    with gradient_checkpointing(nets_all, options.gradient_checkpointing):
+    with gradient_checkpointing(nets_all, execution.gradient_checkpointing):
         # §1.3 guidance image: seeded random-noise start, L_pres only (λ = 1), user mask or none.
         t0 = time.perf_counter()
         key = _guidance_key(
             z0, prompt, source_prompt, negative_prompt, options, given_mask, controls, conditions, generator
         )
         i0 = start_index(n, options.strength_for(bool(conditions)))
-        bar = tqdm(
-            total=n + (n - i0 if guidance is None else 0),
-            desc="multimodal",
-            disable=not progress,
-            leave=False,
-        )
+        bar = tqdm(total=n + (n - i0 if guidance is None else 0), desc="multimodal", disable=not progress,
+                   leave=False)  # fmt: skip
         if guidance is None:
-            guidance = _guidance_pass(denoiser, sched, z0, inversion, inv_traj, x_input, given_mask,
-                                      options, bool(conditions), generator, bar, callback, key)  # fmt: skip
+            guidance = _guidance_pass(denoiser, sched, z0, inv_traj, given_mask, options, bool(conditions),
+                                      generator, bar, callback, key)  # fmt: skip
         elif guidance.key != key:
             raise InvalidInputError(
                 "the given guidance pass was made for another image, prompt, mask, condition, seed "
@@ -367,42 +385,29 @@ def edit(
         z0_g, guid_traj, g_losses = guidance.latents, guidance.trajectory, guidance.losses
         timings["guidance_seconds"] = time.perf_counter() - t0
 
-        # §1.4 mask.
         t0 = time.perf_counter()
-        parts = {}
         if given_mask is not None:
-            m = given_mask.to(model.device)
+            m, parts = given_mask.to(model.device), {}
         else:
-            if source_prompt != prompt:
-                parts["text"] = diffedit_mask(
-                    model, z0, prompt, source_prompt, options, generator, negative_prompt
-                )
-            parts["diff"] = difference_mask(z0_g, z0, options)
-            boxes = [layout_box(p, f) for c, p in zip(conditions, control_pils, strict=True)
-                     if c.kind in ("pose", "scribble")]  # fmt: skip
-            if boxes:
-                parts["layout"] = torch.stack(boxes).any(0).to(model.device)
-            m = estimate_mask(parts, options.mask_dilate)
+            m, parts = _estimate_mask(model, edit, z0, z0_g, generator)
         timings["mask_seconds"] = time.perf_counter() - t0
 
         # §1.5–1.6 main pass from the full inversion.
         t0 = time.perf_counter()
         edit_w = m.float()[None, None].to(model.device)
-        x_g = model.decode(z0_g) if x_input is not None else None
         targets = Targets(
-            pres=x_input if x_input is not None else z0,
-            guid=x_g if x_g is not None else z0_g,
+            pres=z0,
+            guid=z0_g,
             pres_traj=inv_traj,
             guid_traj=guid_traj,
             keep=None if options.pres_mask == "none" else 1 - edit_w,
-            edit=edit_w,
         )
         blend = None
-        if options.post_blend:
+        if options.post_blend != "none":
             blend = (edit_w, blend_trajectory(inversion, guid_traj, z0_g, targets.keep, options))
         if options.main_pass_prompt == "source":
-            emb = model.encode_prompts([negative_prompt, source_prompt])
-        main = replace(denoiser, emb=emb, controls=_main_pass_controls(controls, options))
+            cond = model.encode_prompt([negative_prompt, source_prompt])
+        main = replace(denoiser, cond=cond, controls=_main_pass_controls(controls, options))
         z_out, _, losses = optimised_pass(
             main, sched, inversion[-1:], 0, options, options.preservation_weight, targets, blend=blend,
             progress_bar=bar, callback=callback,
@@ -424,7 +429,7 @@ def edit(
         mask_image=mask_to_image(m, image_hw),
         mask_estimated=given_mask is None,
         mask_parts={k: v.cpu() for k, v in parts.items()},
-        control_images=control_pils,
+        control_images=list(edit.control_images),
         latents=z_out,
         guidance_latents=z0_g,
         losses=losses,

@@ -6,33 +6,14 @@ optimisation), §1.6 (plain DDIM after t_u), §3 (ControlNet residuals inside th
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from diffusers.models.controlnets import MultiControlNetModel
 
-from ..models.loading import Model
+from ..cfg import classifier_free_guidance
+from ..models.interface import Conditioning, Model
 from .options import MultimodalOptions
-
-
-def x0_from_output(
-    output: torch.Tensor, sample: torch.Tensor, alpha_prod: torch.Tensor, prediction_type: str
-):
-    """Clean-latent estimate ẑ0 from a model output at the same timestep (the scheduler's formulas).
-
-    For v-prediction ẑ0 = √ᾱ·z − √(1−ᾱ)·v needs no division by √ᾱ, so it stays finite on a
-    zero-terminal-SNR schedule where ᾱ at the first timestep is 0.
-    """
-    a = alpha_prod.to(sample)
-    if prediction_type == "epsilon":
-        return (sample - (1 - a) ** 0.5 * output) / a**0.5
-    if prediction_type == "v_prediction":
-        return a**0.5 * sample - (1 - a) ** 0.5 * output
-    if prediction_type == "sample":
-        return output
-    raise ValueError(f"unsupported prediction_type {prediction_type!r}")
 
 
 class ControlStack:
@@ -60,21 +41,26 @@ class ControlStack:
             for s, (a, b) in zip(self.scales, self.windows, strict=True)
         ]
 
-    def residuals(self, sample: torch.Tensor, t, emb: torch.Tensor, step: int, num_steps: int):
-        """(down residuals, mid residual) for a batch ``sample``; the graph is kept."""
+    def residuals(self, sample: torch.Tensor, t, inputs: dict, step: int, num_steps: int):
+        """(down residuals, mid residual) for a batch ``sample``; the graph is kept.
+
+        ``inputs`` are the denoiser's conditioning inputs (``Model.denoiser_inputs``)."""
         batch = sample.shape[0]
         images = [im.expand(batch, -1, -1, -1) for im in self.images]
         scales = self.scales_at(step, num_steps)
         if self.multi is None:
             out = self.nets[0](
-                sample, t, encoder_hidden_states=emb, controlnet_cond=images[0],
-                conditioning_scale=scales[0], return_dict=False,
-            )  # fmt: skip
+                sample,
+                t,
+                controlnet_cond=images[0],
+                conditioning_scale=scales[0],
+                return_dict=False,
+                **inputs,
+            )
         else:
             out = self.multi(
-                sample, t, encoder_hidden_states=emb, controlnet_cond=images,
-                conditioning_scale=scales, return_dict=False,
-            )  # fmt: skip
+                sample, t, controlnet_cond=images, conditioning_scale=scales, return_dict=False, **inputs
+            )
         return out[0], out[1]
 
 
@@ -90,7 +76,7 @@ class Denoiser:
     prediction type (CFG is linear, so combining v or ε outputs is the same)."""
 
     model: Model
-    emb: torch.Tensor  # (2, tokens, width): negative prompt, the pass's prompt (target, or source)
+    cond: Conditioning  # 2 items: the negative prompt, the pass's prompt (target, or source)
     guidance_scale: float
     controls: ControlStack | None
     num_steps: int
@@ -99,50 +85,34 @@ class Denoiser:
     def __call__(self, z: torch.Tensor, t, step: int) -> torch.Tensor:
         model = self.model
         if self.guidance_scale == 1.0:
-            sample, emb = z.to(model.dtype), self.emb[1:]
+            sample, cond = z.to(model.dtype), self.cond[1:]
         else:
-            sample, emb = torch.cat([z, z]).to(model.dtype), self.emb
-        kwargs = {}
+            sample, cond = torch.cat([z, z]).to(model.dtype), self.cond
+        residuals = {}
         if self.controls is not None and len(self.controls):
-            down, mid = self.controls.residuals(sample, t, emb, step, self.num_steps)
-            kwargs = dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
-        out = model.unet(sample, t, encoder_hidden_states=emb, **kwargs).sample.float()
+            inputs = model.denoiser_inputs(sample, cond)
+            down, mid = self.controls.residuals(sample, t, inputs, step, self.num_steps)
+            residuals = dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
+        out = model.predict(sample, t, cond, **residuals)
         if torch.is_grad_enabled() and z.requires_grad:
             self.counter.backward += sample.shape[0]
         else:
             self.counter.forward += sample.shape[0]
         if self.guidance_scale == 1.0:
             return out
-        uncond, cond = out.chunk(2)
-        return uncond + self.guidance_scale * (cond - uncond)
-
-
-@contextmanager
-def gradient_checkpointing(modules: list, enabled: bool):
-    """Enable activation checkpointing on the networks for the duration; restore afterwards."""
-    changed = []
-    try:
-        if enabled:
-            for m in modules:
-                if getattr(m, "_supports_gradient_checkpointing", False) and not m.is_gradient_checkpointing:
-                    m.enable_gradient_checkpointing()
-                    changed.append(m)
-        yield
-    finally:
-        for m in changed:
-            m.disable_gradient_checkpointing()
+        uncond, cond_out = out.chunk(2)
+        return classifier_free_guidance(uncond, cond_out, self.guidance_scale)
 
 
 @dataclass
 class Targets:
-    """What the losses compare with; which fields are used depends on the loss space.
+    """What the losses compare with.
 
     Attributes:
-        pres: preservation target: ``z0`` (x0 space), the input image in [0, 1] (pixel space).
-        guid: guidance target of the same kind (None in the guidance pass).
+        pres: preservation target ``z0`` (x0 space).
+        guid: guidance target ``z0^g`` (None in the guidance pass).
         pres_traj / guid_traj: step index -> noisy target at that step (noisy space).
         keep: ``(1, 1, h, w)`` float m̄ (1 = preserve); None = preserve everywhere.
-        edit: ``(1, 1, h, w)`` float m, used by ``guid_mask="edit"``.
     """
 
     pres: torch.Tensor
@@ -150,48 +120,72 @@ class Targets:
     pres_traj: dict | None = None
     guid_traj: dict | None = None
     keep: torch.Tensor | None = None
-    edit: torch.Tensor | None = None
+
+    def at(self, step: int, space: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(preservation, guidance) targets of ``step`` in ``space``."""
+        if space == "noisy":
+            return self.pres_traj[step], (self.guid_traj or {}).get(step)
+        return self.pres, self.guid
 
 
 def _masked_mse(diff2: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    """Σ w·d² / (C·Σ w): the mean over the weighted cells and every channel (§1.5 L_pres)."""
+    """Σ w·d² / (C·Σ w): the mean over the weighted cells and every channel (L_pres)."""
     if weight is None:
         return diff2.mean()
-    if weight.shape[-2:] != diff2.shape[-2:]:
-        weight = F.interpolate(weight, size=diff2.shape[-2:], mode="nearest")
     denom = weight.sum() * diff2.shape[1]
     if denom == 0:  # nothing to preserve (m = 1): a zero that keeps the graph
         return diff2.sum() * 0.0
     return (diff2 * weight).sum() / denom
 
 
-def decode_with_grad(model: Model, latents: torch.Tensor) -> torch.Tensor:
-    """Scaled latents -> images in [0, 1], keeping the graph (the pixel loss space)."""
-    shift = getattr(model.vae.config, "shift_factor", None) or 0.0
-    x = model.vae.decode((latents / model.vae.config.scaling_factor + shift).to(model.dtype)).sample
-    return ((x.float() + 1) / 2).clamp(0, 1)
-
-
-def compute_loss(model, options, lam, targets: Targets, z, out, alpha_prod, prediction_type, step):
-    """L = λ·L_pres + (1−λ)·L_guid in the chosen space; returns (L, L_pres, L_guid)."""
-    if options.loss_space == "noisy":
-        cur, pres, guid = z, targets.pres_traj[step], (targets.guid_traj or {}).get(step)
-    else:
-        cur = x0_from_output(out, z, alpha_prod, prediction_type)
-        if options.loss_space == "pixel":
-            cur = decode_with_grad(model, cur)
-        pres, guid = targets.pres, targets.guid
-    l_pres = _masked_mse((cur - pres) ** 2, targets.keep) if lam > 0 else cur.new_zeros(())
-    l_guid = cur.new_zeros(())
-    if lam < 1 and guid is not None:
-        d2 = (cur - guid) ** 2
-        if options.guid_mask == "edit" and targets.edit is not None:
-            w = targets.edit
-            if w.shape[-2:] != d2.shape[-2:]:
-                w = F.interpolate(w, size=d2.shape[-2:], mode="nearest")
-            d2 = d2 * w  # still divided by the whole image: m only removes terms
-        l_guid = d2.mean()
+def compute_loss(lam: float, cur: torch.Tensor, pres: torch.Tensor, guid, keep):
+    """L = λ·L_pres + (1−λ)·L_guid of ``cur`` (ẑ0 or z_t); returns (L, L_pres, L_guid)."""
+    l_pres = _masked_mse((cur - pres) ** 2, keep) if lam > 0 else cur.new_zeros(())
+    l_guid = ((cur - guid) ** 2).mean() if lam < 1 and guid is not None else cur.new_zeros(())
     return lam * l_pres + (1 - lam) * l_guid, l_pres, l_guid
+
+
+def noisy_minimiser(z, pres, guid, keep, lam: float) -> torch.Tensor:
+    """The exact minimiser of the noisy-space losses: a per-cell blend of the two targets.
+
+    With L = λ·Σ m̄(z − a)²/(C·Σm̄) + (1−λ)·Σ(z − b)²/(C·h·w), setting ∂L/∂z = 0 gives
+    z* = (α·m̄·a + β·b) / (α·m̄ + β) with α = λ/(C·Σm̄), β = (1−λ)/(C·h·w) (C cancels). Cells
+    that no term reaches (α·m̄ + β = 0) keep ``z``. ``keep`` None means m̄ = 1 everywhere.
+    """
+    h, w = z.shape[-2:]
+    keep = torch.ones_like(z[:, :1]) if keep is None else keep
+    kept = float(keep.sum())
+    alpha = lam / kept if kept > 0 and lam > 0 else 0.0
+    beta = (1 - lam) / (h * w) if guid is not None else 0.0
+    weight_a, den = alpha * keep, alpha * keep + beta
+    blend = (weight_a * pres + beta * (guid if guid is not None else 0.0)) / den.clamp(min=1e-30)
+    return torch.where(den > 0, blend, z)
+
+
+def _record(info, lam, cur, pres, guid, keep, before=None):
+    loss, l_pres, l_guid = compute_loss(lam, cur, pres, guid, keep)
+    if before is not None:
+        info.update(loss_before=before)
+    info.update(loss_after=float(loss), pres=float(l_pres), guid=float(l_guid))
+
+
+def _adam_steps(denoiser, z, t, i, alpha, options, lam, targets) -> tuple[torch.Tensor, float | None]:
+    """k Adam steps on z_t (a fresh leaf and optimiser per timestep: no graph survives it)."""
+    pres, guid = targets.at(i, options.loss_space)
+    z = z.detach().float().requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=options.learning_rate)
+    before = None
+    with torch.enable_grad():
+        for _ in range(options.grad_steps):
+            opt.zero_grad()
+            cur = z if options.loss_space == "noisy" else denoiser.model.to_x0(denoiser(z, t, i), z, alpha)
+            loss = compute_loss(lam, cur, pres, guid, targets.keep)[0]
+            before = float(loss.detach()) if before is None else before
+            if not loss.requires_grad:  # no term depends on z (e.g. λ = 0 without a target)
+                break
+            loss.backward()
+            opt.step()
+    return z.detach(), before
 
 
 def optimised_pass(
@@ -210,50 +204,40 @@ def optimised_pass(
     """Denoise from step ``start`` to t = 0, optimising z_t at steps < t_u (§1.5, §1.6).
 
     Args:
-        blend: ``(edit mask (1, 1, h, w), inversion trajectory)`` for ``post_blend``.
+        blend: ``(edit mask (1, 1, h, w), trajectory z_0..z_T)`` put outside m after t_u.
 
     Returns:
         (z0, trajectory {step: z_t actually denoised}, per-step loss records).
     """
     model = denoiser.model
     n = len(sched.timesteps)
-    pred_type = sched.config.prediction_type
     traj, records = {}, []
-    optimise = options.grad_steps > 0 and options.learning_rate > 0
+    closed = options.solver == "closed_form"
+    optimise = closed or (options.grad_steps > 0 and options.learning_rate > 0)
     for i in range(start, n):
         t = sched.timesteps[i]
         alpha = sched.alphas_cumprod[int(t)]
         info = {"stage": stage, "step": i, "timestep": int(t)}
-        if optimise and i < options.optimize_steps:
-            # A fresh leaf and optimiser per timestep: nothing of the graph survives the step.
-            z = z.detach().float().requires_grad_(True)
-            opt_cls = torch.optim.Adam if options.optimizer == "adam" else torch.optim.SGD
-            opt = opt_cls([z], lr=options.learning_rate)
-            before = None
-            with torch.enable_grad():
-                for _ in range(options.grad_steps):
-                    opt.zero_grad()
-                    out = None if options.loss_space == "noisy" else denoiser(z, t, i)
-                    loss, l_pres, l_guid = compute_loss(
-                        model, options, lam, targets, z, out, alpha, pred_type, i
-                    )
-                    before = float(loss.detach()) if before is None else before
-                    if not loss.requires_grad:  # no term depends on z (e.g. λ = 0 without a target)
-                        break
-                    loss.backward()
-                    opt.step()
-            z = z.detach()
+        optimised = optimise and i < options.optimize_steps
+        if optimised and closed:
+            pres, guid = targets.at(i, "noisy")
+            before = float(compute_loss(lam, z, pres, guid, targets.keep)[0])
+            z = noisy_minimiser(z, pres, guid, targets.keep, lam)
+            info.update(loss_before=before)
+        elif optimised:
+            z, before = _adam_steps(denoiser, z, t, i, alpha, options, lam, targets)
             info.update(loss_before=before)
         with torch.no_grad():
             out = denoiser(z, t, i)
-            if "loss_before" in info:
-                loss, l_pres, l_guid = compute_loss(model, options, lam, targets, z, out, alpha, pred_type, i)
-                info.update(loss_after=float(loss), pres=float(l_pres), guid=float(l_guid))
+            if optimised:
+                pres, guid = targets.at(i, options.loss_space)
+                cur = z if options.loss_space == "noisy" else model.to_x0(out, z, alpha)
+                _record(info, lam, cur, pres, guid, targets.keep)
             traj[i] = z
             z = sched.step(out, t, z).prev_sample
             if blend is not None and i >= options.optimize_steps:
-                edit_mask, inv = blend
-                z = edit_mask * z + (1 - edit_mask) * inv[n - i - 1 : n - i]
+                edit_mask, outside = blend
+                z = edit_mask * z + (1 - edit_mask) * outside[n - i - 1 : n - i]
         records.append(info)
         if callback is not None:
             callback(i, info)
@@ -267,20 +251,16 @@ def start_index(n: int, strength: float) -> int:
     return n - min(int(n * strength), n)
 
 
-def guidance_start_latent(sched, z0, inv_traj, strength, start_kind, generator):
+def guidance_start_latent(sched, z0, strength, generator):
     """§1.3 step 1: the img2img start index and latent, plus the trajectory before it.
 
     ``i0 = N − min(int(N·s_g), N)`` [diffusers img2img]; the start is ``add_noise(z0, ε, τ_i0)``
-    with seeded ε (paper: random noise), or the inverted latent at τ_i0 (option).
+    with seeded ε (the paper's random-noise encoding).
     """
     n = len(sched.timesteps)
     i0 = start_index(n, strength)
     noise = torch.randn(z0.shape, generator=generator, dtype=torch.float32).to(z0.device)
-    steps = range(min(i0, n - 1) + 1)
-    if start_kind == "inversion":
-        before = {i: inv_traj[n - i : n - i + 1] for i in steps}
-    else:
-        before = {i: sched.add_noise(z0, noise, sched.timesteps[i : i + 1]) for i in steps}
+    before = {i: sched.add_noise(z0, noise, sched.timesteps[i : i + 1]) for i in range(min(i0, n - 1) + 1)}
     # int(N·s_g) = 0 leaves nothing to denoise: the guidance image is the input itself.
     return i0, (before[i0] if i0 < n else z0), before
 
@@ -288,21 +268,13 @@ def guidance_start_latent(sched, z0, inv_traj, strength, start_kind, generator):
 def blend_trajectory(inversion, guid_traj, z0_g, keep, options) -> torch.Tensor:
     """What ``post_blend`` puts outside m, indexed like the inversion (z_0..z_T).
 
-    "input": the inversion itself. "loss": the optimum of λ·L_pres + (1−λ)·L_guid in noisy
-    space (spec T8), ``(α·z^inv_t + β·z^g_t) / (α + β)`` with α = λ/(C·Σm̄) and β = (1−λ)/(C·h·w)
-    (β = 0 with ``guid_mask="edit"``, where L_guid does not reach m̄). λ = 1 gives the input,
-    λ = 0 the guidance trajectory; only cells outside m are read.
+    "input": the inversion itself. "loss": the noisy-space optimum of λ·L_pres + (1−λ)·L_guid
+    (:func:`noisy_minimiser` between z^inv_t and z^g_t); λ = 1 gives the input, λ = 0 the
+    guidance trajectory; only cells outside m are read.
     """
     lam = options.preservation_weight
-    if options.post_blend_target == "input" or lam >= 1:
-        return inversion
-    h, w = inversion.shape[-2:]
-    kept = float(keep.sum()) if keep is not None else float(h * w)
-    alpha = lam / kept if kept > 0 else 0.0
-    beta = 0.0 if options.guid_mask == "edit" else (1 - lam) / (h * w)
-    if alpha + beta == 0:  # no loss reaches m̄: keep the input there, as "input" does
+    if options.post_blend == "input" or lam >= 1:
         return inversion
     n = inversion.shape[0] - 1
     guid = torch.cat([z0_g] + [guid_traj[n - k] for k in range(1, n + 1)]).to(inversion)
-    a = alpha / (alpha + beta)
-    return a * inversion + (1 - a) * guid
+    return noisy_minimiser(inversion, inversion, guid, keep, lam)

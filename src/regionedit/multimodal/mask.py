@@ -1,6 +1,6 @@
-"""The edit mask m (1 = may change) on the latent grid (spec §1.4).
+"""The estimated edit mask m (1 = may change) on the latent grid (spec §1.4).
 
-A user mask is area-resized and thresholded, never dilated. Without one, the estimate is
+A user mask is area-resized and thresholded when the edit is prepared, never dilated. Without one, the estimate is
 ``dilate_3x3(M_text ∪ M_diff ∪ M_layout)``: DiffEdit's noise-difference mask between the
 prompts, where the guidance image departs from the input, and the boxes of pose/scribble maps.
 """
@@ -13,26 +13,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import InvalidMaskError
-from ..inversion import make_scheduler, to_epsilon
-from ..models.loading import Model
-from ..regions import mask_to_array
+from ..models.interface import Model
 from .guidance import start_index
-from .options import MultimodalOptions
+from .options import MaskEstimateOptions
 
 log = logging.getLogger(__name__)
-
-
-def user_mask(mask, image_hw: tuple[int, int], latent_hw: tuple[int, int], threshold: float) -> torch.Tensor:
-    """A user mask (path, PIL, array; white = edit) -> bool ``(h, w)``; an all-zero mask is kept."""
-    arr = mask_to_array(mask, what="mask")
-    if arr.shape != tuple(image_hw):
-        raise InvalidMaskError(
-            f"mask is {arr.shape[1]}x{arr.shape[0]} but the image is {image_hw[1]}x{image_hw[0]}; "
-            "masks must have the image's size"
-        )
-    small = F.interpolate(torch.from_numpy(arr)[None, None], size=latent_hw, mode="area")[0, 0]
-    return small >= threshold
 
 
 def _rescaled(diff: torch.Tensor, ratio: float, threshold: float) -> torch.Tensor:
@@ -49,37 +34,37 @@ def diffedit_mask(
     z0: torch.Tensor,
     target_prompt: str,
     source_prompt: str,
-    options: MultimodalOptions,
+    num_steps: int,
+    options: MaskEstimateOptions,
     generator: torch.Generator,
-    negative_prompt: str = "",
 ) -> torch.Tensor:
     """M_text: mean over draws and channels of |ε̂_target − ε̂_source| at the encode strength.
 
     Follows diffusers' ``StableDiffusionDiffEditPipeline.generate_mask`` (noise to
-    ``mask_encode_strength``, CFG ``guidance_scale``); no ControlNet (spec §3).
+    ``encode_strength`` on the edit's ``num_steps`` schedule), without its unconditional
+    branch: with CFG w both guided predictions share it, so their difference is
+    w·(ε_target − ε_source), and the rescaling below removes w. No ControlNet (spec §3).
     """
-    n = options.num_inference_steps
-    sched = make_scheduler(model, n)
-    i0 = min(start_index(n, options.mask_encode_strength), n - 1)
+    sched = model.scheduler(num_steps)
+    i0 = min(start_index(num_steps, options.encode_strength), num_steps - 1)
     t = sched.timesteps[i0]
-    maps = options.mask_num_maps
+    maps = options.num_maps
     noise = torch.randn((maps, *z0.shape[1:]), generator=generator, dtype=torch.float32).to(z0.device)
     zt = sched.add_noise(z0.expand(maps, -1, -1, -1), noise, t.reshape(1).expand(maps))
-    emb = model.encode_prompts([negative_prompt, source_prompt, target_prompt])
-    emb = emb.repeat_interleave(maps, dim=0)
-    out = model.unet_eps(zt.repeat(3, 1, 1, 1), t, emb)
-    eps = to_epsilon(out, zt.repeat(3, 1, 1, 1), sched.alphas_cumprod[int(t)], sched.config.prediction_type)
-    uncond, src, tgt = eps.chunk(3)
-    w = options.guidance_scale
-    diff = ((uncond + w * (tgt - uncond)) - (uncond + w * (src - uncond))).abs().mean(dim=(0, 1))
-    return _rescaled(diff, options.mask_clamp_ratio, options.mask_estimate_threshold)
+    cond = model.encode_prompt([source_prompt, target_prompt]).repeat_interleave(maps)
+    out = model.predict(zt.repeat(2, 1, 1, 1), t, cond)
+    src, tgt = model.to_epsilon(out, zt.repeat(2, 1, 1, 1), sched.alphas_cumprod[int(t)]).chunk(2)
+    diff = (tgt - src).abs().mean(dim=(0, 1))
+    return _rescaled(diff, options.clamp_ratio, options.threshold)
 
 
-def difference_mask(z0_guidance: torch.Tensor, z0: torch.Tensor, options: MultimodalOptions) -> torch.Tensor:
+def difference_mask(
+    z0_guidance: torch.Tensor, z0: torch.Tensor, options: MaskEstimateOptions
+) -> torch.Tensor:
     """M_diff: where the guidance image departs from the input (catches pose/shape changes)."""
     d = (z0_guidance - z0).abs().mean(dim=1, keepdim=True)
     d = F.avg_pool2d(d, 3, stride=1, padding=1, count_include_pad=False)[0, 0]
-    return _rescaled(d, options.mask_clamp_ratio, options.mask_estimate_threshold)
+    return _rescaled(d, options.clamp_ratio, options.threshold)
 
 
 def estimate_mask(parts: dict[str, torch.Tensor], dilate: bool) -> torch.Tensor:

@@ -1,8 +1,7 @@
-"""A multi-modal edit from plain request data (CLI flags, a batch manifest line, the UI).
+"""Multi-modal request data: controls as ``"KIND=VALUE"`` strings and their ControlNet folders.
 
-Controls are ``"KIND=VALUE"`` strings as on the command line: ``edge=PATH``, ``edge=auto``,
-``pose=KEYPOINTS.json``; ControlNets are named per kind (a diffusers folder), the mini model's
-bundled ones otherwise.
+Controls look as on the command line: ``edge=PATH``, ``edge=auto``, ``pose=KEYPOINTS.json``.
+A kind's ControlNet is the request's folder for it, else the one the model's settings name.
 """
 
 from __future__ import annotations
@@ -10,13 +9,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from ..errors import InvalidInputError, InvalidMaskError, PromptCountError
-from ..regions import mask_to_array
-from .conditions import AUTO, Condition, control_image
-from .nets import cached_controlnet, mini_controlnet_path
+from .conditions import AUTO, Condition
 
 
 def split_pairs(items, what: str) -> list[tuple[str, str]]:
@@ -58,15 +52,6 @@ def control_names(controls) -> list[str]:
     return names
 
 
-def parse_controls(request) -> list[Condition]:
-    """The request's conditions; every ControlNet it names must serve one of them."""
-    conditions = conditions_from(request.controls, request.control_scales)
-    for kind in request.controlnets:
-        if kind not in {c.kind for c in conditions}:
-            raise InvalidInputError(f"a ControlNet is given for {kind} but there is no {kind} control")
-    return conditions
-
-
 def check_counts(request) -> None:
     """One target prompt, at most one mask, no negative prompts, no resize (no file read)."""
     if len(request.prompts) != 1:
@@ -85,54 +70,29 @@ def check_counts(request) -> None:
         )
 
 
-def check_request(request, image) -> tuple[np.ndarray | None, list[Condition]]:
-    """Everything but the model: counts, the mask (None: estimate one) and the conditions, whose
-    maps are read and sized against the image, and the ControlNet folders named."""
-    check_counts(request)
-    conditions = parse_controls(request)
-    for c in conditions:
-        control_image(c, image)
-    for kind, path in request.controlnets.items():
-        if not (Path(path) / "config.json").is_file():
-            raise InvalidInputError(f"no ControlNet for {kind} at {path}: give a diffusers ControlNet folder")
-    if not request.masks:
-        return None, conditions
-    mask = mask_to_array(request.masks[0], what="mask")
-    if mask.shape != (image.height, image.width):
-        raise InvalidMaskError(
-            f"the mask is {mask.shape[-1]}x{mask.shape[0]} but the image is {image.width}x{image.height}; "
-            "it must have the image's size"
-        )
-    return mask, conditions
+def controlnet_folders(conditions: list[Condition], given: dict, defaults: dict | None) -> dict:
+    """Kind -> ControlNet folder for every condition: ``given``, else the model's ``defaults``.
 
-
-def load_nets(model, conditions: list[Condition], given: dict) -> dict:
-    """The ControlNet of each condition kind: ``given[kind]`` or the mini model's bundled one."""
-    nets = {}
-    for c in conditions:
-        if c.kind not in nets:
-            path = given[c.kind] if c.kind in given else mini_controlnet_path(c.kind)
-            nets[c.kind] = cached_controlnet(path, model, c.kind, given=c.kind in given)
-    return nets
-
-
-def run_request(model, request, image, mask, conditions, progress: bool = True, callback=None):
-    """Run a request (``edit_api.EditRequest``, multimodal) checked by its ``prepare_multimodal``."""
-    from .editor import edit
-
-    nets = load_nets(model, conditions, request.controlnets)
-    return edit(
-        model, image, request.prompts[0], request.background_prompt, mask=mask, controlnets=nets,
-        conditions=conditions, options=request.options, generator=torch.Generator().manual_seed(request.seed),
-        progress=progress, callback=callback,
-    )  # fmt: skip
-
-
-def side_images(result, request) -> dict:
-    """Name suffix -> image of what ``--save-masks`` writes beside the edit."""
-    out = {"_mask": result.mask_image, "_guidance": result.guidance_image}
-    kinds = [c.kind for c in conditions_from(request.controls, request.control_scales)]
-    for kind, im in zip(kinds, result.control_images, strict=True):
-        name = f"_control_{kind}"
-        out[name if name not in out else f"{name}_{len(out)}"] = im  # two of a kind: keep both
-    return out
+    Every folder named in ``given`` must serve a condition and hold a diffusers ControlNet.
+    ``defaults`` None (the model is not known yet) checks the given folders only.
+    """
+    kinds = {c.kind for c in conditions}
+    for kind in given:
+        if kind not in kinds:
+            raise InvalidInputError(f"a ControlNet is given for {kind} but there is no {kind} control")
+    folders = {}
+    for kind in sorted(kinds):
+        if kind in given:
+            path, hint = Path(given[kind]), "give a diffusers ControlNet folder"
+        elif defaults is None:
+            continue
+        elif kind in defaults:
+            path, hint = Path(defaults[kind]), "the model's settings name it; reinstall or pass --controlnet"
+        else:
+            raise InvalidInputError(
+                f"no ControlNet for {kind} controls: this model ships none; pass --controlnet {kind}=DIR"
+            )
+        if not (path / "config.json").is_file():
+            raise InvalidInputError(f"no ControlNet for {kind} at {path}: {hint}")
+        folders[kind] = path
+    return folders

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -157,9 +156,7 @@ def edit_tune(
 
     Returns None when ``max_minutes`` ran out first; calling again resumes.
     """
-    from ..inversion import make_scheduler
-    from ..models.loading import load
-    from ..models.mini import MINI_DIR
+    from ..models.loading import MINI_DIR, load
 
     cfg = cfg or EditTuneConfig()
     out = Path(out)
@@ -178,10 +175,10 @@ def edit_tune(
         (out / "meta.json").write_text(json.dumps(meta))
     pool = _colour_pool(model, cfg, size)
 
-    unet = model.unet
-    train_sched = DDIMScheduler.from_config(dict(model.scheduler_config))
-    edit_sched = make_scheduler(model, cfg.num_steps)
-    acp = train_sched.alphas_cumprod
+    unet = model.denoiser
+    # the edit's timesteps; add_noise and get_velocity read the training schedule
+    sched = model.scheduler(cfg.num_steps)
+    acp = sched.alphas_cumprod
     weight_t = min_snr_weights(acp, cfg.min_snr_gamma)
     unet.train()
     unet.requires_grad_(True)
@@ -204,22 +201,20 @@ def edit_tune(
             )
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, 1000, (cfg.batch,), generator=g)
-        pred = unet(
-            train_sched.add_noise(x0, noise, t), t, encoder_hidden_states=model.encode_prompts(captions)
-        )
-        per = ((pred.sample - train_sched.get_velocity(x0, noise, t)) ** 2).mean(dim=(1, 2, 3))
+        pred = model.predict(sched.add_noise(x0, noise, t), t, model.encode_prompt(captions))
+        per = ((pred - sched.get_velocity(x0, noise, t)) ** 2).mean(dim=(1, 2, 3))
         loss_plain = (per * weight_t[t]).mean()
         # edit samples: a region branch's bootstrapped view at an early step, the region prompt
         idx = torch.randint(0, n, (cfg.batch,), generator=g)
         si = torch.randint(0, cfg.max_step, (cfg.batch,), generator=g)
-        te = edit_sched.timesteps[si]
-        background = edit_sched.add_noise(
+        te = sched.timesteps[si]
+        background = sched.add_noise(
             pool[torch.randint(0, 100, (cfg.batch,), generator=g)], data["z_T"][idx], te
         )
         box = data["box"][idx]
         view = box * data["inv"][idx, si] + (1 - box) * background
         prompts = [meta[i]["region"] for i in idx.tolist()]
-        v = unet(view, te, encoder_hidden_states=model.encode_prompts(prompts)).sample
+        v = model.predict(view, te, model.encode_prompt(prompts))
         ab = acp[te].view(-1, 1, 1, 1)
         x0_pred = ab.sqrt() * view - (1 - ab).sqrt() * v
         err = ((x0_pred - data["z_tgt"][idx]) ** 2 * box).sum(dim=(1, 2, 3)) / (box.sum(dim=(1, 2, 3)) * 4)

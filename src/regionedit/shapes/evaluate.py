@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..inversion import make_scheduler
-from ..models.loading import Model
+from ..cfg import classifier_free_guidance
+from ..models.interface import Model
 from .train import random_box
 from .world import BACKGROUNDS, COLOURS, SHAPES, box_mask, make_scene, render
 
@@ -74,15 +74,14 @@ def sample(
     generator: torch.Generator | None = None,
 ) -> np.ndarray:
     """Plain DDIM text-to-image; uint8 images ``(B, H, W, 3)``."""
-    sched = make_scheduler(model, steps)
+    sched = model.scheduler(steps)
     size = model.vae.config.sample_size // model.vae_scale_factor
-    z = torch.randn((len(prompts), model.unet.config.in_channels, size, size), generator=generator)
+    z = torch.randn((len(prompts), model.latent_channels, size, size), generator=generator)
     z = z.to(model.device)
-    emb = torch.cat([model.encode_prompts([""] * len(prompts)), model.encode_prompts(prompts)])
+    cond = model.encode_prompt([""] * len(prompts) + list(prompts))
     for t in sched.timesteps:
-        out = model.unet_eps(torch.cat([z, z]), t, emb)
-        u, c = out.chunk(2)
-        z = sched.step(u + guidance_scale * (c - u), t, z).prev_sample
+        u, c = model.predict(torch.cat([z, z]), t, cond).chunk(2)
+        z = sched.step(classifier_free_guidance(u, c, guidance_scale), t, z).prev_sample
     x = model.decode(z).permute(0, 2, 3, 1).cpu().numpy()
     return (x * 255 + 0.5).astype(np.uint8)
 

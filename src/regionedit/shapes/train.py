@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..checkpoint import load_checkpoint, save_checkpoint
 from ..errors import InvalidOptionError
-from ..models.mini import MiniConfig, build_components, save_pipeline
+from .checkpoint import load_checkpoint, save_checkpoint
+from .model import MiniConfig, build_components, save_pipeline
 from .world import COLOURS, MAX_OBJECTS, caption_for, random_scene, render
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,8 @@ def _init_from(comps: dict, folder: str) -> None:
     A UNet with more plain outer levels than the saved one (``MiniConfig.unet_plain_levels``)
     is grown from it (:func:`~regionedit.models.mini.load_grown_unet`).
     """
-    from ..models.mini import MINI_DIR, load_grown_unet
+    from ..models.loading import MINI_DIR
+    from .model import load_grown_unet
 
     path = MINI_DIR if folder == "mini" else Path(folder)
     for part in ("vae", "unet", "text_encoder"):

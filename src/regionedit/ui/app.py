@@ -11,12 +11,12 @@ import logging
 import numpy as np
 from PIL import Image
 
-from .. import edit_api
 from ..errors import RegionEditError
 from ..lomoe.options import LoMOEOptions
 from ..multimodal.guidance import start_index
 from ..multimodal.options import MultimodalOptions
-from .engine import DEFAULT_MAX_PIXELS, LAYER_COLOURS, MAX_OBJECTS, Engine, multimodal_at_steps, options_with
+from ..options import METHODS, field_types
+from .engine import DEFAULT_MAX_PIXELS, LAYER_COLOURS, MAX_OBJECTS, Engine, page_values
 
 log = logging.getLogger(__name__)
 
@@ -106,30 +106,32 @@ def example_value(seed: int, num_objects: int = 2, size: int = 64):
 def build_app(
     model,
     model_name: str | None = None,
-    options: LoMOEOptions | None = None,
+    options: dict | LoMOEOptions | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     output_dir=None,
     example_size: int | None = None,
-    multimodal_options: MultimodalOptions | None = None,
+    multimodal_options: dict | MultimodalOptions | None = None,
 ):
     """Build the Gradio Blocks app around a loaded model (nothing is launched).
 
     Args:
         model: from :func:`regionedit.load` (tests pass a tiny random model).
         model_name: shown in the page and stored in the PNG metadata.
-        options: the page's initial option values; spec defaults with ``paste_back`` on, since
-            people painting a region expect every other pixel to stay as it was.
+        options: the page's starting LoMOE values over the model's settings (an options object
+            is taken as it is); by default ``paste_back`` on, since people painting a region
+            expect every other pixel to stay as it was.
         max_pixels: larger images are refused with a message.
         output_dir: where edited PNGs are written (a temporary folder by default).
         example_size: side of the shapes-world examples (default: the model's native size).
-        multimodal_options: the multi-modal method's settings (the spec's by default); the page
-            sets its steps (keeping the share of optimised steps) and λ; the *LoMOE options*
-            (guidance scale included) do not apply to it.
+        multimodal_options: the multi-modal method's starting values, likewise (the model's
+            settings by default); the page sets its steps (t_u keeps its share) and λ; the
+            *LoMOE options* (guidance scale included) do not apply to it.
     """
     gr = import_gradio()
     engine = Engine(model, model_name, max_pixels=max_pixels, output_dir=output_dir)
-    base = options or LoMOEOptions(paste_back=True)
-    mm_base = multimodal_options or MultimodalOptions()
+    base = engine.options("lomoe", {"paste_back": True} if options is None else options)
+    mm_base = engine.options("multimodal", multimodal_options)
+    lomoe_types = field_types(LoMOEOptions)
 
     brush_size = max(2, model.native_size // 16)  # radius; "auto" (25) covers half a 64x64 image
 
@@ -189,7 +191,7 @@ def build_app(
                     for i in range(VISIBLE_ROWS + 1, MAX_OBJECTS + 1):
                         prompt_row(i)
                 method = gr.Dropdown(
-                    [(label, name) for name, label in METHOD_LABELS.items() if name in edit_api.METHODS],
+                    [(label, name) for name, label in METHOD_LABELS.items() if name in METHODS],
                     value="lomoe",
                     label="Method",
                     elem_id="method",
@@ -251,9 +253,9 @@ def build_app(
             lam_value, kind, control = texts[2 * MAX_OBJECTS :] or (mm_base.preservation_weight, "edge", None)
             try:
                 image, layers = editor_to_inputs(value)
-                if method_name == "multimodal":
-                    mm = multimodal_at_steps(mm_base, n_steps)
-                    mm = options_with(mm, preservation_weight=float(lam_value))  # its own CFG
+                if method_name == "multimodal":  # its own settings and CFG; the page sets steps and λ
+                    values = {"num_inference_steps": int(n_steps), "preservation_weight": float(lam_value)}
+                    mm = engine.options("multimodal", values, base=mm_base)
                     n = mm.num_inference_steps  # the guidance pass (from s_g's step), then the main pass
                     total = 2 * n - start_index(n, mm.strength_for(control is not None))
                     progress(0, desc="inverting")
@@ -269,16 +271,9 @@ def build_app(
                         seed=int(seed_value or 0), options=mm, callback=mm_callback,
                     )  # fmt: skip
                     return image, out.overlay, out.image, str(out.png_path), out.message
-                opts = options_with(
-                    base,
-                    num_inference_steps=n_steps,
-                    guidance_scale=g,
-                    cross_attention_weight=xa,
-                    background_weight=bw,
-                    bootstrap_steps=boot,
-                    feather=fe,
-                    paste_back=bool(paste),
-                )
+                fields = dict(num_inference_steps=n_steps, guidance_scale=g, cross_attention_weight=xa,
+                              background_weight=bw, bootstrap_steps=boot, feather=fe, paste_back=bool(paste))  # fmt: skip
+                opts = engine.options("lomoe", page_values(fields, lomoe_types), base=base)
                 total = opts.num_inference_steps
                 progress(0, desc="inverting (skipped when this image was inverted before)")
 

@@ -147,19 +147,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="docs/ui.png")
     parser.add_argument("--name", default=None, help="model name shown in the page (default: --model)")
     parser.add_argument("--seed", type=int, default=3, help="shapes-world example seed")
-    parser.add_argument("--steps", type=int, default=None, help="edit steps (default: the spec's)")
+    parser.add_argument("--steps", type=int, default=None, help="edit steps (default: the model's)")
     args = parser.parse_args(argv)
 
-    import dataclasses
-
     from .. import edit_api
-    from ..lomoe.options import LoMOEOptions
     from .app import build_app, launch
 
     model = edit_api.load_model(args.model)
-    options = LoMOEOptions(paste_back=True)
-    if args.steps:
-        options = dataclasses.replace(options, num_inference_steps=args.steps)
+    options = {"paste_back": True, **({"num_inference_steps": args.steps} if args.steps else {})}
     app = build_app(model, model_name=args.name or args.model, options=options)
     port = free_port()
     launch(app, "127.0.0.1", port, block=False, quiet=True)

@@ -47,18 +47,10 @@ def run_serve(args) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: anyone who can reach this address can use the app", args.host)
     from .. import edit_api
-    from ..lomoe import LoMOEOptions
-    from ..models.mini import MINI_LOMOE, MINI_MULTIMODAL
-    from ..multimodal.options import MultimodalOptions
 
     model = edit_api.load_model(args.model, args.device, args.dtype, args.allow_pickle)
-    # the page starts from the mini model's measured settings, or the paper's for other models
-    options = LoMOEOptions(paste_back=True, **(MINI_LOMOE if args.model == "mini" else {}))
-    mini = args.model == "mini"
-    app = build_app(
-        model, model_name=args.model, options=options, max_pixels=args.max_pixels, output_dir=args.output_dir,
-        multimodal_options=MultimodalOptions(**MINI_MULTIMODAL) if mini else None,
-    )  # fmt: skip
+    # the page starts from the model's recommended settings (the method's defaults without them)
+    app = build_app(model, model_name=args.model, max_pixels=args.max_pixels, output_dir=args.output_dir)
     print(f"regionedit web UI on http://{args.host}:{args.port} (Ctrl+C stops it)")
     launch(app, args.host, args.port)
     return 0

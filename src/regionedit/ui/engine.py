@@ -24,7 +24,7 @@ from ..errors import ImageSizeError, InvalidInputError, InvalidMaskError, Prompt
 from ..inversion import Inversion
 from ..lomoe.options import LoMOEOptions
 from ..multimodal.conditions import Condition
-from ..multimodal.options import MultimodalOptions
+from ..options import make_options
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +177,12 @@ class Engine:
         self._count = 0
         self._lock = threading.Lock()
 
+    def options(self, method: str, values=None, base=None):
+        """The method's options: ``values`` (the page's) over ``base`` (options), else over the
+        model's settings. An options object as ``values`` is used as it is."""
+        start = dataclasses.asdict(base) if base is not None else self.model.settings.get(method)
+        return make_options(method, values, start)
+
     def check_image(self, image: Image.Image | None) -> Image.Image:
         if image is None:
             raise InvalidInputError("no image: upload one or pick a shapes-world example")
@@ -203,10 +209,13 @@ class Engine:
         background_prompt: str,
         method: str = "lomoe",
         seed: int = 0,
-        options: LoMOEOptions | None = None,
+        options: dict | LoMOEOptions | None = None,
         callback=None,
     ) -> UIResult:
-        """Validate the page's values, edit (reusing a cached inversion) and write the PNG."""
+        """Validate the page's values, edit (reusing a cached inversion) and write the PNG.
+
+        ``options``: the page's option values (over the model's settings), or an options object.
+        """
         image = self.check_image(image)
         background_prompt = (background_prompt or "").strip()
         if not background_prompt:
@@ -214,7 +223,7 @@ class Engine:
         masks, used, negs, numbers = collect_regions(
             layers, prompts, negative_prompts, (image.height, image.width)
         )
-        options = options or LoMOEOptions()
+        options = self.options(method, options)
         # An empty negative prompt means "the default", as on the CLI when none is given.
         neg_list = negs if any(negs) else []
         if neg_list:
@@ -230,15 +239,16 @@ class Engine:
             options=options,
             model=self.model_name,
         )
+        prepared = request.prepare(self.model)
         key = self.cache.key(image, background_prompt, options)
         cached = self.cache.get(key)
         inversion, first_invert_seconds = cached if cached else (None, 0.0)
-        result = edit_api.run(self.model, request, progress=False, callback=callback, inversion=inversion)
+        result = edit_api.run(self.model, prepared, progress=False, callback=callback, inversion=inversion)
         if inversion is None:
             self.cache.put(key, result.inversion, result.timings["invert_seconds"])
         else:
             self.cache.put(key, result.inversion, first_invert_seconds)
-        path = self._save(result, request)
+        path = self._save(result, request, prepared)
         t = result.timings
         layer_text = ", ".join(f"layer {n}: {p!r}" for n, p in zip(numbers, used, strict=True))
         if inversion is not None:
@@ -270,7 +280,7 @@ class Engine:
         control=None,
         control_kind: str = "edge",
         seed: int = 0,
-        options: MultimodalOptions | None = None,
+        options: dict | None = None,
         callback=None,
     ) -> UIResult:
         """The multi-modal method: layer 1 is the mask (unpainted: estimated), prompt 1 the
@@ -303,46 +313,41 @@ class Engine:
             background_prompt=(source_prompt or "").strip(),
             method="multimodal",
             seed=int(seed),
-            options=options or MultimodalOptions(),
+            options=options,
             model=self.model_name,
             controls=controls,
         )
-        result = edit_api.run(self.model, request, progress=False, callback=callback)
-        path = self._save(result, request)
+        prepared = request.prepare(self.model)
+        result = edit_api.run(self.model, prepared, progress=False, callback=callback)
+        path = self._save(result, request, prepared)
         t = result.timings
         how = "your mask" if painted else "an estimated mask"
         message = (
             f"Edited in {t['seconds']:.1f} s (guidance pass {t.get('guidance_seconds', 0.0):.1f} s, "
             f"main pass {t['main_seconds']:.1f} s) with {how}"
             + (f" and the {control_kind} map" if controls else "")
-            + f" at λ = {request.options.preservation_weight:g}."
+            + f" at λ = {prepared.options.preservation_weight:g}."
         )
         mask = np.asarray(result.mask_image) > 127
         return UIResult(result.image, mask_overlay(image, [mask]), path, message, False, dict(t))
 
-    def _save(self, result, request) -> Path:
+    def _save(self, result, request, prepared) -> Path:
         with self._lock:
             self._count += 1
             name = f"regionedit-{self._count:04d}-{time.strftime('%H%M%S')}.png"
-        return edit_api.save_result(result, request, self.output_dir / name, model_name=self.model_name)
+        return edit_api.save_result(
+            result, request, prepared, self.output_dir / name, model_name=self.model_name
+        )
 
 
-def options_with(base, **changes):
-    """``base`` (LoMOE or multimodal options) with the page's values; ints stay ints (gradio
-    sends numbers as floats)."""
-    fields = {f.name: f for f in dataclasses.fields(base)}
-    clean = {}
-    for name, value in changes.items():
+def page_values(fields: dict, types: dict) -> dict:
+    """The page's field values as option values: unset ones dropped, whole floats made ints
+    where the option is an integer (gradio sends every number as a float)."""
+    out = {}
+    for name, value in fields.items():
         if value is None:
             continue
-        if str(fields[name].type).startswith("int") and isinstance(value, float) and value.is_integer():
+        if types.get(name) is int and isinstance(value, float) and value.is_integer():
             value = int(value)
-        clean[name] = value
-    return dataclasses.replace(base, **clean)
-
-
-def multimodal_at_steps(base: MultimodalOptions, steps: int) -> MultimodalOptions:
-    """``base`` at ``steps`` DDIM steps with the same share of optimised steps (t_u / N)."""
-    steps = int(steps)
-    t_u = round(steps * base.optimize_steps / base.num_inference_steps)
-    return dataclasses.replace(base, num_inference_steps=steps, optimize_steps=min(t_u, steps))
+        out[name] = value
+    return out

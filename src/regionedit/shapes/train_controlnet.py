@@ -10,7 +10,7 @@ Resumable: ``controlnet.safetensors`` (net + AdamW state) and ``controlnet.json`
 stopped and resumed run gives the same weights. The result is a diffusers folder
 ``OUT/<kind>`` (safetensors), to be copied into ``regionedit/data/controlnet-mini/<kind>``.
 
-    python -m regionedit.multimodal.train_controlnet --kind edge --out runs/controlnet-edge
+    python -m regionedit.shapes.train_controlnet --kind edge --out runs/controlnet-edge
 """
 
 from __future__ import annotations
@@ -30,10 +30,11 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..checkpoint import load_checkpoint, save_checkpoint
-from ..models.loading import Model, load
-from ..shapes.world import random_scene, render
-from .conditions import canny_edges, scribble_from_image
+from ..models.interface import Model
+from ..models.loading import DATA_DIR, load
+from ..multimodal.conditions import canny_edges, scribble_from_image
+from .checkpoint import load_checkpoint, save_checkpoint
+from .world import random_scene, render
 
 log = logging.getLogger(__name__)
 MAPS = {"edge": canny_edges, "scribble": scribble_from_image}
@@ -84,9 +85,8 @@ def _lr(step: int, cfg: ControlTrainConfig) -> float:
 
 
 def _init_path(cfg: ControlTrainConfig) -> Path:
-    from .nets import mini_controlnet_path
 
-    path = mini_controlnet_path(cfg.kind) if cfg.init_from == "shipped" else Path(cfg.init_from)
+    path = DATA_DIR / "controlnet-mini" / cfg.kind if cfg.init_from == "shipped" else Path(cfg.init_from)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no ControlNet folder (config.json) at {path}")
     return path
@@ -135,7 +135,7 @@ def train_controlnet(
     model: Model, out: str | Path, cfg: ControlTrainConfig, max_minutes: float | None = None
 ):
     """Train (or resume) one ControlNet; returns the exported folder, or None if stopped early."""
-    from diffusers import ControlNetModel, DDIMScheduler
+    from diffusers import ControlNetModel
 
     if cfg.kind not in MAPS:
         raise ValueError(f"kind must be one of {sorted(MAPS)}, got {cfg.kind!r}")
@@ -145,10 +145,10 @@ def train_controlnet(
     size = model.vae.config.sample_size
     if cfg.init_from is not None:  # go on from committed weights (a fresh optimiser and warm-up)
         net = ControlNetModel.from_pretrained(str(_init_path(cfg)))
-        if len(net.down_blocks) < len(model.unet.down_blocks):  # the base UNet was grown
-            net = grow_controlnet(net, model.unet)
+        if len(net.down_blocks) < len(model.denoiser.down_blocks):  # the base UNet was grown
+            net = grow_controlnet(net, model.denoiser)
     else:
-        net = _from_unet(model.unet, cfg.embedding_channels, cfg.seed)
+        net = _from_unet(model.denoiser, cfg.embedding_channels, cfg.seed)
     net = net.to(model.device, torch.float32).train()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-2)
     start = load_checkpoint(out, "controlnet", {"net": net}, opt)
@@ -163,7 +163,7 @@ def train_controlnet(
         latents, maps, captions = build_dataset(model, cfg, size)
         save_file({"latents": latents.contiguous(), "maps": maps.contiguous()}, data_path)
         (out / "captions.json").write_text(json.dumps(captions))
-    sched = DDIMScheduler.from_config(model.scheduler_config)
+    sched = model.scheduler(1)  # add_noise and get_velocity read only the training schedule
     pred_type = sched.config.prediction_type
     bar = tqdm(range(start, cfg.steps), desc=f"controlnet-{cfg.kind}", initial=start, total=cfg.steps)
     for step in bar:
@@ -173,7 +173,7 @@ def train_controlnet(
         noise = torch.randn(z0.shape, generator=g).to(model.device)
         t = torch.randint(0, sched.config.num_train_timesteps, (cfg.batch,), generator=g).to(model.device)
         drop = torch.rand(cfg.batch, generator=g) < cfg.caption_dropout
-        emb = model.encode_prompts(
+        prompt = model.encode_prompt(
             ["" if d else captions[i] for i, d in zip(idx.tolist(), drop.tolist(), strict=True)]
         )
         cond = maps[idx].float().div(255).to(model.device)
@@ -181,12 +181,12 @@ def train_controlnet(
         target = noise if pred_type == "epsilon" else sched.get_velocity(z0, noise, t)
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg)
-        down, mid = net(zt, t, encoder_hidden_states=emb.float(), controlnet_cond=cond, return_dict=False)
-        pred = model.unet(
-            zt.to(model.dtype), t, encoder_hidden_states=emb,
-            down_block_additional_residuals=[d.to(model.dtype) for d in down],
+        inputs = model.denoiser_inputs(zt, prompt)
+        down, mid = net(zt, t, controlnet_cond=cond, return_dict=False, **inputs)
+        pred = model.predict(
+            zt, t, prompt, down_block_additional_residuals=[d.to(model.dtype) for d in down],
             mid_block_additional_residual=mid.to(model.dtype),
-        ).sample.float()  # fmt: skip
+        )  # fmt: skip
         loss = F.mse_loss(pred, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,10 +1,10 @@
-"""The shapes-world mini model: a real Stable-Diffusion-architecture model, small enough for CPU.
+"""Builder of the shapes-world mini model: a real Stable-Diffusion-architecture model, small enough for CPU.
 
-The shipped one: 128x128 images, a 4x VAE (32x32 latents), a 2-layer CLIP text encoder over a
-word-level BPE vocabulary, and a 3.3 M-parameter UNet with cross-attention (``MiniConfig``'s
-defaults are the first run's 64-px model, which the later runs grew). The schedule uses zero terminal
-SNR with v-prediction (Lin et al., arXiv 2305.08891): measured here it took colour binding
-from 77% to 100% at equal training time (shared/design/environment.md).
+The shipped one (``regionedit.load("mini")``): 128x128 images, a 4x VAE (32x32 latents), a 2-layer
+CLIP text encoder over a word-level BPE vocabulary, and a 3.3 M-parameter UNet with cross-attention
+(``MiniConfig``'s defaults are the first run's 64-px model, which the later runs grew). The
+schedule uses zero terminal SNR with v-prediction (Lin et al., arXiv 2305.08891): measured on
+this world it took colour binding from 77% to 100% at equal training time.
 """
 
 from __future__ import annotations
@@ -15,36 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidOptionError
-from ..shapes.world import BACKGROUNDS, COLOURS, SHAPES
-
-MINI_DIR = Path(__file__).resolve().parent.parent / "data" / "mini"
-# LoMOE settings the shipped mini model edits best with, measured on issue 3's check
-# (BENCHMARKS.md): 25 steps (50 edit worse), no region negative prompt (the official one is out
-# of its vocabulary), CFG 20 (its 32x32 inverted latents hold the old objects firmly: 55.8% of
-# objects at 7.5, 78.3% at 20), the background reset to the inversion after every step, and
-# guidance rescale 0.9 with the edit-tuned UNet (session 14: 86.4% at 29.4 dB; 88.1% at 28.0 dB
-# with 0.7), which keeps strong guidance from over-saturating objects into the background.
-MINI_LOMOE = {
-    "num_inference_steps": 25,
-    "guidance_scale": 20.0,
-    "guidance_rescale": 0.9,
-    "region_negative_prompt": "",
-    "background_blend": True,
-}
-
-# The multi-modal editor's settings measured on the mini model and its edge ControlNet
-# (BENCHMARKS.md, session 17): losses in noisy space over the whole image, 20 Adam steps at 0.1
-# on the first 15 of 20 steps, conditions in the guidance pass only. λ = 0.6 reached 80.0% of
-# target shapes at 33.8 dB background PSNR, and λ traded them (26.7% at λ = 1, 34.1 dB).
-MINI_MULTIMODAL = {
-    "num_inference_steps": 20,
-    "optimize_steps": 15,
-    "grad_steps": 20,
-    "learning_rate": 0.1,
-    "loss_space": "noisy",
-    "pres_mask": "none",
-    "main_pass_control": False,
-}
+from .world import BACKGROUNDS, COLOURS, SHAPES
 
 VOCAB_WORDS = (
     ["a", "an", "the", "and", "on", "background", "object", ","]

@@ -1,0 +1,39 @@
+"""How an edit is executed: settings that change memory and time, never the result."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from .errors import InvalidOptionError, require_bools
+
+
+@dataclass(frozen=True)
+class ExecutionOptions:
+    chunk_size: int | None = None  # LoMOE: branches per gradient chunk (exact); None = all at once
+    gradient_checkpointing: bool = False  # recompute activations in backward passes (both editors)
+
+    def __post_init__(self):
+        if self.chunk_size is not None and (
+            not isinstance(self.chunk_size, int) or isinstance(self.chunk_size, bool) or self.chunk_size < 1
+        ):
+            raise InvalidOptionError(
+                f"chunk_size must be a positive integer or None, got {self.chunk_size!r}"
+            )
+        require_bools(self, ("gradient_checkpointing",))
+
+
+@contextmanager
+def gradient_checkpointing(modules: list, enabled: bool):
+    """Enable activation checkpointing on the networks for the duration; restore afterwards."""
+    changed = []
+    try:
+        if enabled:
+            for m in modules:
+                if getattr(m, "_supports_gradient_checkpointing", False) and not m.is_gradient_checkpointing:
+                    m.enable_gradient_checkpointing()
+                    changed.append(m)
+        yield
+    finally:
+        for m in changed:
+            m.disable_gradient_checkpointing()

@@ -1,0 +1,102 @@
+"""Command-line flags made from the options dataclasses, for every command that edits.
+
+One flag per field (nested options get their field's name as a prefix), the field's type and
+default in ``--help``; :func:`option_values` gives back only the flags a user actually set, as
+the mapping :func:`regionedit.options.make_options` takes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+
+from .options import field_types
+
+# Flags whose names differ from the option field.
+FLAG_NAMES = {"num_inference_steps": "steps", "preservation_weight": "lambda"}
+
+
+def parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _parser_of(kind):
+    kinds = [k for k in (typing.get_args(kind) or (kind,)) if k is not type(None)]
+    first = kinds[0] if kinds else str
+    return {bool: parse_bool, int: int, float: float}.get(first, str)
+
+
+def _fields(cls, prefix: str = ""):
+    """(dotted name, field, type) of every leaf field, nested options flattened."""
+    types = field_types(cls)
+    for f in dataclasses.fields(cls):
+        kind = types[f.name]
+        if dataclasses.is_dataclass(kind):
+            yield from _fields(kind, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f, kind
+
+
+def _flag(name: str, rename: dict) -> str:
+    if name in rename:
+        return "--" + rename[name]
+    return "--" + "-".join(FLAG_NAMES.get(part, part) for part in name.split(".")).replace("_", "-")
+
+
+def _dest(name: str, dest_prefix: str) -> str:
+    return f"{dest_prefix}opt_{name.replace('.', '__')}"
+
+
+def add_option_flags(parser, cls, title: str, skip=(), rename: dict | None = None, dest_prefix: str = ""):
+    """Add a flag per field of ``cls`` (except ``skip``) in a group titled ``title``.
+
+    A flag already on the parser (a field of the same name in another method's options) is
+    shared: it keeps one meaning and one destination. A bare boolean flag means true
+    (``--paste-back``); ``--paste-back false`` also works.
+    """
+    rename = rename or {}
+    group = parser.add_argument_group(title)
+    taken = set(parser._option_string_actions)
+    for name, f, kind in _fields(cls):
+        flag = _flag(name, rename)
+        if name in skip or flag in taken:
+            continue
+        kind_parser = _parser_of(kind)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        group.add_argument(
+            flag,
+            dest=_dest(name, dest_prefix),
+            type=kind_parser,
+            default=None,
+            metavar=name.split(".")[-1].upper(),
+            help=f"default: {default!r}",
+            **({"nargs": "?", "const": True} if kind_parser is parse_bool else {}),
+        )
+
+
+def option_values(cls, args, dest_prefix: str = "") -> dict:
+    """The fields of ``cls`` set on the command line, as a (nested) mapping."""
+    values: dict = {}
+    for name, _, _ in _fields(cls):
+        v = getattr(args, _dest(name, dest_prefix), None)
+        if v is None:
+            continue
+        *parents, leaf = name.split(".")
+        target = values
+        for p in parents:
+            target = target.setdefault(p, {})
+        target[leaf] = v
+    return values
+
+
+def flag_names(values: dict, prefix: str = "") -> list[str]:
+    """The dotted names of a nested mapping's leaves (for messages)."""
+    out = []
+    for k, v in values.items():
+        out += flag_names(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+    return out

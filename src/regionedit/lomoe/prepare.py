@@ -1,0 +1,79 @@
+"""Check a LoMOE edit once and bring its masks to the latent grid (see :mod:`regionedit.prepared`)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..errors import InvalidInputError, InvalidMaskError, InvalidOptionError, PromptCountError
+from ..inversion import Inversion
+from ..models.interface import check_image_size
+from ..prepared import PreparedEdit, check_text, fit, read_image, sized_mask
+from ..regions import Region, latent_masks
+from .options import LoMOEOptions
+
+
+def prepare_lomoe(
+    image,
+    regions: list[Region],
+    background_prompt: str | None,
+    options: LoMOEOptions,
+    vae_scale_factor: int,
+    resize: str | None = None,
+    seed: int = 0,
+) -> PreparedEdit:
+    """Check a LoMOE edit and bring its masks to the latent grid.
+
+    Args:
+        image: path, PIL image, or an :class:`Inversion` to reuse (its caption is then the
+            background prompt, and ``background_prompt`` must be None or equal to it).
+        regions: :class:`Region` list; masks as paths, PIL images or arrays at the image's size.
+        background_prompt: the input's caption (required with an image).
+        options: :class:`LoMOEOptions`.
+        vae_scale_factor: the model's (``Model.vae_scale_factor`` or ``ModelInfo``'s).
+        resize: None (sizes must fit), ``"pad"`` or ``"crop"``.
+    """
+    if not isinstance(options, LoMOEOptions):
+        raise InvalidOptionError(f"LoMOE takes LoMOEOptions, got {type(options).__name__}")
+    if not isinstance(regions, (list, tuple)):
+        raise InvalidInputError("regions must be a list of regionedit.Region")
+    if isinstance(image, Inversion):
+        if background_prompt is not None and background_prompt != image.prompt:
+            raise InvalidInputError(
+                "background_prompt differs from the inversion's caption; invert again with the new caption"
+            )
+        pixels, size, background_prompt = None, tuple(image.image_size), image.prompt
+    else:
+        if background_prompt is None:
+            raise InvalidInputError("background_prompt (the source caption) is required with an image")
+        check_text(background_prompt=background_prompt)
+        pixels = read_image(image)
+        size = (pixels.height, pixels.width)
+    masks = []
+    for i, r in enumerate(regions, start=1):
+        if not isinstance(r, Region):
+            raise PromptCountError(f"region {i} is a {type(r).__name__}; expected regionedit.Region")
+        if not isinstance(r.prompt, str) or not r.prompt.strip():
+            raise PromptCountError(f"region {i} has an empty prompt; give each mask a prompt")
+        if r.negative_prompt is not None:
+            check_text(negative_prompt=r.negative_prompt)
+        if not (0.0 <= r.start < r.end <= 1.0):
+            raise InvalidMaskError(
+                f"region {i}: need 0 <= start < end <= 1, got start={r.start}, end={r.end}"
+            )
+        masks.append(sized_mask(r.mask, size, f"mask {i}") >= options.mask_threshold)
+    box = None
+    if pixels is not None:
+        pixels, masks, box = fit(pixels, masks, vae_scale_factor, resize)
+        size = (pixels.height, pixels.width)
+    else:
+        check_image_size(*size, vae_scale_factor)
+    for i, m in enumerate(masks, start=1):
+        if not m.any():
+            raise InvalidMaskError(
+                f"mask {i} is empty (no pixel >= {options.mask_threshold}); paint the region to edit"
+            )
+    f = vae_scale_factor
+    weights = latent_masks(masks, (size[0] // f, size[1] // f), options.feather, options.overlap)
+    prepared = [replace(r, mask=m) for r, m in zip(regions, masks, strict=True)]
+    return PreparedEdit("lomoe", pixels, size, tuple(prepared), background_prompt, options, weights,
+                        seed=seed, crop_box=box)  # fmt: skip

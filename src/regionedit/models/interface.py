@@ -1,0 +1,222 @@
+"""The model-family interface: everything an editor needs from a latent diffusion model.
+
+Editors, the inversion, the bench's baselines and the mini-model tools never call a network
+directly. They ask the model to
+
+- encode prompts into a :class:`Conditioning` (embeddings plus the family's extra inputs),
+- predict on a batch of latents at a timestep (``predict``), in the model's prediction type,
+- convert that prediction to ε or to the clean latent (``to_epsilon``, ``to_x0``),
+- give its scheduler and the scheduler's inverse for a number of steps,
+- encode images to scaled latents and decode them back (the family's scaling and shift),
+- capture its cross-attention layers (``cross_attention``).
+
+:class:`Model` holds what every family shares (images, VAE, sizes, settings); a family
+subclasses it and fills in the rest (:class:`~regionedit.models.sd.StableDiffusion`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import ImageSizeError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Conditioning:
+    """Prompt conditioning of a batch: what the denoiser reads besides latents and timestep.
+
+    Attributes:
+        embeds: ``(B, tokens, width)`` text hidden states in the network's dtype.
+        extra: per-item inputs a family adds (batch first), e.g. SDXL's pooled embedding.
+    """
+
+    embeds: torch.Tensor
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.embeds.shape[0]
+
+    def __getitem__(self, index) -> Conditioning:
+        """Items ``index`` (an int list, a slice or a tensor) of the batch."""
+        return Conditioning(self.embeds[index], {k: v[index] for k, v in self.extra.items()})
+
+    @staticmethod
+    def cat(items: Sequence[Conditioning]) -> Conditioning:
+        """The batches of ``items`` one after another."""
+        return Conditioning(
+            torch.cat([c.embeds for c in items]),
+            {k: torch.cat([c.extra[k] for c in items]) for k in items[0].extra},
+        )
+
+    def repeat_interleave(self, n: int) -> Conditioning:
+        """Each item ``n`` times in a row."""
+        return Conditioning(
+            self.embeds.repeat_interleave(n, dim=0),
+            {k: v.repeat_interleave(n, dim=0) for k, v in self.extra.items()},
+        )
+
+
+@dataclass(eq=False, kw_only=True)
+class Model:
+    """Frozen components of a latent diffusion model behind the family interface.
+
+    Latents are kept in float32; networks run in ``dtype`` (float32 on CPU by default).
+    ``settings`` holds the edit settings the model recommends per method (``"lomoe"``,
+    ``"multimodal"``, ``"controlnets"``), read from ``regionedit_settings.json`` in its folder.
+    """
+
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    scheduler_config: dict
+    name: str = "model"
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+    settings: dict = field(default_factory=dict)
+    _prompt_cache: dict = field(default_factory=dict, repr=False)
+
+    family = "base"
+
+    def __post_init__(self):
+        for m in (self.vae, self.denoiser, self.text_encoder):
+            m.requires_grad_(False).eval()
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The noise-prediction network (a UNet or a transformer)."""
+        raise NotImplementedError
+
+    # --- sizes and images -----------------------------------------------------------------
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell along each side (8 for Stable Diffusion, 4 for mini)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
+
+    @property
+    def native_size(self) -> int:
+        """The image side the model was trained at (its latent sample size times the VAE factor)."""
+        size = getattr(self.denoiser.config, "sample_size", 64) or 64
+        size = size[0] if isinstance(size, (list, tuple)) else size
+        return int(size) * self.vae_scale_factor
+
+    def check_image_size(self, height: int, width: int) -> None:
+        check_image_size(height, width, self.vae_scale_factor)
+
+    def image_to_tensor(self, image: Image.Image) -> torch.Tensor:
+        """PIL RGB -> float32 ``(1, 3, H, W)`` in [-1, 1] on ``device``."""
+        arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+        return torch.from_numpy(arr).permute(2, 0, 1)[None].to(self.device)
+
+    # --- VAE ------------------------------------------------------------------------------
+
+    def _vae_shift(self) -> float:
+        return getattr(self.vae.config, "shift_factor", None) or 0.0
+
+    @torch.no_grad()
+    def encode(
+        self, image: torch.Tensor, generator: torch.Generator | None = None, sample: bool = False
+    ) -> torch.Tensor:
+        """Image ``(B, 3, H, W)`` in [-1, 1] -> scaled float32 latents (posterior mean by default)."""
+        dist = self.vae.encode(image.to(self.dtype)).latent_dist
+        if sample:
+            noise = torch.randn(dist.mean.shape, generator=generator, dtype=torch.float32)
+            z = dist.mean.float() + dist.std.float() * noise.to(dist.mean.device)
+        else:
+            z = dist.mean.float()
+        return (z - self._vae_shift()) * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, check_finite: bool = True) -> torch.Tensor:
+        """Scaled latents -> float32 images ``(B, 3, H, W)`` in [0, 1].
+
+        A half-precision VAE that overflows (NaN/inf) is retried in float32 once.
+        """
+        z = latents / self.vae.config.scaling_factor + self._vae_shift()
+        x = self.vae.decode(z.to(self.dtype)).sample.float()
+        if check_finite and not torch.isfinite(x).all():
+            if self.dtype == torch.float32:
+                raise FloatingPointError("the VAE decoded NaN or inf values in float32")
+            log.warning("VAE produced NaN/inf in %s; retrying in float32", self.dtype)
+            self.vae.float()
+            try:
+                x = self.vae.decode(z.float()).sample.float()
+            finally:
+                self.vae.to(self.dtype)
+            if not torch.isfinite(x).all():
+                raise FloatingPointError("the VAE decoded NaN or inf values even in float32")
+        return ((x + 1) / 2).clamp(0, 1)
+
+    # --- what each family provides ----------------------------------------------------------
+
+    def encode_prompt(self, prompts: list[str]) -> Conditioning:
+        """Conditioning of ``prompts`` (cached per prompt)."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
+        if missing:
+            cond = self._encode_text(missing)
+            for i, p in enumerate(missing):
+                self._prompt_cache[p] = cond[i : i + 1]
+        return Conditioning.cat([self._prompt_cache[p] for p in prompts])
+
+    def _encode_text(self, prompts: list[str]) -> Conditioning:
+        raise NotImplementedError
+
+    def denoiser_inputs(self, latents: torch.Tensor, cond: Conditioning) -> dict:
+        """Keyword inputs of the denoiser (and of its ControlNets) for ``cond`` on ``latents``."""
+        raise NotImplementedError
+
+    def predict(self, latents: torch.Tensor, t, cond: Conditioning, **residuals) -> torch.Tensor:
+        """One denoiser call; float32 output in the model's prediction type.
+
+        ``residuals`` are ControlNet outputs (``down_block_additional_residuals``, ...).
+        """
+        sample = latents.to(self.dtype)
+        out = self.denoiser(sample, t, **self.denoiser_inputs(sample, cond), **residuals)
+        return out.sample.float()
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler_config.get("prediction_type", "epsilon")
+
+    def scheduler(self, steps: int):
+        raise NotImplementedError
+
+    def inverse_scheduler(self, steps: int):
+        raise NotImplementedError
+
+    def cross_attention_layers(self) -> list[str]:
+        raise NotImplementedError
+
+    def cross_attention(self, temperature: float = 1.0):
+        """Context manager: cross-attention with ``temperature``, capturable; yields the store."""
+        from ..attention import temperature_attention
+
+        return temperature_attention(self.denoiser, self.cross_attention_layers(), temperature)
+
+
+def check_image_size(height: int, width: int, factor: int) -> None:
+    """Refuse sides that are not positive multiples of the VAE factor, naming the nearest fit."""
+    if height % factor or width % factor or height < factor or width < factor:
+        nh, nw = max(factor, round(height / factor) * factor), max(factor, round(width / factor) * factor)
+        raise ImageSizeError(
+            f"image is {width}x{height}; sizes must be multiples of {factor} for this model — "
+            f"use {nw}x{nh} (CLI: --resize pad|crop; EditRequest(resize=...))"
+        )
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """float images ``(B, 3, H, W)`` in [0, 1] -> PIL images."""
+    arr = (images.permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+    return [Image.fromarray(a) for a in arr]

@@ -1,0 +1,87 @@
+"""Stable Diffusion 1.x/2.x: a UNet with cross-attention, one CLIP text encoder, DDIM schedules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import DDIMInverseScheduler, DDIMScheduler
+
+from ..errors import InvalidOptionError
+from .interface import Conditioning, Model
+
+
+def to_epsilon(output: torch.Tensor, sample: torch.Tensor, alpha_prod: torch.Tensor, prediction_type: str):
+    """A model output as ε; v-prediction converts by ε = √ᾱ·v + √(1−ᾱ)·z."""
+    if prediction_type == "epsilon":
+        return output
+    if prediction_type == "v_prediction":
+        return alpha_prod**0.5 * output + (1 - alpha_prod) ** 0.5 * sample
+    raise InvalidOptionError(
+        f"prediction_type {prediction_type!r} is not supported; use epsilon or v_prediction"
+    )
+
+
+def to_x0(output: torch.Tensor, sample: torch.Tensor, alpha_prod: torch.Tensor, prediction_type: str):
+    """Clean-latent estimate ẑ0 from a model output at the same timestep (the scheduler's formulas).
+
+    For v-prediction ẑ0 = √ᾱ·z − √(1−ᾱ)·v needs no division by √ᾱ, so it stays finite on a
+    zero-terminal-SNR schedule where ᾱ at the first timestep is 0.
+    """
+    a = alpha_prod.to(sample)
+    if prediction_type == "epsilon":
+        return (sample - (1 - a) ** 0.5 * output) / a**0.5
+    if prediction_type == "v_prediction":
+        return a**0.5 * sample - (1 - a) ** 0.5 * output
+    if prediction_type == "sample":
+        return output
+    raise InvalidOptionError(f"unsupported prediction_type {prediction_type!r}")
+
+
+@dataclass(eq=False, kw_only=True)
+class StableDiffusion(Model):
+    """A ``StableDiffusionPipeline``'s components: ``UNet2DConditionModel`` and ``CLIPTextModel``."""
+
+    unet: torch.nn.Module
+
+    family = "sd"
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return self.unet
+
+    @torch.no_grad()
+    def _encode_text(self, prompts: list[str]) -> Conditioning:
+        tok = self.tokenizer
+        ids = tok(
+            prompts,
+            padding="max_length",
+            max_length=tok.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.device)
+        return Conditioning(self.text_encoder(ids)[0].to(self.dtype))
+
+    def denoiser_inputs(self, latents: torch.Tensor, cond: Conditioning) -> dict:
+        return {"encoder_hidden_states": cond.embeds}
+
+    def scheduler(self, steps: int) -> DDIMScheduler:
+        sched = DDIMScheduler.from_config(self.scheduler_config)
+        sched.set_timesteps(steps, device=self.device)
+        return sched
+
+    def inverse_scheduler(self, steps: int) -> DDIMInverseScheduler:
+        """DDIM run backwards, stepping in ε (callers convert with :meth:`to_epsilon` first)."""
+        inverse = DDIMInverseScheduler.from_config({**self.scheduler_config, "prediction_type": "epsilon"})
+        inverse.set_timesteps(steps, device=self.device)
+        return inverse
+
+    def to_epsilon(self, output, sample, alpha_prod):
+        return to_epsilon(output, sample, alpha_prod, self.prediction_type)
+
+    def to_x0(self, output, sample, alpha_prod):
+        return to_x0(output, sample, alpha_prod, self.prediction_type)
+
+    def cross_attention_layers(self) -> list[str]:
+        """Processor names of the UNet's cross-attention layers (``...attn2.processor``)."""
+        return [n for n in self.unet.attn_processors if n.endswith("attn2.processor")]
