@@ -54,7 +54,7 @@ def _is_options(kind) -> bool:
     return dataclasses.is_dataclass(kind) and isinstance(kind, type)
 
 
-def _changes(cls, base, values: Mapping, where: str) -> dict:
+def typed_changes(cls, base, values: Mapping, where: str = "") -> dict:
     """Typed field changes of ``base`` (a ``cls``) from ``values``; nested options merge."""
     if not isinstance(values, Mapping):
         raise InvalidOptionError(f"{where or 'options'} must be a mapping of option names, got {values!r}")
@@ -68,7 +68,7 @@ def _changes(cls, base, values: Mapping, where: str) -> dict:
         if _is_options(kind):
             inner = value if not isinstance(value, kind) else dataclasses.asdict(value)
             sub = getattr(base, name)
-            out[name] = dataclasses.replace(sub, **_changes(kind, sub, inner, f"{where}{name}."))
+            out[name] = dataclasses.replace(sub, **typed_changes(kind, sub, inner, f"{where}{name}."))
             continue
         if not _fits(kind, value):
             shown = str(kind).replace("typing.", "").replace("<class '", "").replace("'>", "")
@@ -96,8 +96,8 @@ def make_options(method: str, values: Mapping | None = None, settings: Mapping |
         raise InvalidOptionError(f"method {method!r} takes {cls.__name__}, got {type(values).__name__}")
     try:
         base = cls()
-        base = dataclasses.replace(base, **_changes(cls, base, settings or {}, "(model settings) "))
-        given = _changes(cls, base, values or {}, "")
+        base = dataclasses.replace(base, **typed_changes(cls, base, settings or {}, "(model settings) "))
+        given = typed_changes(cls, base, values or {}, "")
         if cls is MultimodalOptions and "num_inference_steps" in given and "optimize_steps" not in given:
             share = base.optimize_steps / base.num_inference_steps
             given["optimize_steps"] = min(
@@ -113,4 +113,4 @@ def make_execution(values: Mapping | ExecutionOptions | None = None) -> Executio
     if isinstance(values, ExecutionOptions):
         return values
     base = ExecutionOptions()
-    return dataclasses.replace(base, **_changes(ExecutionOptions, base, values or {}, ""))
+    return dataclasses.replace(base, **typed_changes(ExecutionOptions, base, values or {}, ""))

@@ -18,11 +18,17 @@ measures the algorithms, not different models or schedulers.
 - ``multimodal``: the optimisation editor (arXiv 2311.16882) with the union of the masks and
   the target caption; on ShapesBench also the edge map of the target scene through the mini
   model's edge ControlNet. ``multimodal@0.2`` runs it with λ = 0.2 (a λ sweep is a list of them).
+
+A method name may carry option changes: ``multimodal[solver=closed_form]@0.6`` or
+``lomoe[guidance_rescale=0;feather=1]``, so variants run in one benchmark on the same seeds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
+import re
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -30,12 +36,13 @@ import torch
 from PIL import Image
 
 from ..cfg import classifier_free_guidance
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, InvalidOptionError
 from ..execution import ExecutionOptions
 from ..inversion import InversionOptions, ddim_invert
 from ..lomoe.options import LoMOEOptions
 from ..models.interface import Model, to_pil
 from ..multimodal.options import MultimodalOptions
+from ..options import make_options, option_class, typed_changes
 from ..regions import Region, latent_masks
 from .datasets import BenchItem
 
@@ -267,6 +274,10 @@ METHODS = {
     "multimodal": run_multimodal,
 }
 SWEEPABLE = {"multimodal": "lam"}  # "multimodal@0.4": the method with that λ
+# "lomoe[guidance_rescale=0]", "multimodal[solver=closed_form]": the method with those options
+# changed (values as JSON, else strings), so variants are compared in one run on the same seeds
+VARIANT_FIELDS = {"lomoe": "lomoe", "iterative": "lomoe", "multimodal": "multimodal"}
+NAME = re.compile(r"(?P<base>[\w-]+)(?:\[(?P<changes>[^\]]*)\])?(?:@(?P<value>.*))?")
 
 
 def register_method(name: str, fn) -> None:
@@ -275,25 +286,58 @@ def register_method(name: str, fn) -> None:
 
 
 def base_name(name: str) -> str:
-    """``multimodal@0.4`` -> ``multimodal``: variants of one method share its seeds."""
-    return name.split("@", 1)[0]
+    """``multimodal[solver=closed_form]@0.4`` -> ``multimodal``: variants of a method share its seeds."""
+    return re.split(r"[\[@]", name, maxsplit=1)[0]
+
+
+def _changes(name: str, text: str) -> dict:
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{name}: write option changes as [name=value;name=value]")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _with_options(fn, field: str, changes: dict):
+    """``fn`` run with ``cfg.<field>`` changed by ``changes`` (checked now, on the defaults)."""
+    method = "lomoe" if field == "lomoe" else "multimodal"
+    try:  # names and types now; values against the model's settings when it runs
+        typed_changes(option_class(method), option_class(method)(), changes)
+    except InvalidOptionError as exc:
+        raise ValueError(str(exc)) from None
+
+    def run(model, item, cfg, generator, **kw):
+        opts = make_options(method, changes, dataclasses.asdict(getattr(cfg, field)))
+        return fn(model, item, replace(cfg, **{field: opts}), generator, **kw)
+
+    return run
 
 
 def _resolve(name: str):
-    base, _, value = name.partition("@")
-    if base not in METHODS:
+    m = NAME.fullmatch(name)
+    if m is None or m["base"] not in METHODS:
         return None
-    if not value:
-        return METHODS[base]
+    base, fn = m["base"], METHODS[m["base"]]
+    if m["changes"] is not None:
+        if base not in VARIANT_FIELDS:
+            raise ValueError(f"{base} takes no [options]; only {sorted(VARIANT_FIELDS)} do")
+        fn = _with_options(fn, VARIANT_FIELDS[base], _changes(name, m["changes"]))
+    if m["value"] is None:
+        return fn
     if base not in SWEEPABLE:
         raise ValueError(f"{base} takes no @value; only {sorted(SWEEPABLE)} do")
     try:
-        v = float(value)
+        v = float(m["value"])
     except ValueError:
         raise ValueError(f"{name}: the value after @ must be a number") from None
     if not 0 <= v <= 1:
         raise ValueError(f"{name}: λ must be in [0, 1]")
-    return functools.partial(METHODS[base], **{SWEEPABLE[base]: v})
+    return functools.partial(fn, **{SWEEPABLE[base]: v})
 
 
 def get_methods(names) -> dict:

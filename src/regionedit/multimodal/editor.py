@@ -342,7 +342,7 @@ def run(
     timings, start_time = {}, time.perf_counter()
 
     if inversion is None:
-        inversion = invert_image(model, edit.image, source_prompt, n, generator, progress)
+        z0 = model.encode(model.image_to_tensor(edit.image))
     elif inversion.ndim != 4 or tuple(inversion.shape[2:]) != latent_hw:
         raise InvalidInputError(
             f"inversion has shape {tuple(inversion.shape)}; expected ({n + 1}, C, {latent_hw[0]}, {latent_hw[1]})"
@@ -351,8 +351,21 @@ def run(
         raise InvalidInputError(
             f"the inversion has {inversion.shape[0] - 1} steps but the edit asks for {n}; invert again"
         )
-    inversion = inversion.to(model.device, torch.float32)
-    z0 = inversion[:1]
+    else:
+        inversion = inversion.to(model.device, torch.float32)
+        z0 = inversion[:1]
+    conditions = list(edit.conditions)
+    # Checked before any network runs: a guidance pass of another edit costs nothing to refuse.
+    key = _guidance_key(z0, prompt, source_prompt, negative_prompt, options, given_mask, controls, conditions,
+                        generator)  # fmt: skip
+    if guidance is not None and guidance.key != key:
+        raise InvalidInputError(
+            "the given guidance pass was made for another image, prompt, mask, condition, seed "
+            f"or option (only {', '.join(MAIN_PASS_ONLY)} may differ); run the edit without guidance="
+        )
+    if inversion is None:  # §1.2: the source prompt, CFG 1, no ControlNet, no regulariser
+        opts = InversionOptions(num_inference_steps=n, regularize=False)
+        inversion = ddim_invert(model, z0, source_prompt, opts, generator, progress)
     timings["invert_seconds"] = time.perf_counter() - start_time
 
     cond = model.encode_prompt([negative_prompt, prompt])
@@ -360,25 +373,16 @@ def run(
     sched = model.scheduler(n)
     inv_traj = {i: inversion[n - i : n - i + 1] for i in range(n)}  # z^inv at τ_i (step i)
     nets_all = [model.denoiser, *([] if controls is None else controls.nets)]
-    conditions = list(edit.conditions)
 
     with gradient_checkpointing(nets_all, execution.gradient_checkpointing):
         # §1.3 guidance image: seeded random-noise start, L_pres only (λ = 1), user mask or none.
         t0 = time.perf_counter()
-        key = _guidance_key(
-            z0, prompt, source_prompt, negative_prompt, options, given_mask, controls, conditions, generator
-        )
         i0 = start_index(n, options.strength_for(bool(conditions)))
         bar = tqdm(total=n + (n - i0 if guidance is None else 0), desc="multimodal", disable=not progress,
                    leave=False)  # fmt: skip
         if guidance is None:
             guidance = _guidance_pass(denoiser, sched, z0, inv_traj, given_mask, options, bool(conditions),
                                       generator, bar, callback, key)  # fmt: skip
-        elif guidance.key != key:
-            raise InvalidInputError(
-                "the given guidance pass was made for another image, prompt, mask, condition, seed "
-                f"or option (only {', '.join(MAIN_PASS_ONLY)} may differ); run the edit without guidance="
-            )
         else:
             generator.set_state(guidance.generator_state)
             timings["guidance_reused"] = True
