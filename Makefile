@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test test-slow lint format clean browser
+.PHONY: install demo test lint format clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,9 +34,6 @@ browser:
 
 test: lint browser
 	$(VENV)/bin/pytest -q
-
-test-slow: $(STAMP)
-	$(VENV)/bin/pytest -q -m slow
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format src tests

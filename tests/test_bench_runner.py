@@ -324,3 +324,22 @@ def test_metrics_read_the_eval_masks_not_the_edit_masks(tiny_model):
     item.eval_masks = list(item.masks)  # scored under the outline, the same output loses background
     tight = evaluate_one(tiny_model, item, "paint", paint_box, CFG)
     assert tight["bg_mse"] > 1e-4 and tight["bg_psnr"] < 50
+
+
+def test_option_changes_in_a_method_name_equal_the_changed_config(tiny_model, items):
+    import torch
+
+    from regionedit.bench.methods import base_name
+
+    name = "multimodal[loss_space=noisy;solver=closed_form]@0.3"
+    a = get_methods(name)[name](tiny_model, items[0], CFG, torch.Generator().manual_seed(2)).image
+    changed = dataclasses.replace(CFG.multimodal, loss_space="noisy", solver="closed_form")
+    cfg = dataclasses.replace(CFG, multimodal=changed)
+    b = METHODS["multimodal"](tiny_model, items[0], cfg, torch.Generator().manual_seed(2), lam=0.3).image
+    assert np.array_equal(a, b)
+    c = METHODS["multimodal"](tiny_model, items[0], CFG, torch.Generator().manual_seed(2), lam=0.3).image
+    assert not np.array_equal(a, c)  # the change did reach the editor
+    assert base_name(name) == "multimodal" == base_name("multimodal@0.3")  # variants share seeds
+    for bad in ("sdedit[strength=1]", "multimodal[nope=1]", "multimodal[grad_steps]", "lomoe[feather=x]"):
+        with pytest.raises(ValueError):
+            get_methods(bad)

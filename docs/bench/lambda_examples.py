@@ -1,4 +1,4 @@
-"""Draw docs/bench/multimodal128_lambda_examples_noisy.png: the README's multi-modal recipe on the
+"""Draw docs/bench/multimodal128_lambda_examples_noisy.png: the mini model's multi-modal settings on the
 first four ShapesBench shape edits at λ = 0, 0.6 and 1 (about 1 min on 2 cores).
 
     .venv/bin/python docs/bench/lambda_examples.py [OUT.png]
@@ -12,11 +12,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from regionedit import load
+from regionedit import load, make_options
 from regionedit.bench.datasets import shapes_bench
-from regionedit.models.mini import MINI_MULTIMODAL
-from regionedit.multimodal import Condition, MultimodalOptions, canny_edges, edit
-from regionedit.multimodal.nets import load_controlnet, mini_controlnet_path
+from regionedit.models.controlnet import load_controlnet
+from regionedit.multimodal import Condition, canny_edges, edit
 
 LAMBDAS = (0.0, 0.6, 1.0)
 CELL, HEAD = 192, 22
@@ -29,7 +28,7 @@ def row(model, net, item) -> list[Image.Image]:
     ImageDraw.Draw(shown).rectangle([xs.min(), ys.min(), xs.max(), ys.max()], outline=(255, 0, 255))
     cells, guidance = [shown, edges], None
     for lam in LAMBDAS:  # the guidance pass does not depend on λ: computed once, reused
-        opts = MultimodalOptions(**MINI_MULTIMODAL, preservation_weight=lam)
+        opts = make_options("multimodal", {"preservation_weight": lam}, model.settings["multimodal"])
         res = edit(model, Image.fromarray(item.image), item.target_caption, item.source_caption,
                    mask=item.masks[0], controlnets=[net], conditions=[Condition("edge", edges)],
                    options=opts, generator=torch.Generator().manual_seed(0), guidance=guidance)  # fmt: skip
@@ -40,7 +39,7 @@ def row(model, net, item) -> list[Image.Image]:
 
 def main(out: str) -> None:
     model = load("mini")
-    net = load_controlnet(mini_controlnet_path("edge"), model, "edge", given=False)
+    net = load_controlnet(model.settings["controlnets"]["edge"], model, "edge")
     items = shapes_bench(4, "shape", seed=0, size=128)
     heads = ["input + mask", "edge map"] + [f"λ = {lam:g}" for lam in LAMBDAS]
     sheet = Image.new("RGB", (CELL * len(heads), HEAD + CELL * len(items)), "white")

@@ -1,5 +1,16 @@
 """regionedit: mask-localized multi-object image editing with diffusion models.
 
+Three layers, each importing only the ones before it (tests/test_layers.py checks this):
+
+- the library core: ``models`` (the model-family interface and loading), ``inversion``,
+  ``regions``, ``attention``, ``cfg``, the two editors ``lomoe`` and ``multimodal`` (each:
+  options, ``prepare`` = every input check, ``editor`` = the method), ``options``
+  (``make_options``: defaults, then the model's settings, then the user's values) and
+  ``edit_api`` (a request from plain data to a written PNG);
+- ``shapes``: the procedural shapes world, the mini models' training recipes and the judge;
+- the front ends, thin adapters over the above: ``cli``, ``ui`` (web page), ``batch`` (and
+  Ray), ``bench``, ``demo``.
+
 >>> import regionedit
 >>> model = regionedit.load("mini")
 >>> result = regionedit.edit(model, "image.png", [regionedit.Region("mask_1.png", "a blue square")],

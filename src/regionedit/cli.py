@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     et.add_argument("--out", required=True)
     et.add_argument("--base", default="mini", help="pipeline folder to start from (default: the shipped one)")
     et.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this long")
-    from .shapes.edit_tune import EditTuneConfig
+    from .shapes.edit_tune_config import EditTuneConfig
 
     add_option_flags(et, EditTuneConfig, "edit-tune options (defaults: the shipped run's)")
     tj = sub.add_parser("train-judge", help="train the shapes-world judge; prints held-out accuracy")

@@ -53,6 +53,26 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read it by setting it, then put it back
+    os.umask(mask)
+    return mask
+
+
+def _replace_into(tmp: str, path: Path) -> None:
+    """Give the temporary file the mode a new file gets (mkstemp makes it 0600), then rename it."""
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
+
+
 def save_image(
     image: Image.Image,
     path: str | Path,
@@ -62,7 +82,7 @@ def save_image(
     """Write a PNG atomically (temp file + rename), optionally with text chunks.
 
     Nothing is left at ``path`` if writing fails; an existing file is kept unless
-    ``overwrite`` is true.
+    ``overwrite`` is true. The file gets the permissions the umask gives a new file.
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -77,7 +97,7 @@ def save_image(
     try:
         with os.fdopen(fd, "wb") as fh:
             image.save(fh, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
+        _replace_into(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -103,7 +123,7 @@ def write_text_atomic(path: str | Path, content: str) -> Path:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(content)
-        os.replace(tmp, path)
+        _replace_into(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -37,7 +37,7 @@ class EditActor:
     def __call__(self, batch: dict) -> dict:
         import json
 
-        from .runner import run_job
+        from .job import run_job
 
         records = []
         for text in batch["job"]:

@@ -11,11 +11,13 @@ def load_controlnet(path, model, kind: str):
     """A diffusers ``ControlNetModel`` from the folder ``path`` on the model's device and dtype."""
     from diffusers import ControlNetModel
 
+    from .loading import dtype_argument
+
     path = Path(path)
     if not (path / "config.json").is_file():
         raise InvalidInputError(f"no ControlNet for {kind} at {path}: give a diffusers ControlNet folder")
     try:
-        net = ControlNetModel.from_pretrained(str(path), torch_dtype=model.dtype)
+        net = ControlNetModel.from_pretrained(str(path), **dtype_argument(model.dtype))
     except Exception as exc:  # diffusers raises many types; one clear line for the user
         raise InvalidInputError(f"cannot load the {kind} ControlNet from {path}: {exc}") from None
     return net.to(model.device)

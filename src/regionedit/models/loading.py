@@ -126,6 +126,15 @@ def _hub_folder(repo: str) -> Path | None:
     return folder
 
 
+def dtype_argument(dtype: torch.dtype) -> dict:
+    """diffusers' ``from_pretrained`` keyword for the dtype: ``dtype`` where the installed version
+    names it so (it deprecates ``torch_dtype``), else ``torch_dtype``."""
+    from diffusers.utils import deprecation_utils
+
+    new = hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE")
+    return {"dtype": dtype} if new else {"torch_dtype": dtype}
+
+
 def resolve_device(device, dtype) -> tuple[torch.device, torch.dtype]:
     """``device``/``dtype`` as given by a user (names or torch objects), CPU and float32 by default."""
     device = torch.device(device) if device is not None else torch.device("cpu")
@@ -172,7 +181,7 @@ def load(model: str | os.PathLike = "mini", device=None, dtype=None, allow_pickl
     except ImportError as exc:  # pragma: no cover - diffusers is a core dependency
         raise ModelLoadError(f"diffusers is not installed: {exc}") from None
 
-    kwargs = dict(torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    kwargs = dict(**dtype_argument(dtype), safety_checker=None, requires_safety_checker=False)
     try:
         if info.path is not None:
             pickled = any(p.suffix == ".bin" for p in info.path.rglob("*.bin"))

@@ -6,8 +6,8 @@ object there (a square asked to become a triangle often stays a square). This st
 UNet such views of edit pairs (a scene, one object given new attributes) at the first
 ``max_step`` edit steps, with the region prompt, and regresses its predicted clean latent on
 the *target* object's latent in the box; ordinary v-prediction samples of the same scenes keep
-it a denoiser. Alone the tuned UNet draws shapes well and colours pale (BENCHMARKS.md, session
-13); the shipped UNet is the weight-space mix ``(1 - mix)·base + mix·tuned`` (session 14).
+it a denoiser. Alone the tuned UNet draws shapes well and colours pale (docs/experiments.md);
+the shipped UNet is the weight-space mix ``(1 - mix)·base + mix·tuned``.
 
 Every random draw comes from a generator seeded by ``(seed, step)``, so a resumed run gives
 the same weights as one that is not stopped.
@@ -16,10 +16,9 @@ the same weights as one that is not stopped.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -28,49 +27,9 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..errors import InvalidOptionError
+from .edit_tune_config import EditTuneConfig
 from .train import _run_phase, min_snr_weights
 from .world import Scene, ShapeObject, box_mask, caption_for, new_attributes, random_scene, render
-
-
-@dataclass(frozen=True)
-class EditTuneConfig:
-    seed: int = 13
-    pairs: int = 1000  # edit pairs, each DDIM-inverted once (8 min on 2 cores)
-    max_objects: int = 5
-    steps: int = 500  # 23 min at 2.7 s/step on 2 cores
-    batch: int = 32  # edit samples per step, and as many ordinary ones
-    lr: float = 1e-4  # AdamW, 20 warm-up steps, then constant
-    warmup: int = 20
-    edit_weight: float = 0.05  # of the edit loss beside the ordinary one
-    num_steps: int = 25  # the edit's DDIM steps (the mini model's LoMOE settings)
-    max_step: int = 15  # edit samples at one of the first max_step of them
-    min_snr_gamma: float = 5.0
-    caption_dropout: float = 0.1
-    no_background_caption: float = 0.2
-    mix: float = 0.45  # shipped UNet = (1 - mix)·base + mix·tuned (0.45 measured best, session 14)
-    ckpt_every: int = 50
-
-    def __post_init__(self):
-        for name in (
-            "pairs",
-            "steps",
-            "batch",
-            "warmup",
-            "num_steps",
-            "max_step",
-            "ckpt_every",
-            "max_objects",
-        ):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise InvalidOptionError(f"{name} must be an integer >= 1, got {v!r}")
-        if self.max_step > self.num_steps:
-            raise InvalidOptionError(f"max_step ({self.max_step}) cannot exceed num_steps ({self.num_steps})")
-        for name in ("mix", "caption_dropout", "no_background_caption"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise InvalidOptionError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if not (math.isfinite(self.lr) and self.lr > 0 and self.edit_weight >= 0):
-            raise InvalidOptionError("lr must be > 0 and edit_weight >= 0")
 
 
 def make_pairs(cfg: EditTuneConfig, size: int):

@@ -40,7 +40,7 @@ class TrainConfig:
     seed: int = 0
     num_scenes: int = 30_000  # 1-3 objects each, as in the measured trials
     max_objects: int = 3
-    vae_steps: int = 1200  # 30.7 dB measured at 1,000 steps of this VAE (environment.md)
+    vae_steps: int = 1200  # 30.7 dB measured at 1,000 steps of this VAE on 2 cores
     vae_batch: int = 32
     vae_crop: int = 32
     vae_lr: float = 1e-3
@@ -177,7 +177,7 @@ def _caption(record, g: torch.Generator, cfg: TrainConfig) -> str:
 def _init_from(comps: dict, folder: str) -> None:
     """Copy weights of a saved pipeline (e.g. the shipped mini model) into fresh components.
 
-    Lets a later session go on training from committed weights (a fresh optimiser, with the
+    Lets a later run go on training from committed weights (a fresh optimiser, with the
     warm-up) when the run's own checkpoints are gone: set ``vae_steps=0`` to keep the VAE.
 
     A UNet with more plain outer levels than the saved one (``MiniConfig.unet_plain_levels``)

@@ -1,0 +1,109 @@
+"""The package's import graph: no cycles; the core imports no front end and no shapes world.
+
+Layers: the core (models, inversion, regions, attention, both editors, the request API) ->
+the shapes world (its scenes, training recipes, judge) -> the front ends (CLI, web page,
+batch, Ray, bench, demo). A layer imports only the layers before it.
+"""
+
+import ast
+from pathlib import Path
+
+import regionedit
+
+PACKAGE = Path(regionedit.__file__).parent
+FRONT_ENDS = ("regionedit.cli", "regionedit.flags", "regionedit.demo", "regionedit.ui", "regionedit.batch",
+              "regionedit.bench")  # fmt: skip
+SHAPES = ("regionedit.shapes",)
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports anywhere in its body (lazy imports too)."""
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(anchor + ([base] if base else []))
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names]
+            elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "import_module":
+                targets = [a.value for a in node.args if isinstance(a, ast.Constant)]
+            edges |= {t for t in targets if t in files and t != name}
+        graph[name] = edges
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def layer(name: str) -> int:
+    if name.startswith(FRONT_ENDS):
+        return 2
+    return 1 if name.startswith(SHAPES) else 0
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles():
+    assert cycles(import_graph()) == []
+
+
+def test_layers_import_only_layers_below():
+    graph = import_graph()
+    assert "regionedit.edit_api" in graph["regionedit.cli"]  # a lazy import counts as an edge
+    wrong = sorted(f"{a} -> {b}" for a, edges in graph.items() for b in edges if layer(b) > layer(a))
+    assert wrong == []
+
+
+def test_the_core_is_what_the_library_exports():
+    graph = import_graph()
+    seen, todo = set(), ["regionedit"]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += graph[name]
+    assert seen and all(layer(name) == 0 for name in seen), sorted(n for n in seen if layer(n))
