@@ -280,22 +280,13 @@ def invert(
     model.check_image_size(image.height, image.width)
     if not isinstance(prompt, str):
         raise InvalidInputError("prompt must be a string (the source caption)")
-    return invert_image(model, image, prompt, options, negative_prompt, guidance_scale, temperature, generator,
-                        progress)  # fmt: skip
+    return invert_checked(model, image, prompt, options, negative_prompt, guidance_scale, temperature, generator,
+                          progress)  # fmt: skip
 
 
-def invert_image(
-    model: Model,
-    image,
-    prompt: str,
-    options: InversionOptions | None = None,
-    negative_prompt: str | None = None,
-    guidance_scale: float = 7.5,
-    temperature: float = 1.25,
-    generator: torch.Generator | None = None,
-    progress: bool = True,
-) -> Inversion:
-    """:func:`invert` of a checked PIL image (its size fits the model)."""
+def invert_checked(model, image, prompt, options, negative_prompt, guidance_scale, temperature, generator,
+                   progress) -> Inversion:  # fmt: skip
+    """:func:`invert` of a checked PIL image (its size fits the model); arguments as there."""
     options = options or InversionOptions()
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     negative_prompt = prompt if negative_prompt is None else negative_prompt

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from ..cfg import classifier_free_guidance
 from ..errors import InvalidInputError
 from ..execution import ExecutionOptions, gradient_checkpointing
-from ..inversion import Inversion, InversionOptions, invert_image, reference_pass
+from ..inversion import Inversion, InversionOptions, invert_checked, reference_pass
 from ..models.interface import Conditioning, Model, to_pil
 from ..prepared import PreparedEdit, read_image
 from ..regions import Region, active_weights
@@ -80,8 +80,8 @@ def _inversion_for(model: Model, edit: PreparedEdit, inversion: Inversion | None
         # The inversion draws from its own fixed-seed generator (invert's default), not the edit's:
         # it is then a function of image, caption and options alone, so an edit from a cached
         # Inversion equals an edit from the image with the same seed.
-        return invert_image(model, edit.image, edit.background_prompt, inv_opts, guidance_scale=options.guidance_scale,
-                            temperature=options.temperature, progress=progress)  # fmt: skip
+        return invert_checked(model, edit.image, edit.background_prompt, inv_opts, None, options.guidance_scale,
+                              options.temperature, None, progress)  # fmt: skip
     if inversion.num_steps != options.num_inference_steps:
         raise InvalidInputError(
             f"the inversion has {inversion.num_steps} steps but the edit asks for "
