@@ -39,3 +39,56 @@ def box(y0, y1, x0, x1, size=64):
     m = np.zeros((size, size), bool)
     m[y0:y1, x0:x1] = True
     return m
+
+
+def build_sdxl_components(seed: int = 0) -> dict:
+    """A tiny random SDXL (two text encoders, text-time added conditioning), as diffusers' own
+    SDXL tests build one, with the shapes-world tokenizer (no download) and a 4x VAE."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from regionedit.shapes.model import build_tokenizer
+
+    tokenizer = build_tokenizer(48)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            block_out_channels=(32, 64), layers_per_block=2, sample_size=16, in_channels=4, out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+            addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+            projection_class_embeddings_input_dim=80, cross_attention_dim=64, norm_num_groups=1,
+        )  # fmt: skip
+        vae = AutoencoderKL(
+            block_out_channels=(32, 32, 32), in_channels=3, out_channels=3, latent_channels=4,
+            down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+            sample_size=64, force_upcast=True,
+        )  # fmt: skip
+        text_config = CLIPTextConfig(
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=3, vocab_size=len(tokenizer),
+            max_position_embeddings=48, projection_dim=32, hidden_act="gelu",
+        )  # fmt: skip
+        text_encoder = CLIPTextModel(text_config)
+        text_encoder_2 = CLIPTextModelWithProjection(text_config)
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+        set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading",
+    )  # fmt: skip
+    return dict(vae=vae, unet=unet, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+                tokenizer_2=tokenizer, scheduler=scheduler)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def sdxl_components():
+    return build_sdxl_components()
+
+
+@pytest.fixture(scope="session")
+def sdxl_dir(tmp_path_factory, sdxl_components):
+    from diffusers import StableDiffusionXLPipeline
+
+    folder = tmp_path_factory.mktemp("sdxl") / "model"
+    StableDiffusionXLPipeline(**sdxl_components).save_pretrained(str(folder), safe_serialization=True)
+    return folder

@@ -53,10 +53,10 @@ def test_bench_edit_and_speed_print_rows(tiny_model_dir, tmp_path, capsys):
                  "--chunk-size", "2", "--out", str(rows_path)]) == 0  # fmt: skip
     rows = json.loads(rows_path.read_text())
     assert [r["n_masks"] for r in rows] == [1, 4]
-    # one step: inversion 1 + reference 2 + 4(N+1) forward latent evaluations; with more than
-    # one gradient chunk (N = 4: 5 branches in chunks of 2) the editor first runs every branch
-    # without a graph, 2(N+1) more
-    assert [r["unet_evals"] for r in rows] == [3 + 4 * 2, 3 + 4 * 5 + 2 * 5]
+    # one step: inversion 1 + reference 2 + the reference maps recomputed 2 + 4(N+1) forward
+    # latent evaluations; with more than one gradient chunk (N = 4: 5 branches in chunks of 2) the
+    # editor first runs every branch without a graph, 2(N+1) more
+    assert [r["unet_evals"] for r in rows] == [5 + 4 * 2, 5 + 4 * 5 + 2 * 5]
     assert all(r["chunk_size"] == 2 and r["peak_memory_mb"] > 0 for r in rows)
     speed_path = tmp_path / "speed.json"
     assert main(["bench", "speed", "--model", str(tiny_model_dir), "--size", "64", "--steps", "1",
@@ -65,7 +65,7 @@ def test_bench_edit_and_speed_print_rows(tiny_model_dir, tmp_path, capsys):
     assert [r["n_masks"] for r in res["ratios"]] == [1, 2]
     assert res["ratios"][1]["unet_work_ratio"] == res["ratios"][1]["expected_work_ratio"]
     assert res["repeats"] == 2
-    assert "19N/(8N+11)" in capsys.readouterr().out
+    assert "21N/(8N+13)" in capsys.readouterr().out
 
 
 def test_bench_flags_reach_the_method_config():

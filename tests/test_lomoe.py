@@ -33,9 +33,15 @@ def test_edit_changes_inside_and_reports(tiny_model, inv):
     assert not torch.allclose(res.latents, inv.latents[:1], atol=1e-3)
     assert res.masks.shape == (3, 16, 16) and len(res.mask_images) == 2
     assert len(res.losses) == 4 and res.losses[0]["cross_attention"] > 0
-    # one forward+backward and one forward per step, each on all 2(N+1) latents
-    assert res.timings["unet_calls"] == 2 * 4
-    assert res.timings["unet_latent_evals"] == 2 * 4 * 6
+    # one forward+backward and one forward per step, each on all 2(N+1) latents, when the
+    # reference maps are held; recomputing them adds one forward on 2 latents per step
+    held = R.edit(tiny_model, inv, two_regions(), options=OPTS, progress=False,
+                  execution=ExecutionOptions(reference_maps="device"))  # fmt: skip
+    assert held.timings["unet_calls"] == 2 * 4
+    assert held.timings["unet_latent_evals"] == 2 * 4 * 6
+    assert held.timings["unet_backward_latent_evals"] == 4 * 6
+    assert res.timings["unet_calls"] == 3 * 4
+    assert res.timings["unet_latent_evals"] == 2 * 4 * 6 + 2 * 4
     assert res.timings["unet_backward_latent_evals"] == 4 * 6
 
 
@@ -215,3 +221,24 @@ def test_edit_from_image_equals_edit_from_its_inversion(tiny_model, image64):
         tiny_model, inv, regions, options=opts, generator=torch.Generator().manual_seed(3), progress=False
     )
     assert torch.equal(fresh.latents, cached.latents)
+
+
+def test_reference_maps_held_or_recomputed_give_the_same_edit(tiny_model, image64):
+    """Where LoMOE keeps its reference attention maps changes memory, never the edit."""
+    regions = two_regions()
+    results = {}
+    for mode in ("recompute", "device", "cpu"):
+        results[mode] = R.edit(
+            tiny_model, image64, regions, background_prompt=CAPTION, options=OPTS, progress=False,
+            execution=ExecutionOptions(reference_maps=mode),
+        )  # fmt: skip
+    assert torch.equal(results["recompute"].latents, results["device"].latents)
+    assert torch.equal(results["recompute"].latents, results["cpu"].latents)
+    assert not results["recompute"].inversion.attention  # nothing held across steps
+    held = results["device"].inversion.attention
+    assert held and all(v.shape[0] == OPTS.num_inference_steps for v in held.values())
+    # recomputing costs one batch-2 forward per step more
+    extra = results["recompute"].timings["unet_latent_evals"] - results["device"].timings["unet_latent_evals"]
+    assert extra == 2 * OPTS.num_inference_steps
+    with pytest.raises(R.InvalidOptionError, match="reference_maps"):
+        ExecutionOptions(reference_maps="disk")

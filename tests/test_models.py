@@ -15,6 +15,7 @@ def _folder(tmp_path, tiny_model_dir, index_changes):
     folder = shutil.copytree(tiny_model_dir, tmp_path / "model")
     index = json.loads((folder / "model_index.json").read_text())
     index.update(index_changes)
+    index = {k: v for k, v in index.items() if v is not None}
     (folder / "model_index.json").write_text(json.dumps(index))
     return folder
 
@@ -35,8 +36,8 @@ def test_describe_reads_the_factor_and_the_settings(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize(
     "changes, family",
     [
-        ({"_class_name": "StableDiffusionXLPipeline", "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]},
-         "SDXL"),
+        ({"_class_name": "StableDiffusionXLImg2ImgPipeline", "text_encoder": None,
+          "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}, "SDXL refiner"),
         ({"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"],
           "text_encoder_2": ["transformers", "T5EncoderModel"]}, "FLUX or SD3"),
     ],
@@ -45,7 +46,7 @@ def test_unsupported_families_are_refused_in_one_line(
     tiny_model_dir, tmp_path, capsys, image64, changes, family
 ):
     folder = _folder(tmp_path, tiny_model_dir, changes)
-    with pytest.raises(ModelLoadError, match=f"{family}.*supports Stable Diffusion 1.x/2.x"):
+    with pytest.raises(ModelLoadError, match=f"{family}.*supports Stable Diffusion 1.x/2.x and SDXL"):
         load(folder)
     image64.save(tmp_path / "in.png")
     code = main(["edit", "--model", str(folder), "--image", str(tmp_path / "in.png"), "--prompt", "x",

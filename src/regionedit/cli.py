@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .errors import InvalidInputError, RegionEditError
-from .flags import add_option_flags, flag_names, option_values
+from .flags import add_model_flags, add_option_flags, flag_names, load_arguments, option_values
 from .version import __version__
 
 
@@ -50,16 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="negative prompt: once for all regions, or once per region",
     )
     e.add_argument("--background-prompt", help="caption of the input image")
-    e.add_argument(
-        "--model", default=None, help="mini (default), a diffusers folder, a .safetensors file or a hub id"
-    )
+    add_model_flags(e, default=None)
     e.add_argument(
         "--method", default=None, choices=["lomoe", "multimodal"], help="editing method (default lomoe)"
     )
     e.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
-    e.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, ...")
-    e.add_argument("--dtype", default=None, help="float32 (default), float16, bfloat16")
-    e.add_argument("--allow-pickle", action="store_true", help="allow loading pickled .ckpt/.bin weights")
     e.add_argument("--out", help="output PNG")
     e.add_argument("--overwrite", action="store_true", help="replace an existing output")
     e.add_argument("--save-masks", action="store_true", help="also write OUT stem + _mask_<i>.png")
@@ -302,7 +297,7 @@ def run_edit(args) -> int:
 
     request, out = edit_request(args)
     request.check_output(out, args.overwrite)
-    model, prepared = edit_api.prepare_and_load(request, args.device, args.dtype, args.allow_pickle)
+    model, prepared = edit_api.prepare_and_load(request, **load_arguments(args))
     result = edit_api.run(model, prepared, progress=True)
     path = edit_api.save_result(
         result, request, prepared, out, overwrite=args.overwrite, save_masks=args.save_masks

@@ -257,14 +257,16 @@ def quiet_libraries():
             tlog.enable_progress_bar()
 
 
-def load_model(name: str, device=None, dtype=None, allow_pickle: bool = False):
+def load_model(name: str, **load_arguments):
+    """:func:`regionedit.load` with library chatter hidden (``load_arguments``: device, dtype,
+    allow_pickle, config)."""
     from .models.loading import load
 
     with quiet_libraries():
-        return load(name, device=device, dtype=dtype, allow_pickle=allow_pickle)
+        return load(name, **load_arguments)
 
 
-def prepare_and_load(request: EditRequest, device=None, dtype=None, allow_pickle: bool = False):
+def prepare_and_load(request: EditRequest, **load_arguments):
     """Prepare ``request`` against its model's files, then load the model: ``(model, prepared)``.
 
     A model whose VAE factor is known only after loading (a single file, an uncached hub id)
@@ -277,7 +279,7 @@ def prepare_and_load(request: EditRequest, device=None, dtype=None, allow_pickle
         request.prepare(ModelInfo(request.model, vae_scale_factor=1, settings=None))
         raise
     prepared = request.prepare(info) if info.vae_scale_factor is not None else None
-    model = load_model(request.model, device, dtype, allow_pickle)
+    model = load_model(request.model, **load_arguments)
     return model, prepared if prepared is not None else request.prepare(model)
 
 

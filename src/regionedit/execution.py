@@ -7,11 +7,16 @@ from dataclasses import dataclass
 
 from .errors import InvalidOptionError, require_bools
 
+REFERENCE_MAPS = ("recompute", "device", "cpu")
+
 
 @dataclass(frozen=True)
 class ExecutionOptions:
     chunk_size: int | None = None  # LoMOE: branches per gradient chunk (exact); None = all at once
     gradient_checkpointing: bool = False  # recompute activations in backward passes (both editors)
+    reference_maps: str = "recompute"  # LoMOE's reference cross-attention maps: recomputed each step
+    # from the stored latent trajectory (nothing held across steps), or all steps held on the
+    # model's device, or on the CPU and moved per step (docs/models.md, BENCHMARKS.md)
 
     def __post_init__(self):
         if self.chunk_size is not None and (
@@ -21,6 +26,10 @@ class ExecutionOptions:
                 f"chunk_size must be a positive integer or None, got {self.chunk_size!r}"
             )
         require_bools(self, ("gradient_checkpointing",))
+        if self.reference_maps not in REFERENCE_MAPS:
+            raise InvalidOptionError(
+                f"reference_maps must be one of {REFERENCE_MAPS}, got {self.reference_maps!r}"
+            )
 
 
 @contextmanager

@@ -17,6 +17,32 @@ from .options import field_types
 FLAG_NAMES = {"num_inference_steps": "steps", "preservation_weight": "lambda"}
 
 
+def add_model_flags(parser, default: str | None = "mini") -> None:
+    """``--model`` and how to load it: the same flags on every command that loads a model."""
+    parser.add_argument(
+        "--model", default=default, help="mini (default), a diffusers folder, a .safetensors file or a hub id"
+    )
+    parser.add_argument(
+        "--model-config",
+        default=None,
+        metavar="DIR|HUB_ID",
+        help="for a single-file checkpoint: a diffusers folder of the same architecture (or a cached hub id) "
+        "giving its component configs, so it loads offline",
+    )
+    parser.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, ...")
+    parser.add_argument("--dtype", default=None, help="float32 (default), float16, bfloat16")
+    parser.add_argument(
+        "--allow-pickle", action="store_true", help="allow loading pickled .ckpt/.bin weights"
+    )
+
+
+def load_arguments(args) -> dict:
+    """The keyword arguments of :func:`regionedit.load` given by :func:`add_model_flags`' flags."""
+    return dict(
+        device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle, config=args.model_config
+    )
+
+
 def parse_bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True

@@ -1,9 +1,9 @@
-"""DDIM inversion (LoMOE spec, Stage 1) and the reconstruction reference pass (Stage 2).
+"""DDIM inversion (LoMOE's first stage) and the reconstruction reference pass (its second).
 
 ``invert`` runs once per image + caption + step count; the returned :class:`Inversion`
-holds the latent trajectory, the per-step offsets that make the reconstruction exact and
-the reference cross-attention maps, and serves any number of edits (SAM's "set the image
-once, query many times"). It saves to and loads from a single safetensors file.
+holds the latent trajectory, the per-step offsets that make the reconstruction exact and,
+when asked, the reference cross-attention maps, and serves any number of edits (SAM's "set
+the image once, query many times"). It saves to and loads from a single safetensors file.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ class Inversion:
         timesteps: ``(T,)`` edit timesteps, decreasing.
         offsets: ``(T, C, h, w)`` δ_i added after every DDIM step of the edit.
         attention: layer name -> ``(T, 2, heads, pixels, tokens)`` reference maps of the
-            reconstruction pass (unconditional, conditional); shared by every branch.
+            reconstruction pass (unconditional, conditional), shared by every branch; empty
+            unless stored (edits recompute them step by step by default).
         prompt / negative_prompt: background caption and its negative.
         guidance_scale, temperature: settings the reference pass used.
         image_size: ``(H, W)`` of the input.
@@ -217,6 +218,16 @@ def invert_batch(
     return torch.stack(traj)
 
 
+def captured_maps(store, dtype, device=None) -> dict:
+    """The store's maps of one CFG pair as layer -> ``(2, heads, pixels, tokens)``; clears the store."""
+    out = {}
+    for name, probs in store.maps.items():
+        heads = probs.shape[0] // 2
+        out[name] = probs.reshape(2, heads, *probs.shape[1:]).to(dtype).to(device or probs.device)
+    store.clear()
+    return out
+
+
 @torch.no_grad()
 def reference_pass(
     model: Model,
@@ -227,15 +238,20 @@ def reference_pass(
     temperature: float,
     store_attention: bool = True,
     progress: bool = True,
+    attention_device=None,
 ):
-    """Stage 2: background-branch reconstruction; returns (timesteps, offsets, attention maps)."""
+    """Stage 2: background-branch reconstruction; returns (timesteps, offsets, attention maps).
+
+    The maps (layer -> ``(T, 2, heads, pixels, tokens)`` in the model's dtype) are kept only with
+    ``store_attention``, on ``attention_device`` (default: the model's)."""
     steps = latents.shape[0] - 1
     sched = model.scheduler(steps)
     cond = model.encode_prompt([negative_prompt, prompt])
     z = latents[-1:]
     offsets, maps = [], {}
     with model.cross_attention(temperature) as store:
-        store.capture = store_attention
+        # always the explicit-softmax path: the offsets then match an edit's recomputed maps bit for bit
+        store.capture = True
         for i, t in enumerate(tqdm(sched.timesteps, desc="reference", disable=not progress, leave=False)):
             out = model.predict(torch.cat([z, z]), t, cond)
             out = classifier_free_guidance(out[:1], out[1:], guidance_scale)
@@ -243,10 +259,9 @@ def reference_pass(
             target = latents[steps - 1 - i : steps - i]
             offsets.append(target - z_next)
             z = target  # z' + δ_i lands exactly on the trajectory
-            for name, probs in store.maps.items():
-                heads = probs.shape[0] // 2
-                maps.setdefault(name, []).append(probs.reshape(2, heads, *probs.shape[1:]).to(model.dtype))
-            store.clear()
+            step_maps = captured_maps(store, model.dtype, attention_device)
+            for name, probs in step_maps.items() if store_attention else ():
+                maps.setdefault(name, []).append(probs)
     attention = {k: torch.stack(v) for k, v in maps.items()}
     return sched.timesteps.clone(), torch.cat(offsets), attention
 
@@ -261,6 +276,7 @@ def invert(
     temperature: float = 1.25,
     generator: torch.Generator | None = None,
     progress: bool = True,
+    store_attention: bool = False,
 ) -> Inversion:
     """Invert an image for editing.
 
@@ -272,6 +288,9 @@ def invert(
             LoMOE usage does.
         guidance_scale, temperature: must match the edit's (the reference maps depend on them).
         generator: seeds the regulariser's rolls and a posterior sample; default seed 0.
+        store_attention: keep the reference pass's cross-attention maps in the inversion (for
+            edits with ``ExecutionOptions(reference_maps="device" | "cpu")``; by default edits
+            recompute them, and the inversion stays small).
     """
     from .io import load_image
 
@@ -281,11 +300,11 @@ def invert(
     if not isinstance(prompt, str):
         raise InvalidInputError("prompt must be a string (the source caption)")
     return invert_checked(model, image, prompt, options, negative_prompt, guidance_scale, temperature, generator,
-                          progress)  # fmt: skip
+                          progress, store_attention)  # fmt: skip
 
 
 def invert_checked(model, image, prompt, options, negative_prompt, guidance_scale, temperature, generator,
-                   progress) -> Inversion:  # fmt: skip
+                   progress, store_attention=False, attention_device=None) -> Inversion:  # fmt: skip
     """:func:`invert` of a checked PIL image (its size fits the model); arguments as there."""
     options = options or InversionOptions()
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -293,7 +312,15 @@ def invert_checked(model, image, prompt, options, negative_prompt, guidance_scal
     z0 = model.encode(model.image_to_tensor(image), generator=generator, sample=options.sample_posterior)
     latents = ddim_invert(model, z0, prompt, options, generator, progress)
     timesteps, offsets, attention = reference_pass(
-        model, latents, prompt, negative_prompt, guidance_scale, temperature, progress=progress
+        model,
+        latents,
+        prompt,
+        negative_prompt,
+        guidance_scale,
+        temperature,
+        store_attention,
+        progress,
+        attention_device,
     )
     return Inversion(
         latents=latents,

@@ -12,21 +12,18 @@ EXAMPLE = (
 
 
 def add_parser(subparsers):
+    from ..flags import add_model_flags
+
     b = subparsers.add_parser(
         "batch", help="edit many images from a JSONL manifest (resumable)", description=EXAMPLE
     )
     b.add_argument("manifest", help="JSONL file, one job per line")
     b.add_argument("--out", required=True, help="folder for <id>.png and results.jsonl")
-    b.add_argument(
-        "--model", default="mini", help="mini (default), a diffusers folder, a .safetensors file or a hub id"
-    )
+    add_model_flags(b)
     b.add_argument("--shard", default=None, metavar="I/N", help="run jobs I, I+N, ... only (0 <= I < N)")
     b.add_argument("--engine", default="local", choices=["local", "ray"], help="local (default) or ray")
     b.add_argument("--num-workers", type=int, default=None, help="Ray actors (default: one per GPU, or 1)")
     b.add_argument("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
-    b.add_argument("--device", default=None, help="cpu (default), cuda, ...")
-    b.add_argument("--dtype", default=None, help="float32 (default), float16, bfloat16")
-    b.add_argument("--allow-pickle", action="store_true", help="allow loading pickled .ckpt/.bin weights")
     b.add_argument("--overwrite", action="store_true", help="replace <id>.png files this batch did not write")
     b.add_argument("--retry-failed", action="store_true", help="run jobs recorded as failed again")
     return "batch", run
@@ -44,6 +41,7 @@ def run(args) -> int:
         device=args.device,
         dtype=args.dtype,
         allow_pickle=args.allow_pickle,
+        model_config=args.model_config,
         overwrite=args.overwrite,
         retry_failed=args.retry_failed,
         num_workers=args.num_workers,

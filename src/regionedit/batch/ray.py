@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 class EditActor:
     """Ray Data callable class: loads the model once, then edits one job per call."""
 
-    def __init__(self, out_dir: str, model: str, device, dtype, allow_pickle: bool, overwrite: bool):
+    def __init__(
+        self, out_dir: str, model: str, device, dtype, allow_pickle: bool, overwrite: bool, config=None
+    ):
         import torch
 
         from .. import edit_api
@@ -32,7 +34,9 @@ class EditActor:
         self.out_dir = Path(out_dir)
         self.model_name = model
         self.overwrite = overwrite
-        self.model = edit_api.load_model(model, device, dtype, allow_pickle)
+        self.model = edit_api.load_model(
+            model, device=device, dtype=dtype, allow_pickle=allow_pickle, config=config
+        )
 
     def __call__(self, batch: dict) -> dict:
         import json
@@ -69,6 +73,7 @@ def run_on_ray(
     overwrite: bool = False,
     num_workers: int | None = None,
     address: str | None = None,
+    model_config: str | None = None,
 ) -> Iterator[dict]:
     """Yield one results record per job as the actors finish them.
 
@@ -94,6 +99,7 @@ def run_on_ray(
             device=device,
             dtype=None if dtype is None else str(dtype).removeprefix("torch."),  # "float16"
             allow_pickle=allow_pickle,
+            config=model_config,
             overwrite=overwrite,
         ),
         batch_size=1,

@@ -89,9 +89,11 @@ def _remove_stale_temps(out_dir: Path, jobs: list[Job]) -> None:
 
 
 def _local(
-    jobs: list[Job], out_dir: Path, model: str, device, dtype, allow_pickle, overwrite
+    jobs: list[Job], out_dir: Path, model: str, device, dtype, allow_pickle, overwrite, model_config
 ) -> Iterator[dict]:
-    loaded = edit_api.load_model(model, device, dtype, allow_pickle)
+    loaded = edit_api.load_model(
+        model, device=device, dtype=dtype, allow_pickle=allow_pickle, config=model_config
+    )
     for job in jobs:
         log.info("job %s (manifest line %d)", job.id, job.line)
         yield run_job(loaded, job, out_dir, model, overwrite)
@@ -106,6 +108,7 @@ def run_batch(
     device=None,
     dtype=None,
     allow_pickle: bool = False,
+    model_config: str | None = None,
     overwrite: bool = False,
     retry_failed: bool = False,
     num_workers: int | None = None,
@@ -122,6 +125,8 @@ def run_batch(
         overwrite: replace a ``<id>.png`` that this batch did not write.
         retry_failed: run jobs recorded as failed again (their old lines are dropped).
         num_workers, ray_address: Ray engine only (actors; cluster address).
+        device, dtype, allow_pickle, model_config: how the model loads (see :func:`regionedit.load`;
+            ``model_config`` is its ``config``).
     """
     if engine not in ENGINES:
         raise InvalidInputError(f"engine must be one of {ENGINES}, got {engine!r}")
@@ -170,10 +175,19 @@ def run_batch(
         from .ray import run_on_ray
 
         stream: Iterable[dict] = run_on_ray(
-            todo, out_dir, model, device, dtype, allow_pickle, overwrite, num_workers, ray_address
+            todo,
+            out_dir,
+            model,
+            device,
+            dtype,
+            allow_pickle,
+            overwrite,
+            num_workers,
+            ray_address,
+            model_config,
         )
     else:
-        stream = _local(todo, out_dir, model, device, dtype, allow_pickle, overwrite)
+        stream = _local(todo, out_dir, model, device, dtype, allow_pickle, overwrite, model_config)
     for record in stream:
         results.append(record)
         if record["status"] == "ok":

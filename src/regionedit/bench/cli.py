@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from ..errors import InvalidInputError, RegionEditError
-from ..flags import add_option_flags, option_values
+from ..flags import add_model_flags, add_option_flags, load_arguments, option_values
 from ..lomoe.options import LoMOEOptions
 
 log = logging.getLogger(__name__)
@@ -41,9 +41,7 @@ def _shard(text: str) -> tuple[int, int]:
 def _model_args(p, default_model="mini"):
     from ..execution import ExecutionOptions
 
-    p.add_argument("--model", default=default_model, help=f"model to load (default {default_model})")
-    p.add_argument("--device", default=None, help="cpu (default), cuda, ...")
-    p.add_argument("--dtype", default=None, help="float32 (default), float16, bfloat16")
+    add_model_flags(p, default=default_model)
     p.add_argument(
         "--steps", type=int, default=None, help="DDIM steps of every method (default: LoMOE's setting)"
     )
@@ -149,7 +147,9 @@ def add_parser(subparsers):
     pb.add_argument("--categories", default=None, help="editing_type_id values, comma-separated")
     _run_args(pb, methods="lomoe,blended,diffedit,sdedit")
 
-    sp = sub.add_parser("speed", help="LoMOE vs iterative at SD-2 scale (random weights)")
+    sp = sub.add_parser(
+        "speed", help="LoMOE vs iterative at full scale (random weights: sd2-base-random, sdxl-base-random)"
+    )
     _model_args(sp, default_model="sd2-base-random")
     sp.add_argument("--size", type=int, default=512, help="image side (default 512)")
     sp.add_argument("--masks", type=_ints, default=[1, 2, 4, 7])
@@ -200,17 +200,17 @@ def _options(args, settings: dict):
 
 
 def _load_model(args):
-    if args.model == "sd2-base-random":
+    from .. import edit_api
+    from .random_models import RANDOM_MODELS, timing_model
+
+    if args.model in RANDOM_MODELS:
         import torch
 
         from ..models.loading import resolve_device
-        from .speed import sd2_base_components, timing_model
 
         device, dtype = resolve_device(args.device, args.dtype)
-        return timing_model(sd2_base_components(device, torch.float32), device, dtype, "sd2-base-random")
-    from ..models.loading import load
-
-    return load(args.model, device=args.device, dtype=args.dtype)
+        return timing_model(RANDOM_MODELS[args.model](device, torch.float32), device, dtype, args.model)
+    return edit_api.load_model(args.model, **load_arguments(args))
 
 
 def _run_quality(args, items, settings, judge=None) -> int:
@@ -227,7 +227,7 @@ def _run_quality(args, items, settings, judge=None) -> int:
     from ..models.loading import describe
 
     try:
-        settings = {} if args.model == "sd2-base-random" else describe(args.model).settings
+        settings = {} if args.model.endswith("-base-random") else describe(args.model).settings
     except RegionEditError:
         _options(args, {})  # a bad flag is the first thing to say
         raise
@@ -322,7 +322,7 @@ def run_speed(args) -> int:
     print(f"{res['size']}x{res['size']}, {res['steps']} steps, {res['device']} {res['dtype']}")
     print(format_rows(res["rows"]))
     print()
-    print(format_ratios(res["ratios"]))
+    print(format_ratios(res["ratios"], res["work_formula"]))
     _write_json(args.out, res)
     return 0
 
@@ -343,7 +343,7 @@ def run_edit_scaling(args) -> int:
 
 def run_report(args) -> int:
     from .report import markdown_table, write_report
-    from .runner import RESULTS, complete_items, load_results, summarise
+    from .runner import RESULTS, complete_items, load_results, recomputes_reference, summarise
 
     out = Path(args.dir)
     path = out / "summary.json"
@@ -352,7 +352,7 @@ def run_report(args) -> int:
         kept = records if args.all_items else complete_items(records)
         n_items = len({r["item"] for r in kept})
         print(f"{n_items} items{'' if args.all_items else ' finished by every method'}")
-        summary = summarise(kept)
+        summary = summarise(kept, recomputes_reference(out))
         path.write_text(json.dumps(summary, indent=2))
     elif path.is_file():
         summary = json.loads(path.read_text())

@@ -38,7 +38,8 @@ def markdown_table(summary: dict) -> str:
     if summary.get("speed"):
         lines += [
             "",
-            "| masks N | iterative / LoMOE time | UNet-work ratio measured | 19N/(8N+11) | time / expected |",
+            f"| masks N | iterative / LoMOE time | UNet-work ratio measured | {summary.get('work_formula', '19N/(8N+11)')} "
+            "| time / expected |",
             "|---:|---:|---:|---:|---:|",
         ]
         for s in summary["speed"]:

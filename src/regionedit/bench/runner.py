@@ -54,13 +54,19 @@ _PER_EDIT = {
 }
 
 
-def work_ratio(n: int) -> float:
+def work_ratio(n: int, recompute: bool = True) -> float:
     """UNet work of N single-region LoMOE passes over one N-region pass, per step.
 
     One pass: forward + backward (≈ 3 forwards) and a re-evaluation on 2(N+1) latents, i.e.
-    8(N+1), plus inversion (1) and reference pass (2): 8(N+1)+3. N passes: 19N.
+    8(N+1), plus inversion (1), reference pass (2) and, when the reference maps are recomputed
+    rather than held, one forward on 2 latents: 8(N+1)+5 (held: 8(N+1)+3). N passes: 21N (19N).
     """
-    return 19 * n / (8 * n + 11)
+    extra = 2 if recompute else 0
+    return n * (19 + extra) / (8 * n + 11 + extra)
+
+
+def work_formula(recompute: bool = True) -> str:
+    return "21N/(8N+13)" if recompute else "19N/(8N+11)"
 
 
 def item_seed(seed: int, item_id: str, method: str) -> int:
@@ -120,6 +126,15 @@ def _with_new_defaults(old: dict) -> dict:
         if isinstance(value, dict) and isinstance(mc[key], dict):
             mc[key] = {**value, **mc[key]}
     return {**old, "method_config": mc}
+
+
+def recomputes_reference(out_dir: Path) -> bool:
+    """Did the run in ``out_dir`` recompute LoMOE's reference maps (runs made before the
+    execution settings existed held them)?"""
+    path = out_dir / CONFIG
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    execution = config.get("method_config", {}).get("execution", {"reference_maps": "device"})
+    return execution.get("reference_maps", "device") == "recompute"
 
 
 def _check_config(out_dir: Path, settings: dict) -> None:
@@ -186,7 +201,7 @@ def run_benchmark(
         record.pop("_image", None)
         _append(out_dir / RESULTS, record)
     records = [r for r in load_results(out_dir) if r["method"] in methods]
-    summary = summarise(records)
+    summary = summarise(records, config.execution.reference_maps == "recompute")
     (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -267,15 +282,22 @@ def paired(records: list[dict], a: str, b: str, resamples: int = 10_000, seed: i
     return out
 
 
-def summarise(records: list[dict]) -> dict:
+def summarise(records: list[dict], recompute: bool = True) -> dict:
     """``{"methods": {name: means}, "by_masks": {name: {N: means}}, "speed": [...], "paired": [...]}``.
 
     ``speed`` compares LoMOE with the iterative baseline per mask count: measured time and
-    UNet-work ratios next to the analytic work ratio 19N/(8N+11). ``paired`` compares LoMOE
-    with every other method item by item (:func:`paired`).
+    UNet-work ratios next to the analytic work ratio (:func:`work_ratio`; ``recompute`` says
+    whether the run recomputed LoMOE's reference maps). ``paired`` compares LoMOE with every other
+    method item by item (:func:`paired`).
     """
     names = list(dict.fromkeys(r["method"] for r in records))
-    summary = {"methods": {}, "by_masks": {}, "speed": [], "paired": []}
+    summary = {
+        "methods": {},
+        "by_masks": {},
+        "speed": [],
+        "paired": [],
+        "work_formula": work_formula(recompute),
+    }
     for name in names:
         rs = [r for r in records if r["method"] == name]
         summary["methods"][name] = _means(rs)
@@ -284,7 +306,7 @@ def summarise(records: list[dict]) -> dict:
     if "lomoe" in names and "iterative" in names:
         for n in sorted(set(summary["by_masks"]["lomoe"]) & set(summary["by_masks"]["iterative"]), key=int):
             lo, it = summary["by_masks"]["lomoe"][n], summary["by_masks"]["iterative"][n]
-            expected = work_ratio(int(n))
+            expected = work_ratio(int(n), recompute)
             time_ratio = it["seconds_per_edit"] / lo["seconds_per_edit"]
             summary["speed"].append(
                 {

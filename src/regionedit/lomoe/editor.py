@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from ..cfg import classifier_free_guidance
 from ..errors import InvalidInputError
 from ..execution import ExecutionOptions, gradient_checkpointing
-from ..inversion import Inversion, InversionOptions, invert_checked, reference_pass
+from ..inversion import Inversion, InversionOptions, captured_maps, invert_checked, reference_pass
 from ..models.interface import Conditioning, Model, to_pil
 from ..prepared import PreparedEdit, read_image
 from ..regions import Region, active_weights
@@ -70,9 +70,12 @@ def _constant_colour_pool(model: Model, size: tuple[int, int], generator: torch.
 
 
 def _inversion_for(model: Model, edit: PreparedEdit, inversion: Inversion | None, progress) -> Inversion:
-    """The edit's inversion: the given one (its reference pass redone if the guidance scale or
-    temperature changed), or a new one of ``edit.image``."""
+    """The edit's inversion: a new one of ``edit.image``, or the given one with its reference pass
+    redone when the guidance scale or temperature changed, or when the edit holds the reference
+    maps (``ExecutionOptions.reference_maps``) and the inversion has none."""
     options = edit.options
+    hold = edit.execution.reference_maps != "recompute" and options.cross_attention_weight > 0
+    where = "cpu" if edit.execution.reference_maps == "cpu" else None
     if inversion is None:
         inv_opts = InversionOptions(
             num_inference_steps=options.num_inference_steps, regularize=options.regularize_inversion
@@ -81,18 +84,19 @@ def _inversion_for(model: Model, edit: PreparedEdit, inversion: Inversion | None
         # it is then a function of image, caption and options alone, so an edit from a cached
         # Inversion equals an edit from the image with the same seed.
         return invert_checked(model, edit.image, edit.background_prompt, inv_opts, None, options.guidance_scale,
-                              options.temperature, None, progress)  # fmt: skip
+                              options.temperature, None, progress, hold, where)  # fmt: skip
     if inversion.num_steps != options.num_inference_steps:
         raise InvalidInputError(
             f"the inversion has {inversion.num_steps} steps but the edit asks for "
             f"{options.num_inference_steps}; invert again with the same num_inference_steps"
         )
-    if inversion.guidance_scale == options.guidance_scale and inversion.temperature == options.temperature:
+    same = inversion.guidance_scale == options.guidance_scale and inversion.temperature == options.temperature
+    if same and (inversion.attention or not hold):
         return inversion
     log.info("recomputing the reference pass for guidance %s, temperature %s", options.guidance_scale,
              options.temperature)  # fmt: skip
     ts, offsets, attn = reference_pass(model, inversion.latents, inversion.prompt, inversion.negative_prompt,
-                                       options.guidance_scale, options.temperature, progress=progress)  # fmt: skip
+                                       options.guidance_scale, options.temperature, hold, progress, where)  # fmt: skip
     return replace(inversion, timesteps=ts, offsets=offsets, attention=attn, guidance_scale=options.guidance_scale,
                    temperature=options.temperature)  # fmt: skip
 
@@ -215,6 +219,21 @@ def _denoise(model, inv, regions, weights, options, execution, generator, counte
     )
     chunk = execution.chunk_size or n_branch
     chunks = [list(range(s, min(s + chunk, n_branch))) for s in range(0, n_branch, chunk)]
+    reference_pair = Conditioning.cat([cond_neg[[0]], cond_pos[[0]]])  # the reference pass's prompts
+
+    def reference_maps(i, t, store) -> dict:
+        """The reference pass's attention maps at step ``i``: held ones, or recomputed from the
+        trajectory latent it denoised there (the same call, so the same numbers)."""
+        if inv.attention:
+            return {k: v[i].to(model.device) for k, v in inv.attention.items()}
+        z_ref = inv.latents[steps - i : steps - i + 1]
+        store.capture = True
+        with torch.no_grad():
+            model.predict(torch.cat([z_ref, z_ref]), t, reference_pair)
+        store.capture = False
+        counter.calls += 1
+        counter.latent_evals += 2
+        return captured_maps(store, model.dtype)
 
     def step_branches(views, t, idx, offset):
         """UNet on [uncond, cond] of the branches ``idx``; CFG; DDIM step plus δ."""
@@ -254,7 +273,7 @@ def _denoise(model, inv, regions, weights, options, execution, generator, counte
                     w_i,
                     offset,
                     ref_latent,
-                    {k: v[i] for k, v in inv.attention.items()},
+                    reference_maps(i, t, store) if options.cross_attention_weight > 0 else {},
                     step_branches,
                     chunks,
                     store,

@@ -97,6 +97,11 @@ class Model:
     # --- sizes and images -----------------------------------------------------------------
 
     @property
+    def vae_dtype(self) -> torch.dtype:
+        """The VAE's dtype (a family may keep it in float32 when the rest runs in half precision)."""
+        return self.dtype
+
+    @property
     def vae_scale_factor(self) -> int:
         """Pixels per latent cell along each side (8 for Stable Diffusion, 4 for mini)."""
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
@@ -130,7 +135,7 @@ class Model:
         self, image: torch.Tensor, generator: torch.Generator | None = None, sample: bool = False
     ) -> torch.Tensor:
         """Image ``(B, 3, H, W)`` in [-1, 1] -> scaled float32 latents (posterior mean by default)."""
-        dist = self.vae.encode(image.to(self.dtype)).latent_dist
+        dist = self.vae.encode(image.to(self.vae_dtype)).latent_dist
         if sample:
             noise = torch.randn(dist.mean.shape, generator=generator, dtype=torch.float32)
             z = dist.mean.float() + dist.std.float() * noise.to(dist.mean.device)
@@ -145,16 +150,16 @@ class Model:
         A half-precision VAE that overflows (NaN/inf) is retried in float32 once.
         """
         z = latents / self.vae.config.scaling_factor + self._vae_shift()
-        x = self.vae.decode(z.to(self.dtype)).sample.float()
+        x = self.vae.decode(z.to(self.vae_dtype)).sample.float()
         if check_finite and not torch.isfinite(x).all():
-            if self.dtype == torch.float32:
+            if self.vae_dtype == torch.float32:
                 raise FloatingPointError("the VAE decoded NaN or inf values in float32")
-            log.warning("VAE produced NaN/inf in %s; retrying in float32", self.dtype)
+            log.warning("VAE produced NaN/inf in %s; retrying in float32", self.vae_dtype)
             self.vae.float()
             try:
                 x = self.vae.decode(z.float()).sample.float()
             finally:
-                self.vae.to(self.dtype)
+                self.vae.to(self.vae_dtype)
             if not torch.isfinite(x).all():
                 raise FloatingPointError("the VAE decoded NaN or inf values even in float32")
         return ((x + 1) / 2).clamp(0, 1)

@@ -1,8 +1,9 @@
 """Load a model: ``"mini"``, a diffusers folder, a single ``.safetensors`` file or a hub id.
 
-The family is read from the files (which components a folder holds), never from the name.
-:func:`describe` reads only small JSON files, so front ends can check a request against the
-model (its VAE factor, its recommended settings) before the slow :func:`load`.
+The family is read from the files (which components a folder holds, which weights a single
+file has), never from the name. :func:`describe` reads only small JSON files and tensor names,
+so front ends can check a request against the model (its VAE factor, its recommended settings)
+before the slow :func:`load`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from ..errors import ModelLoadError
 from .interface import Model
 from .sd import StableDiffusion
+from .sdxl import StableDiffusionXL
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +27,8 @@ PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 MINI_DIR = DATA_DIR / "mini"  # the bundled shapes-world model
 SETTINGS_FILE = "regionedit_settings.json"  # beside model_index.json: recommended edit settings
-SUPPORTED = "Stable Diffusion 1.x/2.x-architecture models (a UNet with one CLIP text encoder)"
+FAMILIES = {"sd": StableDiffusion, "sdxl": StableDiffusionXL}
+SUPPORTED = "Stable Diffusion 1.x/2.x and SDXL (base) architecture models"
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class ModelInfo:
     Attributes:
         name: as given (``"mini"``, a folder, a file, a hub id).
         path: the local folder, when there is one.
-        family: ``"sd"``; None when it can only be told by loading (single files, hub ids).
+        family: ``"sd"`` or ``"sdxl"``; None when it can only be told by loading (an uncached hub id).
         vae_scale_factor: pixels per latent cell; None when unknown before loading.
         settings: recommended settings per method (``regionedit_settings.json``), else empty;
             None when the model itself could not be found.
@@ -53,13 +56,44 @@ def _family(index: dict, where: str) -> str:
     parts = set(index)
     if "transformer" in parts:
         kind = "a FLUX or SD3 transformer model" if "text_encoder_2" in parts else "a transformer model"
+    elif {"unet", "vae", "text_encoder", "text_encoder_2"} <= parts:
+        return "sdxl"
     elif "text_encoder_2" in parts:
-        kind = "an SDXL model"
+        kind = "an SDXL refiner (one text encoder, aesthetic-score conditioning)"
     elif {"unet", "vae", "text_encoder"} <= parts:
         return "sd"
     else:
         kind = f"a {index.get('_class_name', 'pipeline')} folder"
     raise ModelLoadError(f"{where} is {kind}; regionedit supports {SUPPORTED} so far")
+
+
+# Weight-name prefixes of original-format single-file checkpoints, per family.
+SINGLE_FILE_KEYS = (
+    ("joint_blocks.", None, "an SD3 checkpoint"),
+    ("double_blocks.", None, "a FLUX checkpoint"),
+    ("conditioner.embedders.1.", "sdxl", ""),
+    ("cond_stage_model.", "sd", ""),
+)
+
+
+def _single_file_family(path: Path) -> str:
+    """The family of a single-file ``.safetensors`` checkpoint, from its tensor names alone."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as fh:
+            keys = list(fh.keys())
+    except (OSError, SafetensorError) as exc:
+        raise ModelLoadError(f"cannot read {path} as safetensors: {exc}") from None
+    for prefix, family, kind in SINGLE_FILE_KEYS:
+        if any(k.startswith(prefix) or k.startswith("model.diffusion_model." + prefix) for k in keys):
+            if family is None:
+                raise ModelLoadError(f"{path} is {kind}; regionedit supports {SUPPORTED} so far")
+            return family
+    raise ModelLoadError(
+        f"{path}: not a checkpoint regionedit recognises (no SD or SDXL text-encoder weights); "
+        f"regionedit supports {SUPPORTED}"
+    )
 
 
 def _read(path: Path, what: str) -> dict:
@@ -97,7 +131,9 @@ def describe(model: str | os.PathLike = "mini") -> ModelInfo:
     if path.is_dir():
         return _describe_folder(spec, path)
     if path.exists():
-        if path.suffix in PICKLE_SUFFIXES or path.suffix == ".safetensors":
+        if path.suffix == ".safetensors":
+            return ModelInfo(spec, family=_single_file_family(path))
+        if path.suffix in PICKLE_SUFFIXES:
             return ModelInfo(spec)
         raise ModelLoadError(f"{path}: unknown model file type; expected .safetensors or a folder")
     if spec.startswith((".", "/", "~")) or spec.endswith((".safetensors",) + PICKLE_SUFFIXES):
@@ -157,7 +193,9 @@ def resolve_device(device, dtype) -> tuple[torch.device, torch.dtype]:
     return device, dtype
 
 
-def load(model: str | os.PathLike = "mini", device=None, dtype=None, allow_pickle: bool = False) -> Model:
+def load(
+    model: str | os.PathLike = "mini", device=None, dtype=None, allow_pickle: bool = False, config=None
+) -> Model:
     """Load a model for editing.
 
     Args:
@@ -168,20 +206,21 @@ def load(model: str | os.PathLike = "mini", device=None, dtype=None, allow_pickl
         dtype: network dtype (``torch.float16``/``"fp16"``, ...); float32 by default.
         allow_pickle: pickled ``.ckpt``/``.bin`` weights execute code when loaded; they are
             refused unless this is true.
+        config: for a single-file checkpoint, where its components' configs come from: a local
+            diffusers folder of the same architecture or a cached hub id (CLI: ``--model-config``).
 
     Returns:
         The family's :class:`~regionedit.models.interface.Model`, with ``settings`` from the
         folder's ``regionedit_settings.json`` (empty when it has none).
     """
+    import diffusers
+
     device, dtype = resolve_device(device, dtype)
     info = describe(model)
     spec = info.name
-    try:
-        from diffusers import StableDiffusionPipeline
-    except ImportError as exc:  # pragma: no cover - diffusers is a core dependency
-        raise ModelLoadError(f"diffusers is not installed: {exc}") from None
-
-    kwargs = dict(**dtype_argument(dtype), safety_checker=None, requires_safety_checker=False)
+    cls = FAMILIES[info.family or "sd"]
+    pipeline = getattr(diffusers, cls.pipeline)
+    kwargs = dict(**dtype_argument(dtype), **cls.pipeline_kwargs)
     try:
         if info.path is not None:
             pickled = any(p.suffix == ".bin" for p in info.path.rglob("*.bin"))
@@ -191,25 +230,46 @@ def load(model: str | os.PathLike = "mini", device=None, dtype=None, allow_pickl
                     f"{info.path} holds only pickled .bin weights; pass allow_pickle=True "
                     "(CLI: --allow-pickle) if you trust them"
                 )
-            pipe = StableDiffusionPipeline.from_pretrained(str(info.path), use_safetensors=safe, **kwargs)
+            pipe = pipeline.from_pretrained(str(info.path), use_safetensors=safe, **kwargs)
         elif Path(spec).expanduser().exists():
-            path = Path(spec).expanduser()
-            if path.suffix in PICKLE_SUFFIXES and not allow_pickle:
-                raise ModelLoadError(
-                    f"{path} is a pickled checkpoint, which can run code when loaded; "
-                    "convert it to .safetensors or pass allow_pickle=True (CLI: --allow-pickle)"
-                )
-            pipe = StableDiffusionPipeline.from_single_file(str(path), **kwargs)
+            pipe = _from_single_file(pipeline, Path(spec).expanduser(), info, allow_pickle, config, kwargs)
         else:
-            pipe = StableDiffusionPipeline.from_pretrained(spec, local_files_only=_offline(), **kwargs)
+            pipe = pipeline.from_pretrained(spec, local_files_only=_offline(), **kwargs)
     except ModelLoadError:
         raise
     except Exception as exc:  # diffusers raises many types; the user needs one clear line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot load model {spec!r}: {first}") from None
+    extra = {k: pipe.config[k] for k in cls.config_fields if k in pipe.config}
     return from_components(
-        dict(pipe.components), name=spec, device=device, dtype=dtype, settings=info.settings, move=False
+        dict(pipe.components), spec, device, dtype, cls, info.settings, move=False, **extra
     )
+
+
+def _from_single_file(pipeline, path: Path, info: ModelInfo, allow_pickle: bool, config, kwargs):
+    """A single-file checkpoint through diffusers, its configs from ``config`` (a folder or a cached
+    hub id) or, without it, from the hub's copy of the family's reference model when reachable."""
+    if path.suffix in PICKLE_SUFFIXES and not allow_pickle:
+        raise ModelLoadError(
+            f"{path} is a pickled checkpoint, which can run code when loaded; "
+            "convert it to .safetensors or pass allow_pickle=True (CLI: --allow-pickle)"
+        )
+    if config is not None:
+        folder = Path(str(config)).expanduser()
+        if folder.exists() and not (folder / "model_index.json").is_file():
+            raise ModelLoadError(
+                f"--model-config {config}: not a diffusers model folder (no model_index.json)"
+            )
+        return pipeline.from_single_file(str(path), config=str(config), local_files_only=_offline(), **kwargs)
+    try:
+        return pipeline.from_single_file(str(path), local_files_only=_offline(), **kwargs)
+    except Exception:  # the reference configs are not cached here: the user must give them
+        family = {"sd": "Stable Diffusion", "sdxl": "SDXL"}.get(info.family, "Stable Diffusion")
+        raise ModelLoadError(
+            f"{path} is a single-file {family} checkpoint whose configs are not available offline; "
+            "give them with --model-config DIR (a diffusers folder of the same architecture) or a cached "
+            "hub id (Python: load(..., config=...))"
+        ) from None
 
 
 def from_components(
@@ -217,28 +277,29 @@ def from_components(
     name: str = "components",
     device=None,
     dtype=None,
-    cls=StableDiffusion,
+    cls=None,
     settings: dict | None = None,
     move: bool = True,
+    **extra,
 ) -> Model:
-    """Wrap in-memory components (as built in tests) into a model of family ``cls``.
+    """Wrap in-memory components (as built in tests, keyed like a diffusers pipeline) into a model.
 
-    The modules are moved to ``device``/``dtype`` in place (``nn.Module.to``), as diffusers
-    does; ``move=False`` moves them to the device only (they already have their dtype).
+    ``cls`` is the family's class; by default SDXL when there is a second text encoder, else
+    Stable Diffusion. The modules are moved to ``device``/``dtype`` in place (``nn.Module.to``),
+    as diffusers does; ``move=False`` moves them to the device only (they already have their dtype).
+    ``extra`` are family fields (SDXL's ``force_zeros_for_empty_prompt``).
     """
     device, dtype = resolve_device(device, dtype)
-
-    def place(module):
-        return module.to(device, dtype) if move else module.to(device)
-
+    if cls is None:
+        cls = StableDiffusionXL if components.get("text_encoder_2") is not None else StableDiffusion
+    fields = {k: components[k].to(device, dtype) if move else components[k].to(device) for k in cls.modules}
+    fields.update({k: components[k] for k in cls.objects})
     return cls(
-        vae=place(components["vae"]),
-        unet=place(components["unet"]),
-        text_encoder=place(components["text_encoder"]),
-        tokenizer=components["tokenizer"],
+        **fields,
         scheduler_config=dict(components["scheduler"].config),
         name=name,
         device=device,
         dtype=dtype,
         settings=dict(settings or {}),
+        **extra,
     )

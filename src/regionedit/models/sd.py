@@ -45,6 +45,11 @@ class StableDiffusion(Model):
     unet: torch.nn.Module
 
     family = "sd"
+    pipeline = "StableDiffusionPipeline"  # the diffusers pipeline class that loads this family
+    modules = ("vae", "unet", "text_encoder")  # components moved to the model's device and dtype
+    objects = ("tokenizer",)  # components taken as they are
+    pipeline_kwargs = {"safety_checker": None, "requires_safety_checker": False}
+    config_fields: tuple = ()  # pipeline config entries the family reads
 
     @property
     def denoiser(self) -> torch.nn.Module:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from ..flags import add_model_flags, load_arguments
 from .engine import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger(__name__)
@@ -15,16 +16,11 @@ def add_parser(subparsers):
         help="start the web UI (paint masks, a prompt per mask, edit in the browser)",
         description="Start a local Gradio app. Example: regionedit serve --model mini --port 7860",
     )
-    p.add_argument(
-        "--model", default="mini", help="mini (default), a diffusers folder, a .safetensors file or a hub id"
-    )
+    add_model_flags(p)
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
     )
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, ...")
-    p.add_argument("--dtype", default=None, help="float32 (default), float16, bfloat16")
-    p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled .ckpt/.bin weights")
     p.add_argument(
         "--max-pixels",
         type=int,
@@ -48,7 +44,7 @@ def run_serve(args) -> int:
         log.warning("serving on %s: anyone who can reach this address can use the app", args.host)
     from .. import edit_api
 
-    model = edit_api.load_model(args.model, args.device, args.dtype, args.allow_pickle)
+    model = edit_api.load_model(args.model, **load_arguments(args))
     # the page starts from the model's recommended settings (the method's defaults without them)
     app = build_app(model, model_name=args.model, max_pixels=args.max_pixels, output_dir=args.output_dir)
     print(f"regionedit web UI on http://{args.host}:{args.port} (Ctrl+C stops it)")
