@@ -242,3 +242,17 @@ def test_reference_maps_held_or_recomputed_give_the_same_edit(tiny_model, image6
     assert extra == 2 * OPTS.num_inference_steps
     with pytest.raises(R.InvalidOptionError, match="reference_maps"):
         ExecutionOptions(reference_maps="disk")
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_reference_bytes_formula_matches_the_held_maps(tiny_model, sdxl_components, image64, family):
+    from regionedit.lomoe.memory import reference_bytes
+    from regionedit.models.loading import from_components
+
+    model = tiny_model if family == "sd" else from_components(sdxl_components, name="xl")
+    image = image64.crop((0, 0, 64, 48))  # not square: 48 x 64
+    inv = R.invert(model, image, CAPTION, R.InversionOptions(num_inference_steps=3), store_attention=True,
+                   progress=False)  # fmt: skip
+    held = sum(v.numel() * v.element_size() for v in inv.attention.values())
+    assert held == reference_bytes(model, 48, 64, 3) > 0
+    assert len(inv.attention) == len(model.cross_attention_layers())

@@ -83,6 +83,27 @@ def test_chunked_gradient_equals_unchunked(model, image):
     assert chunked.timings["unet_calls"] > full.timings["unet_calls"]
 
 
+def test_every_lomoe_option_runs_on_sdxl(model, image):
+    import dataclasses
+
+    regions = [Region(m, "a yellow circle", start=0.0 if i else 0.34) for i, m in enumerate(masks(3))]
+    regions[1] = Region(
+        regions[1].mask | masks(3)[2], "a white square", negative_prompt="blurry"
+    )  # overlaps 3
+    opts = dataclasses.replace(FAST, feather=1.0, overlap="last", paste_back=True, background_blend=True,
+                               guidance_rescale=0.7)  # fmt: skip
+    res = regionedit.edit(model, image, regions, CAPTION, opts, progress=False)
+    union = np.any(np.stack([r.mask for r in regions]), axis=0)
+    assert np.array_equal(np.asarray(res.image)[~union], np.asarray(image)[~union])  # pasted back exactly
+
+
+def test_bench_takes_an_sdxl_folder(sdxl_dir, tmp_path):
+    out = tmp_path / "run"
+    assert main(["bench", "shapes", "--model", str(sdxl_dir), "--n", "1", "--min-masks", "2", "--max-masks", "2",
+                 "--methods", "lomoe,sdedit", "--steps", "1", "--no-judge", "--out", str(out)]) == 0  # fmt: skip
+    assert set(json.loads((out / "summary.json").read_text())["methods"]) == {"lomoe", "sdedit"}
+
+
 def test_multimodal_with_a_tiny_sdxl_controlnet(model, image):
     from diffusers import ControlNetModel
 
@@ -105,6 +126,9 @@ def test_multimodal_with_a_tiny_sdxl_controlnet(model, image):
     text_only = multimodal_edit(model, image, "a blue circle", CAPTION, **kw)
     assert with_map.image.size == (96, 64) and np.isfinite(with_map.latents.numpy()).all()
     assert not torch.allclose(with_map.latents, text_only.latents, atol=1e-4)  # the net reaches the UNet
+    estimated = multimodal_edit(model, image, "a blue circle", CAPTION, controlnets=[net], options=opts,
+                                conditions=[Condition("scribble", "auto")], generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert estimated.mask_estimated and set(estimated.mask_parts) == {"text", "diff", "layout"}
 
 
 def test_a_batch_line_and_the_page_edit_an_sdxl_folder(sdxl_dir, image, tmp_path):

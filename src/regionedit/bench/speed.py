@@ -147,8 +147,18 @@ def edit_scaling(
         with measure(model) as m:
             out = run_lomoe(model, item, cfg, torch.Generator().manual_seed(n))
         m.unet_backward_evals = out.unet_backward_evals
-        rows.append({**_row("lomoe", n, m, flops), "chunk_size": cfg.execution.chunk_size})
+        mode = cfg.execution.reference_maps
+        rows.append({**_row("lomoe", n, m, flops), "chunk_size": cfg.execution.chunk_size, "reference_maps": mode,
+                     "reference_mb_on_device": _reference_mb(model, size, cfg.num_inference_steps, mode)})  # fmt: skip
     return rows
+
+
+def _reference_mb(model, size: int, steps: int, mode: str) -> float:
+    """MiB of reference maps on the model's device: all steps held, one step at a time, or none."""
+    from ..lomoe.memory import reference_bytes_per_step
+
+    per_step = reference_bytes_per_step(model, size, size)
+    return {"device": steps * per_step, "recompute": per_step, "cpu": per_step}[mode] / 2**20
 
 
 def format_rows(rows: list[dict]) -> str:

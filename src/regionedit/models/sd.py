@@ -90,3 +90,19 @@ class StableDiffusion(Model):
     def cross_attention_layers(self) -> list[str]:
         """Processor names of the UNet's cross-attention layers (``...attn2.processor``)."""
         return [n for n in self.unet.attn_processors if n.endswith("attn2.processor")]
+
+    def cross_attention_geometry(self, latent_hw: tuple[int, int]) -> list[tuple[str, int, int, int]]:
+        """``(layer, heads, query pixels, text tokens)`` of each cross-attention layer on a latent of
+        ``latent_hw``: a UNet level ``l`` sees the latent downsampled ``l`` times (ceil, as its
+        stride-2 convolutions do)."""
+        levels = len(self.unet.down_blocks) - 1
+        tokens = self.tokenizer.model_max_length
+        out = []
+        for name in self.cross_attention_layers():
+            part, _, rest = name.partition(".")
+            index = int(rest.split(".")[0]) if part != "mid_block" else 0
+            level = {"down_blocks": index, "mid_block": levels, "up_blocks": levels - index}[part]
+            h, w = (-(-s // 2**level) for s in latent_hw)
+            heads = self.unet.get_submodule(name.removesuffix(".processor")).heads
+            out.append((name, heads, h * w, tokens))
+        return out
