@@ -11,6 +11,17 @@ from ..errors import InvalidOptionError
 from .interface import Conditioning, Model
 
 
+def token_ids(tokenizer, prompts: list[str]) -> torch.Tensor:
+    """CLIP token ids ``(len(prompts), model_max_length)``, padded and truncated as diffusers does."""
+    return tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+
+
 def to_epsilon(output: torch.Tensor, sample: torch.Tensor, alpha_prod: torch.Tensor, prediction_type: str):
     """A model output as ε; v-prediction converts by ε = √ᾱ·v + √(1−ᾱ)·z."""
     if prediction_type == "epsilon":
@@ -57,14 +68,7 @@ class StableDiffusion(Model):
 
     @torch.no_grad()
     def _encode_text(self, prompts: list[str]) -> Conditioning:
-        tok = self.tokenizer
-        ids = tok(
-            prompts,
-            padding="max_length",
-            max_length=tok.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.device)
+        ids = token_ids(self.tokenizer, prompts).to(self.device)
         return Conditioning(self.text_encoder(ids)[0].to(self.dtype))
 
     def denoiser_inputs(self, latents: torch.Tensor, cond: Conditioning) -> dict:

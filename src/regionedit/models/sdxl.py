@@ -17,7 +17,7 @@ import torch
 
 from ..errors import ModelLoadError
 from .interface import Conditioning
-from .sd import StableDiffusion
+from .sd import StableDiffusion, token_ids
 
 
 @dataclass(eq=False, kw_only=True)
@@ -56,14 +56,7 @@ class StableDiffusionXL(StableDiffusion):
 
     @staticmethod
     def _hidden(tokenizer, encoder, prompts, device):
-        ids = tokenizer(
-            prompts,
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(device)
-        return encoder(ids, output_hidden_states=True)
+        return encoder(token_ids(tokenizer, prompts).to(device), output_hidden_states=True)
 
     @torch.no_grad()
     def _encode_text(self, prompts: list[str]) -> Conditioning:

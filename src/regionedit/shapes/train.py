@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..errors import InvalidOptionError
+from ..models.sd import token_ids
 from .checkpoint import load_checkpoint, save_checkpoint
 from .model import MiniConfig, build_components, save_pipeline
 from .world import COLOURS, MAX_OBJECTS, caption_for, random_scene, render
@@ -322,13 +323,7 @@ def train_mini(
         g = _gen(cfg, 3, step)
         idx = torch.randint(0, len(latents), (cfg.unet_batch,), generator=g)
         captions = [_caption(records[int(i)], g, cfg) for i in idx]
-        ids = tok(
-            captions,
-            padding="max_length",
-            max_length=tok.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
+        ids = token_ids(tok, captions)
         x0 = latents[idx]
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=g)
