@@ -345,3 +345,22 @@ def test_option_changes_in_a_method_name_equal_the_changed_config(tiny_model, it
     for bad in ("sdedit[strength=1]", "multimodal[nope=1]", "multimodal[grad_steps]", "lomoe[feather=x]"):
         with pytest.raises(ValueError):
             get_methods(bad)
+
+
+def test_a_lomoe_variant_keeps_its_steps_and_guidance(tiny_model, items):
+    import torch
+
+    seen = []
+    real = methods.run_lomoe
+
+    def spy(model, item, cfg, generator):
+        seen.append(cfg.lomoe_options())
+        return real(model, item, cfg, generator)
+
+    methods.METHODS["lomoe"] = spy
+    try:
+        name = "lomoe[guidance_scale=3.0;steps=1]"
+        get_methods(name)[name](tiny_model, items[0], CFG, torch.Generator().manual_seed(0))
+    finally:
+        methods.METHODS["lomoe"] = real
+    assert (seen[0].num_inference_steps, seen[0].guidance_scale) == (1, 3.0)

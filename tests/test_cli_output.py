@@ -54,3 +54,35 @@ def test_version_flag(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
     assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"regionedit {regionedit.__version__}"
+
+
+def test_flags_that_do_not_apply_are_refused(tiny_model_dir, image64, tmp_path, capsys):
+    from regionedit.cli import main
+
+    image64.save(tmp_path / "in.png")
+    base = ["edit", "--image", str(tmp_path / "in.png"), "--prompt", "x", "--out", str(tmp_path / "o.png")]
+    cases = {
+        "--device": (
+            [
+                "--device",
+                "nonsense",
+                "--background-prompt",
+                "y",
+                "--mask",
+                str(tmp_path / "in.png"),
+                "--model",
+                str(tiny_model_dir),
+            ],  # fmt: skip
+            "device",
+        ),
+        "chunks for multimodal": (["--method", "multimodal", "--chunk-size", "2"], "LoMOE execution"),
+        "config for a folder": (
+            ["--method", "multimodal", "--model-config", str(tiny_model_dir), "--model", str(tiny_model_dir)],
+            "single-file",
+        ),  # fmt: skip
+    }
+    for name, (extra, fragment) in cases.items():
+        assert main(base + extra) == 2, name
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and fragment in err, (name, err)
+    assert not (tmp_path / "o.png").exists()

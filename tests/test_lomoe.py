@@ -235,6 +235,8 @@ def test_reference_maps_held_or_recomputed_give_the_same_edit(tiny_model, image6
     assert torch.equal(results["recompute"].latents, results["device"].latents)
     assert torch.equal(results["recompute"].latents, results["cpu"].latents)
     assert not results["recompute"].inversion.attention  # nothing held across steps
+    again = R.edit(tiny_model, results["device"].inversion, regions, options=OPTS, progress=False)
+    assert torch.equal(again.latents, results["recompute"].latents) and not again.inversion.attention
     held = results["device"].inversion.attention
     assert held and all(v.shape[0] == OPTS.num_inference_steps for v in held.values())
     # recomputing costs one batch-2 forward per step more
@@ -256,3 +258,31 @@ def test_reference_bytes_formula_matches_the_held_maps(tiny_model, sdxl_componen
     held = sum(v.numel() * v.element_size() for v in inv.attention.values())
     assert held == reference_bytes(model, 48, 64, 3) > 0
     assert len(inv.attention) == len(model.cross_attention_layers())
+
+
+def test_a_given_inversion_must_fit_and_paste_back_needs_the_original(tiny_model, inv, image64):
+    from regionedit import edit_api
+
+    opts = dataclasses.replace(OPTS, paste_back=True)
+    with pytest.raises(R.InvalidInputError, match="original"):
+        R.edit(tiny_model, inv, two_regions(), options=opts, progress=False)  # refused before any step
+    with pytest.raises(R.InvalidInputError, match="original is 32x32"):
+        R.edit(tiny_model, inv, two_regions(), options=opts, original=image64.crop((0, 0, 32, 32)))
+    res = R.edit(tiny_model, inv, two_regions(), options=opts, original=image64, progress=False)
+    outside = ~np.any(np.stack([r.mask for r in two_regions()]), axis=0)
+    assert np.array_equal(np.asarray(res.image)[outside], np.asarray(image64)[outside])
+    other = image64.crop((0, 0, 64, 48))  # another image: its prepared edit does not fit the inversion
+    request = edit_api.EditRequest(image=other, masks=[], prompts=[], background_prompt=CAPTION, options=OPTS)
+    with pytest.raises(R.InvalidInputError, match="another image or caption"):
+        edit_api.run(tiny_model, request.prepare(tiny_model), progress=False, inversion=inv)
+
+
+def test_invert_starts_from_the_models_settings(tiny_components, image64):
+    from regionedit.models.loading import from_components
+
+    settings = {"lomoe": {"num_inference_steps": 3, "guidance_scale": 5.0, "bootstrap_steps": 1}}
+    model = from_components(tiny_components, name="tiny", settings=settings)
+    inv = R.invert(model, image64, CAPTION, progress=False)
+    assert inv.num_steps == 3 and inv.guidance_scale == 5.0
+    res = R.edit(model, inv, two_regions(), progress=False)  # the same settings: no reference pass again
+    assert res.inversion.guidance_scale == 5.0 and res.timings["unet_calls"] == 3 * 3

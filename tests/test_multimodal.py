@@ -135,12 +135,14 @@ def test_identity_with_empty_mask_and_post_blend(tiny_components, image64, sched
     assert not res.mask.any() and not res.mask_estimated
 
 
-def test_post_blend_towards_the_losses_optimum(model, image64):
+@pytest.mark.parametrize("pres_mask", ["keep", "none"])
+def test_post_blend_towards_the_losses_optimum(model, image64, pres_mask):
     """post_blend="loss": outside m the final latent is T8's λ-weighted mean of z0 and
-    z0^g (z0^g itself at λ = 0, z0 at λ = 1); inside m the edit is left alone."""
+    z0^g (z0^g itself at λ = 0, z0 at λ = 1); inside m the edit is left alone. Preserving the
+    whole image, the weights are λ and 1 − λ."""
     mask = np.zeros((64, 64))
     mask[16:40, 8:32] = 1
-    base = dataclasses.replace(FAST, post_blend="loss")
+    base = dataclasses.replace(FAST, post_blend="loss", pres_mask=pres_mask)
     first = edit(model, image64, "a blue circle", SOURCE, mask=mask, options=base, generator=gen())
     inv, m = first.inversion, first.mask
     z0, zg, keep = inv[:1], first.guidance_latents, ~m
@@ -148,7 +150,7 @@ def test_post_blend_towards_the_losses_optimum(model, image64):
         opts = dataclasses.replace(base, preservation_weight=lam)
         res = edit(model, image64, "a blue circle", SOURCE, mask=mask, options=opts, generator=gen(),
                    inversion=inv, guidance=first.guidance)  # fmt: skip
-        a = lam / keep.sum().item()
+        a = lam / (keep.sum().item() if pres_mask == "keep" else keep.numel())
         b = (1 - lam) / keep.numel()
         want = (a * z0 + b * zg) / (a + b)
         assert torch.allclose(res.latents[..., keep], want[..., keep], atol=1e-5)

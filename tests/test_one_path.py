@@ -138,3 +138,15 @@ def test_mini_edit_without_tuning_flags_is_the_documented_recipe(tmp_path):
     regions = [regionedit.Region(d / f"mask_{i}.png", p) for i, p in enumerate(prompts, start=1)]
     ref = regionedit.edit(model, d / "image.png", regions, scene.caption, options=recipe, progress=False)
     assert np.array_equal(pixels(tmp_path / "plain.png"), np.asarray(ref.image))
+
+
+def test_a_manifest_is_checked_against_the_models_settings_before_any_job(folder, tmp_path, capsys):
+    line = {"id": "mm", "method": "multimodal", "image": "in.png", "prompts": ["a blue circle"],
+            "background_prompt": CAPTION, "options": {"optimize_steps": 5}}  # more than the model's 4 steps  # fmt: skip
+    (folder / "bad.jsonl").write_text(json.dumps(line) + "\n")
+    out = tmp_path / "out"
+    assert (
+        main(["batch", str(folder / "bad.jsonl"), "--model", str(folder / "model"), "--out", str(out)]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "manifest line 1" in err and "optimize_steps" in err and not out.exists()

@@ -180,6 +180,10 @@ def test_single_files_need_a_config_offline(tmp_path, capsys, image, monkeypatch
     assert (
         code == 2 and err.count("\n") == 1 and "--model-config" in err and not (tmp_path / "o.png").exists()
     )
+    Image.new("L", (8, 8)).save(tmp_path / "small.png")  # a bad input is said before the model is loaded
+    code = main(["edit", "--model", str(path), "--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "small.png"),
+                 "--prompt", "x", "--background-prompt", "y", "--out", str(tmp_path / "o.png")])  # fmt: skip
+    assert code == 2 and "mask 1 is 8x8" in capsys.readouterr().err
     flux = tmp_path / "flux.safetensors"
     save_file({"double_blocks.0.img_attn.norm.key_norm.scale": torch.zeros(4)}, flux)
     with pytest.raises(ModelLoadError, match="FLUX checkpoint; regionedit supports"):

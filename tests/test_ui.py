@@ -80,7 +80,7 @@ def call_edit(client, value, background=CAPTION, prompts=(), negatives=(), seed=
     return client.predict(
         value, background, method, steps, seed, guidance, FAST.cross_attention_weight,
         FAST.background_weight, FAST.bootstrap_steps, FAST.feather, True, *prompts, *negatives, lam, kind,
-        control, api_name="/edit",
+        control, steps, api_name="/edit",
     )  # fmt: skip
 
 
@@ -273,7 +273,8 @@ def test_the_page_starts_from_the_models_settings(tiny_components, tmp_path):
 
     settings = {"lomoe": {"num_inference_steps": 7, "guidance_scale": 3.0},
                 "multimodal": {"preservation_weight": 0.4}}  # fmt: skip
-    for given, steps, guidance, lam in ((settings, 7, 3.0, 0.4), ({}, 50, 7.5, 0.6)):
+    settings["multimodal"].update(num_inference_steps=12, optimize_steps=6)
+    for given, steps, guidance, lam, mm_steps in ((settings, 7, 3.0, 0.4, 12), ({}, 50, 7.5, 0.6, 50)):
         model = from_components(tiny_components, name="tiny", settings=given)
         app = build_app(model, model_name="tiny", output_dir=tmp_path)
         config = app.get_config_file()
@@ -281,4 +282,5 @@ def test_the_page_starts_from_the_models_settings(tiny_components, tmp_path):
             c.get("props", {}).get("elem_id"): c.get("props", {}).get("value") for c in config["components"]
         }
         assert (values["steps"], values["guidance"], values["lambda"]) == (steps, guidance, lam)
+        assert values["mm-steps"] == mm_steps
         assert values["paste-back"] is True

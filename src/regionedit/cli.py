@@ -240,6 +240,11 @@ def edit_request(args):
     if "mask_estimate" in own and "mask_estimate" in spec.get("options", {}):
         options["mask_estimate"] = {**spec["options"]["mask_estimate"], **own["mask_estimate"]}
     execution = {**spec.get("execution", {}), **option_values(ExecutionOptions, args)}
+    lomoe_only = sorted(set(execution) & {"chunk_size", "reference_maps"})
+    if method == "multimodal" and lomoe_only:
+        raise InvalidInputError(
+            f"{', '.join(lomoe_only)}: LoMOE execution settings; the multimodal method has none"
+        )
 
     image = args.image or (rel(spec["image"]) if "image" in spec else None)
     out = args.out or spec.get("out")

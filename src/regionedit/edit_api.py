@@ -35,7 +35,7 @@ from .lomoe.prepare import prepare_lomoe
 from .models.loading import ModelInfo, describe
 from .multimodal.prepare import prepare_multimodal
 from .multimodal.request import check_counts, conditions_from, control_names, controlnet_folders
-from .options import METHODS, make_execution, make_options
+from .options import METHODS, check_option_names, make_execution, make_options
 from .prepared import PreparedEdit
 from .regions import Region
 
@@ -218,7 +218,7 @@ def check_spec(spec, where: str, fields: dict = SPEC_FIELDS) -> dict:
         raise InvalidInputError(f'{where}: {", ".join(given)} need "method": "multimodal"')
     try:
         if "options" in spec:
-            make_options(method, spec["options"])
+            check_option_names(method, spec["options"])
         make_execution(spec.get("execution"))
     except InvalidOptionError as exc:
         raise InvalidOptionError(f"{where}: {exc}") from None
@@ -257,7 +257,7 @@ def quiet_libraries():
             tlog.enable_progress_bar()
 
 
-def load_model(name: str, **load_arguments):
+def load_model(name, **load_arguments):
     """:func:`regionedit.load` with library chatter hidden (``load_arguments``: device, dtype,
     allow_pickle, config)."""
     from .models.loading import load
@@ -269,17 +269,19 @@ def load_model(name: str, **load_arguments):
 def prepare_and_load(request: EditRequest, **load_arguments):
     """Prepare ``request`` against its model's files, then load the model: ``(model, prepared)``.
 
-    A model whose VAE factor is known only after loading (a single file, an uncached hub id)
-    is loaded first; every other check still runs before any network does.
+    For a model whose VAE factor is known only after loading (a single file, an uncached hub id)
+    the inputs are checked first without it, and the size checks follow the load.
     """
+    unknown = ModelInfo(request.model, vae_scale_factor=1, settings=None)  # checks the inputs alone
     try:
         info: ModelInfo = describe(request.model)
     except RegionEditError:
-        # a bad input is the first thing to say; then that the model is missing
-        request.prepare(ModelInfo(request.model, vae_scale_factor=1, settings=None))
+        request.prepare(unknown)  # a bad input is the first thing to say; then that the model is missing
         raise
+    if info.vae_scale_factor is None:  # a single file or an uncached hub id: check what can be checked
+        request.prepare(unknown)
     prepared = request.prepare(info) if info.vae_scale_factor is not None else None
-    model = load_model(request.model, **load_arguments)
+    model = load_model(info, **load_arguments)
     return model, prepared if prepared is not None else request.prepare(model)
 
 
@@ -326,13 +328,12 @@ def run(model, prepared: PreparedEdit, progress: bool = True, callback=None, inv
     return result
 
 
-def side_images(result, request: EditRequest) -> dict:
+def side_images(result, prepared: PreparedEdit) -> dict:
     """Name suffix -> image written beside the edit by ``save_masks``."""
-    if request.method != "multimodal":
+    if prepared.method != "multimodal":
         return {f"_mask_{i}": m for i, m in enumerate(result.mask_images, start=1)}
     out = {"_mask": result.mask_image, "_guidance": result.guidance_image}
-    kinds = [c.kind for c in conditions_from(request.controls, request.control_scales)]
-    for kind, im in zip(kinds, result.control_images, strict=True):
+    for kind, im in zip([c.kind for c in prepared.conditions], result.control_images, strict=True):
         name = f"_control_{kind}"
         out[name if name not in out else f"{name}_{len(out)}"] = im  # two of a kind: keep both
     return out
@@ -353,7 +354,7 @@ def save_result(
     ``extra`` adds keys to the recorded parameters (the batch runner's job fingerprint).
     """
     out = request.check_output(out, overwrite)
-    sides = {out.with_name(f"{out.stem}{k}.png"): im for k, im in side_images(result, request).items()}
+    sides = {out.with_name(f"{out.stem}{k}.png"): im for k, im in side_images(result, prepared).items()}
     # Check every target first: a refused mask file must not leave the image half-delivered.
     for p in sides if save_masks else []:
         if p.exists() and not overwrite:

@@ -14,7 +14,11 @@ import typing
 from .options import field_types
 
 # Flags whose names differ from the option field.
-FLAG_NAMES = {"num_inference_steps": "steps", "preservation_weight": "lambda"}
+FLAG_NAMES = {
+    "num_inference_steps": "steps",
+    "preservation_weight": "lambda",
+    "control_scale": "default-control-scale",
+}
 
 
 def add_model_flags(parser, default: str | None = "mini") -> None:
@@ -87,20 +91,23 @@ def add_option_flags(parser, cls, title: str, skip=(), rename: dict | None = Non
     """
     rename = rename or {}
     group = parser.add_argument_group(title)
-    taken = set(parser._option_string_actions)
+    taken = dict(parser._option_string_actions)
     for name, f, kind in _fields(cls):
         flag = _flag(name, rename)
-        if name in skip or flag in taken:
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if name in skip:
+            continue
+        if flag in taken:  # shared with another options class: say both defaults
+            taken[flag].help += f"; {cls.__name__}: {default!r}"
             continue
         kind_parser = _parser_of(kind)
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         group.add_argument(
             flag,
             dest=_dest(name, dest_prefix),
             type=kind_parser,
             default=None,
             metavar=name.split(".")[-1].upper(),
-            help=f"default: {default!r}",
+            help=f"default: {cls.__name__}: {default!r}",
             **({"nargs": "?", "const": True} if kind_parser is parse_bool else {}),
         )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -79,6 +79,13 @@ class Inversion:
     @property
     def num_steps(self) -> int:
         return len(self.timesteps)
+
+    def to(self, device, attention=None) -> Inversion:
+        """A copy with the trajectory on ``device`` and the reference maps on ``attention``
+        (a device), or without them when ``attention`` is None."""
+        maps = {} if attention is None else {k: v.to(attention) for k, v in self.attention.items()}
+        return replace(self, latents=self.latents.to(device), timesteps=self.timesteps.to(device),
+                       offsets=self.offsets.to(device), attention=maps)  # fmt: skip
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -272,8 +279,8 @@ def invert(
     prompt: str,
     options: InversionOptions | None = None,
     negative_prompt: str | None = None,
-    guidance_scale: float = 7.5,
-    temperature: float = 1.25,
+    guidance_scale: float | None = None,
+    temperature: float | None = None,
     generator: torch.Generator | None = None,
     progress: bool = True,
     store_attention: bool = False,
@@ -286,6 +293,9 @@ def invert(
         prompt: the source caption (the background prompt of the edit).
         negative_prompt: background negative prompt; None uses the caption, as the official
             LoMOE usage does.
+        options: steps and regulariser; None, and ``guidance_scale`` / ``temperature`` None, take
+            the model's LoMOE settings (then the paper's), so that ``edit(model, invert(...))``
+            with the model's settings needs no recomputation.
         guidance_scale, temperature: must match the edit's (the reference maps depend on them).
         generator: seeds the regulariser's rolls and a posterior sample; default seed 0.
         store_attention: keep the reference pass's cross-attention maps in the inversion (for
@@ -299,6 +309,13 @@ def invert(
     model.check_image_size(image.height, image.width)
     if not isinstance(prompt, str):
         raise InvalidInputError("prompt must be a string (the source caption)")
+    from .options import make_options
+
+    settings = make_options("lomoe", {}, model.settings.get("lomoe"))
+    if options is None:
+        options = InversionOptions(settings.num_inference_steps, regularize=settings.regularize_inversion)
+    guidance_scale = settings.guidance_scale if guidance_scale is None else guidance_scale
+    temperature = settings.temperature if temperature is None else temperature
     return invert_checked(model, image, prompt, options, negative_prompt, guidance_scale, temperature, generator,
                           progress, store_attention)  # fmt: skip
 

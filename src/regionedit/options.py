@@ -77,6 +77,13 @@ def typed_changes(cls, base, values: Mapping, where: str = "") -> dict:
     return out
 
 
+def check_option_names(method: str, values: Mapping) -> None:
+    """Refuse unknown option names and values of the wrong type (ranges are checked against the
+    model's settings when the options are made)."""
+    cls = option_class(method)
+    typed_changes(cls, cls(), values)
+
+
 def make_options(method: str, values: Mapping | None = None, settings: Mapping | None = None):
     """The options of ``method``: its defaults, then ``settings``, then ``values``.
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import edit_api
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, RegionEditError
 from ..io import write_text_atomic
 from .job import run_job
 from .manifest import Job, load_manifest, parse_shard, select_shard
@@ -99,6 +99,23 @@ def _local(
         yield run_job(loaded, job, out_dir, model, overwrite)
 
 
+def _check_options(jobs: list[Job], model: str) -> None:
+    """Every job's options against the model's recommended settings, before the first job runs."""
+    from ..errors import InvalidOptionError
+    from ..models.loading import describe
+    from ..options import make_options
+
+    try:
+        settings = describe(model).settings or {}
+    except RegionEditError:
+        return  # the model's own error comes when it loads
+    for job in jobs:
+        try:
+            make_options(job.method, job.options, settings.get(job.method))
+        except InvalidOptionError as exc:
+            raise InvalidOptionError(f"manifest line {job.line}: {exc}") from None
+
+
 def run_batch(
     manifest: str | Path,
     out_dir: str | Path,
@@ -138,6 +155,7 @@ def run_batch(
         else parse_shard("/".join(map(str, shard)))
     )
     jobs = select_shard(load_manifest(manifest), shard)
+    _check_options(jobs, model)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InvalidInputError(f"--out {out_dir} is a file; give a folder")

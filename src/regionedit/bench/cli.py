@@ -227,11 +227,11 @@ def _run_quality(args, items, settings, judge=None) -> int:
     from ..models.loading import describe
 
     try:
-        settings = {} if args.model.endswith("-base-random") else describe(args.model).settings
+        model_settings = {} if args.model.endswith("-base-random") else describe(args.model).settings or {}
     except RegionEditError:
         _options(args, {})  # a bad flag is the first thing to say
         raise
-    config = _options(args, settings)  # bad options fail before the model loads
+    config = _options(args, model_settings)  # bad options fail before the model loads
     model = _load_model(args)
     if callable(items):
         items, settings = items(model)
@@ -355,7 +355,9 @@ def run_report(args) -> int:
         summary = summarise(kept, recomputes_reference(out))
         path.write_text(json.dumps(summary, indent=2))
     elif path.is_file():
-        summary = json.loads(path.read_text())
+        from ..io import read_json
+
+        summary = read_json(path, "benchmark summary")
     else:
         raise InvalidInputError(
             f"no {RESULTS} or summary.json in {out}; run a benchmark with --out {out} first"

@@ -313,7 +313,10 @@ def _with_options(fn, field: str, changes: dict):
 
     def run(model, item, cfg, generator, **kw):
         opts = make_options(method, changes, dataclasses.asdict(getattr(cfg, field)))
-        return fn(model, item, replace(cfg, **{field: opts}), generator, **kw)
+        changed = {field: opts}
+        if field == "lomoe":  # lomoe_options() takes steps and CFG from the config's shared fields
+            changed.update(num_inference_steps=opts.num_inference_steps, guidance_scale=opts.guidance_scale)
+        return fn(model, item, replace(cfg, **changed), generator, **kw)
 
     return run
 

@@ -16,6 +16,7 @@ import math
 import numpy as np
 import torch
 
+from ..errors import InvalidInputError
 from ..models.interface import Model
 from .datasets import BenchItem
 from .measure import measure
@@ -32,7 +33,7 @@ def grid_item(n: int, size: int, seed: int = 0, factor: int = 8) -> BenchItem:
     g = math.ceil(math.sqrt(n))
     cell = size // g
     if cell - 2 < factor:
-        raise ValueError(f"{n} regions do not fit a {size}x{size} image; use a larger resolution")
+        raise InvalidInputError(f"{n} regions do not fit a {size}x{size} image; use a larger --size")
     rng = np.random.default_rng(seed)
     image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
     masks = []

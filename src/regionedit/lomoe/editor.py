@@ -70,12 +70,12 @@ def _constant_colour_pool(model: Model, size: tuple[int, int], generator: torch.
 
 
 def _inversion_for(model: Model, edit: PreparedEdit, inversion: Inversion | None, progress) -> Inversion:
-    """The edit's inversion: a new one of ``edit.image``, or the given one with its reference pass
-    redone when the guidance scale or temperature changed, or when the edit holds the reference
-    maps (``ExecutionOptions.reference_maps``) and the inversion has none."""
+    """The edit's inversion: a new one of ``edit.image``, or the given one on the model's device,
+    its reference pass redone when the guidance scale or temperature changed or when the edit
+    holds the reference maps (``ExecutionOptions.reference_maps``) and the inversion has none."""
     options = edit.options
     hold = edit.execution.reference_maps != "recompute" and options.cross_attention_weight > 0
-    where = "cpu" if edit.execution.reference_maps == "cpu" else None
+    where = torch.device("cpu") if edit.execution.reference_maps == "cpu" else model.device
     if inversion is None:
         inv_opts = InversionOptions(
             num_inference_steps=options.num_inference_steps, regularize=options.regularize_inversion
@@ -90,6 +90,9 @@ def _inversion_for(model: Model, edit: PreparedEdit, inversion: Inversion | None
             f"the inversion has {inversion.num_steps} steps but the edit asks for "
             f"{options.num_inference_steps}; invert again with the same num_inference_steps"
         )
+    if tuple(inversion.image_size) != tuple(edit.image_size) or inversion.prompt != edit.background_prompt:
+        raise InvalidInputError("the inversion was made for another image or caption; invert this one")
+    inversion = inversion.to(model.device, attention=where if hold else None)
     same = inversion.guidance_scale == options.guidance_scale and inversion.temperature == options.temperature
     if same and (inversion.attention or not hold):
         return inversion
@@ -133,8 +136,18 @@ def edit(
     inversion = image if isinstance(image, Inversion) else None
     prepared = prepare_lomoe(image, regions, background_prompt, options, model.vae_scale_factor)
     prepared = replace(prepared, execution=execution or ExecutionOptions())
-    if prepared.image is None and original is not None:
-        prepared = replace(prepared, image=read_image(original))
+    if original is not None:
+        if inversion is None:
+            raise InvalidInputError("original= is for an Inversion input; an image input is its own original")
+        pixels = read_image(original)
+        if (pixels.height, pixels.width) != prepared.image_size:
+            raise InvalidInputError(
+                f"original is {pixels.width}x{pixels.height} but the inversion's image is "
+                f"{prepared.image_size[1]}x{prepared.image_size[0]}"
+            )
+        prepared = replace(prepared, image=pixels)
+    if options.paste_back and prepared.image is None:
+        raise InvalidInputError("paste_back needs the original image: pass original=... with an Inversion")
     return run(
         model, prepared, inversion=inversion, generator=generator, progress=progress, callback=callback
     )

@@ -173,7 +173,10 @@ def dtype_argument(dtype: torch.dtype) -> dict:
 
 def resolve_device(device, dtype) -> tuple[torch.device, torch.dtype]:
     """``device``/``dtype`` as given by a user (names or torch objects), CPU and float32 by default."""
-    device = torch.device(device) if device is not None else torch.device("cpu")
+    try:
+        device = torch.device(device) if device is not None else torch.device("cpu")
+    except (RuntimeError, TypeError) as exc:
+        raise ModelLoadError(f"unknown device {device!r} ({exc}); use cpu, cuda, cuda:1, mps, ...") from None
     if dtype is None:
         dtype = torch.float32
     elif isinstance(dtype, str):
@@ -194,14 +197,19 @@ def resolve_device(device, dtype) -> tuple[torch.device, torch.dtype]:
 
 
 def load(
-    model: str | os.PathLike = "mini", device=None, dtype=None, allow_pickle: bool = False, config=None
+    model: str | os.PathLike | ModelInfo = "mini",
+    device=None,
+    dtype=None,
+    allow_pickle: bool = False,
+    config=None,
 ) -> Model:
     """Load a model for editing.
 
     Args:
         model: ``"mini"`` (the bundled shapes-world model), a diffusers folder (with
             ``model_index.json``), a single-file ``.safetensors`` checkpoint, or a hub id
-            (used only when cached, or online; ``HF_HUB_OFFLINE=1`` is respected).
+            (used only when cached, or online; ``HF_HUB_OFFLINE=1`` is respected); or what
+            :func:`describe` told of one.
         device: torch device; CPU by default.
         dtype: network dtype (``torch.float16``/``"fp16"``, ...); float32 by default.
         allow_pickle: pickled ``.ckpt``/``.bin`` weights execute code when loaded; they are
@@ -216,8 +224,10 @@ def load(
     import diffusers
 
     device, dtype = resolve_device(device, dtype)
-    info = describe(model)
+    info = model if isinstance(model, ModelInfo) else describe(model)
     spec = info.name
+    if config is not None and (info.path is not None or not Path(spec).expanduser().is_file()):
+        raise ModelLoadError(f"--model-config is for single-file checkpoints; {spec} is a folder or a hub id")
     cls = FAMILIES[info.family or "sd"]
     pipeline = getattr(diffusers, cls.pipeline)
     kwargs = dict(**dtype_argument(dtype), **cls.pipeline_kwargs)
@@ -255,7 +265,7 @@ def _from_single_file(pipeline, path: Path, info: ModelInfo, allow_pickle: bool,
             "convert it to .safetensors or pass allow_pickle=True (CLI: --allow-pickle)"
         )
     if config is not None:
-        folder = Path(str(config)).expanduser()
+        folder = Path(str(config)).expanduser()  # (a folder, or a hub id when it does not exist here)
         if folder.exists() and not (folder / "model_index.json").is_file():
             raise ModelLoadError(
                 f"--model-config {config}: not a diffusers model folder (no model_index.json)"

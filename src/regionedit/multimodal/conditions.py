@@ -49,7 +49,7 @@ class Condition:
         source: the control image (path, PIL image or ``(H, W[, 3])`` array, at the input's
             size); for ``"pose"`` also a keypoint JSON (path ending in ``.json``, a dict or a
             list); ``"auto"`` derives an edge map or scribble from the input image.
-        scale: ControlNet ``conditioning_scale``; None: 1.0 alone, 0.8 each when combined.
+        scale: ControlNet ``conditioning_scale``; None: the options' ``control_scale`` (1.0).
         start, end: fractions of the denoising schedule during which the net acts
             (``control_guidance_start/end`` in diffusers).
         preprocess: ``source`` is a photo: derive the map from it (Canny for edge, OpenCV

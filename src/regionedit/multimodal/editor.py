@@ -144,15 +144,21 @@ def invert_image(
     model: Model,
     image: Image.Image,
     source_prompt: str = "",
-    num_inference_steps: int = 50,
+    num_inference_steps: int | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
     """§1.2: DDIM inversion with the source prompt, CFG 1, no ControlNet, no regulariser.
 
     Returns the trajectory ``(N + 1, C, h, w)``; one serves every edit of the same image and
-    source prompt (pass it as ``inversion=``).
+    source prompt (pass it as ``inversion=``). The steps default to the model's multimodal setting.
     """
+    if num_inference_steps is None:
+        from ..options import make_options
+
+        num_inference_steps = make_options(
+            "multimodal", {}, model.settings.get("multimodal")
+        ).num_inference_steps
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     z0 = model.encode(model.image_to_tensor(image))
     opts = InversionOptions(num_inference_steps=num_inference_steps, regularize=False)

@@ -150,10 +150,11 @@ def noisy_minimiser(z, pres, guid, keep, lam: float) -> torch.Tensor:
 
     With L = λ·Σ m̄(z − a)²/(C·Σm̄) + (1−λ)·Σ(z − b)²/(C·h·w), setting ∂L/∂z = 0 gives
     z* = (α·m̄·a + β·b) / (α·m̄ + β) with α = λ/(C·Σm̄), β = (1−λ)/(C·h·w) (C cancels). Cells
-    that no term reaches (α·m̄ + β = 0) keep ``z``. ``keep`` None means m̄ = 1 everywhere.
+    that no term reaches (α·m̄ + β = 0) keep ``z``. ``keep`` None means m̄ = 1 everywhere. ``z``
+    may hold several latents (a whole trajectory): each is solved on its own.
     """
     h, w = z.shape[-2:]
-    keep = torch.ones_like(z[:, :1]) if keep is None else keep
+    keep = torch.ones_like(z[:1, :1]) if keep is None else keep
     kept = float(keep.sum())
     alpha = lam / kept if kept > 0 and lam > 0 else 0.0
     beta = (1 - lam) / (h * w) if guid is not None else 0.0

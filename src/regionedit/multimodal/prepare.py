@@ -57,7 +57,7 @@ def prepare_multimodal(
         f = vae_scale_factor
         small = F.interpolate(torch.from_numpy(np.asarray(given, np.float32))[None, None],
                               size=(size[0] // f, size[1] // f), mode="area")[0, 0]  # fmt: skip
-        latent = small >= options.mask_threshold
+        latent = small >= options.mask_threshold  # all False is allowed: nothing may change
     region = Region(given, prompt, negative_prompt)
     return PreparedEdit("multimodal", pixels, size, (region,), source_prompt, options, latent, tuple(conditions),
                         maps, dict(controlnets or {}), seed)  # fmt: skip

@@ -198,7 +198,7 @@ def build_app(
                 )
                 with gr.Row():
                     steps = gr.Slider(
-                        1, 100, value=base.num_inference_steps, step=1, label="Steps", elem_id="steps"
+                        1, 100, value=base.num_inference_steps, step=1, label="Steps (LoMOE)", elem_id="steps"
                     )
                     seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="seed")
                 with gr.Accordion("LoMOE options", open=False):
@@ -220,6 +220,10 @@ def build_app(
                     lam = gr.Slider(
                         0, 1, value=mm_base.preservation_weight, step=0.05, elem_id="lambda",
                         label="λ: preservation weight (0 follows the instruction, 1 keeps the input)",
+                    )  # fmt: skip
+                    mm_steps = gr.Slider(
+                        1, 100, value=mm_base.num_inference_steps, step=1, elem_id="mm-steps",
+                        label="Steps (the optimised ones keep their share)",
                     )  # fmt: skip
                     control_kind = gr.Dropdown(
                         list(CONTROL_KINDS), value="edge", label="Layout map kind", elem_id="control-kind"
@@ -250,11 +254,16 @@ def build_app(
                 list(texts[:MAX_OBJECTS]),
                 list(texts[MAX_OBJECTS : 2 * MAX_OBJECTS]),
             )
-            lam_value, kind, control = texts[2 * MAX_OBJECTS :] or (mm_base.preservation_weight, "edge", None)
+            lam_value, kind, control, mm_n = texts[2 * MAX_OBJECTS :] or (
+                mm_base.preservation_weight,
+                "edge",
+                None,
+                mm_base.num_inference_steps,
+            )
             try:
                 image, layers = editor_to_inputs(value)
                 if method_name == "multimodal":  # its own settings and CFG; the page sets steps and λ
-                    values = {"num_inference_steps": int(n_steps), "preservation_weight": float(lam_value)}
+                    values = {"num_inference_steps": int(mm_n), "preservation_weight": float(lam_value)}
                     mm = engine.options("multimodal", values, base=mm_base)
                     n = mm.num_inference_steps  # the guidance pass (from s_g's step), then the main pass
                     total = 2 * n - start_index(n, mm.strength_for(control is not None))
@@ -311,7 +320,7 @@ def build_app(
         run.click(
             on_edit,
             inputs=[editor, background, method, steps, seed, guidance, xa_weight, bg_weight, bootstrap, feather,
-                    paste_back, *prompts, *negatives, lam, control_kind, control_image],
+                    paste_back, *prompts, *negatives, lam, control_kind, control_image, mm_steps],
             outputs=[shown_input, shown_masks, shown_result, download, status],
             api_name="edit",
             concurrency_limit=1,  # one model, one edit at a time
