@@ -7,7 +7,7 @@ import torch
 import regionedit as R
 from regionedit.inversion import _auto_corr_loss, ddim_invert, regularize_noise
 from regionedit.models.loading import from_components
-from regionedit.models.sd import to_epsilon
+from regionedit.models.schedule import to_epsilon
 
 OPTS = R.InversionOptions(num_inference_steps=4)
 

@@ -14,7 +14,7 @@ from PIL import Image
 from regionedit.errors import DependencyError, InvalidInputError, InvalidOptionError
 from regionedit.execution import ExecutionOptions
 from regionedit.models.loading import from_components
-from regionedit.models.sd import to_x0
+from regionedit.models.schedule import to_x0
 from regionedit.multimodal import Condition, InvalidConditionError, MultimodalOptions, edit, invert_image
 from regionedit.multimodal.conditions import POSE_COLOURS, canny_edges, control_image, image_to_control_tensor
 from regionedit.multimodal.guidance import Denoiser, Targets, optimised_pass
@@ -235,7 +235,7 @@ def test_no_optimisation_equals_plain_regeneration(model, nets, image64):
             out = model.unet(zz, t, encoder_hidden_states=emb, down_block_additional_residuals=down,
                              mid_block_additional_residual=mid).sample.float()  # fmt: skip
             u, c = out.chunk(2)
-            z = sched.step(u + 7.5 * (c - u), t, z).prev_sample
+            z = sched.step(u + 7.5 * (c - u), t, z)
     assert torch.equal(outs[0], z) and torch.equal(outs[1], z)
 
 

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from .cfg import classifier_free_guidance
 from .errors import InvalidInputError, InvalidOptionError
 from .models.interface import Model
+from .models.schedule import to_epsilon
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +218,7 @@ def invert_batch(
         cur = int(t) - stride
         alpha = inverse.alphas_cumprod[cur] if cur >= 0 else inverse.initial_alpha_cumprod
         out = model.predict(z, t, cond)
-        eps = model.to_epsilon(out, z, alpha.to(z))
+        eps = to_epsilon(out, z, alpha.to(z), model.prediction_type)
         if opts.regularize:
             eps = regularize_noise(eps, opts, generator_at(step))
         z = inverse.step(eps, t, z).prev_sample
@@ -262,7 +263,7 @@ def reference_pass(
         for i, t in enumerate(tqdm(sched.timesteps, desc="reference", disable=not progress, leave=False)):
             out = model.predict(torch.cat([z, z]), t, cond)
             out = classifier_free_guidance(out[:1], out[1:], guidance_scale)
-            z_next = sched.step(out, t, z).prev_sample
+            z_next = sched.step(out, t, z)
             target = latents[steps - 1 - i : steps - i]
             offsets.append(target - z_next)
             z = target  # z' + δ_i lands exactly on the trajectory

@@ -166,7 +166,7 @@ def _blend_one(model, image, mask, prompt, cfg: MethodConfig, generator) -> np.n
     z = sched.add_noise(z_src, noise, ts[i0 : i0 + 1])
     for i in range(i0, steps):
         eps = _guided(model, z, ts[i], cond, cfg.guidance_scale)
-        z = sched.step(eps, ts[i], z).prev_sample
+        z = sched.step(eps, ts[i], z)
         bg = sched.add_noise(z_src, noise, ts[i + 1 : i + 2]) if i + 1 < steps else z_src
         z = m * z + (1 - m) * bg
     return _decode(model, z)
@@ -200,7 +200,7 @@ def run_diffedit(model: Model, item: BenchItem, cfg: MethodConfig, generator) ->
     z = traj[steps - i0 : steps - i0 + 1]  # the edit's step i starts from trajectory latent T - i
     for i in range(i0, steps):
         t = sched.timesteps[i]
-        z = sched.step(_guided(model, z, t, cond, cfg.guidance_scale), t, z).prev_sample
+        z = sched.step(_guided(model, z, t, cond, cfg.guidance_scale), t, z)
         z = m * z + (1 - m) * traj[steps - 1 - i : steps - i]
     return MethodOutput(_decode(model, z))
 
@@ -215,7 +215,7 @@ def run_sdedit(model: Model, item: BenchItem, cfg: MethodConfig, generator) -> M
     ts = sched.timesteps
     z = sched.add_noise(z_src, _noise_like(z_src, generator), ts[i0 : i0 + 1])
     for i in range(i0, steps):
-        z = sched.step(_guided(model, z, ts[i], cond, cfg.guidance_scale), ts[i], z).prev_sample
+        z = sched.step(_guided(model, z, ts[i], cond, cfg.guidance_scale), ts[i], z)
     return MethodOutput(_decode(model, z))
 
 

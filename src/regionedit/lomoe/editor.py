@@ -263,7 +263,7 @@ def _denoise(model, inv, regions, weights, options, execution, generator, counte
                 eps_u, eps_c, options.guidance_scale, options.guidance_rescale
             )
             eps = torch.where(region, rescaled, eps)
-        return sched.step(eps, t, views).prev_sample + offset
+        return sched.step(eps, t, views) + offset
 
     z = z_T
     losses = []

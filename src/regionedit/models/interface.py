@@ -5,8 +5,8 @@ directly. They ask the model to
 
 - encode prompts into a :class:`Conditioning` (embeddings plus the family's extra inputs),
 - predict on a batch of latents at a timestep (``predict``), in the model's prediction type,
-- convert that prediction to ε or to the clean latent (``to_epsilon``, ``to_x0``),
-- give its scheduler and the scheduler's inverse for a number of steps,
+- give a stateless schedule for a number of steps (``scheduler``: its timesteps, ``step``,
+  ``add_noise``, and the prediction's conversions ``to_epsilon`` and ``to_x0``) and its inverse,
 - encode images to scaled latents and decode them back (the family's scaling and shift),
 - capture its cross-attention layers (``cross_attention``).
 
@@ -196,6 +196,7 @@ class Model:
         return self.scheduler_config.get("prediction_type", "epsilon")
 
     def scheduler(self, steps: int):
+        """A stateless schedule of ``steps`` steps (see :mod:`regionedit.models.schedule`)."""
         raise NotImplementedError
 
     def inverse_scheduler(self, steps: int):

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from diffusers import DDIMInverseScheduler, DDIMScheduler
+from diffusers import DDIMInverseScheduler
 
-from ..errors import InvalidOptionError
 from .interface import Conditioning, Model
+from .schedule import DDIMSchedule
 
 
 def token_ids(tokenizer, prompts: list[str]) -> torch.Tensor:
@@ -20,33 +20,6 @@ def token_ids(tokenizer, prompts: list[str]) -> torch.Tensor:
         truncation=True,
         return_tensors="pt",
     ).input_ids
-
-
-def to_epsilon(output: torch.Tensor, sample: torch.Tensor, alpha_prod: torch.Tensor, prediction_type: str):
-    """A model output as ε; v-prediction converts by ε = √ᾱ·v + √(1−ᾱ)·z."""
-    if prediction_type == "epsilon":
-        return output
-    if prediction_type == "v_prediction":
-        return alpha_prod**0.5 * output + (1 - alpha_prod) ** 0.5 * sample
-    raise InvalidOptionError(
-        f"prediction_type {prediction_type!r} is not supported; use epsilon or v_prediction"
-    )
-
-
-def to_x0(output: torch.Tensor, sample: torch.Tensor, alpha_prod: torch.Tensor, prediction_type: str):
-    """Clean-latent estimate ẑ0 from a model output at the same timestep (the scheduler's formulas).
-
-    For v-prediction ẑ0 = √ᾱ·z − √(1−ᾱ)·v needs no division by √ᾱ, so it stays finite on a
-    zero-terminal-SNR schedule where ᾱ at the first timestep is 0.
-    """
-    a = alpha_prod.to(sample)
-    if prediction_type == "epsilon":
-        return (sample - (1 - a) ** 0.5 * output) / a**0.5
-    if prediction_type == "v_prediction":
-        return a**0.5 * sample - (1 - a) ** 0.5 * output
-    if prediction_type == "sample":
-        return output
-    raise InvalidOptionError(f"unsupported prediction_type {prediction_type!r}")
 
 
 @dataclass(eq=False, kw_only=True)
@@ -74,22 +47,14 @@ class StableDiffusion(Model):
     def denoiser_inputs(self, latents: torch.Tensor, cond: Conditioning) -> dict:
         return {"encoder_hidden_states": cond.embeds}
 
-    def scheduler(self, steps: int) -> DDIMScheduler:
-        sched = DDIMScheduler.from_config(self.scheduler_config)
-        sched.set_timesteps(steps, device=self.device)
-        return sched
+    def scheduler(self, steps: int) -> DDIMSchedule:
+        return DDIMSchedule(self.scheduler_config, steps, self.device)
 
     def inverse_scheduler(self, steps: int) -> DDIMInverseScheduler:
-        """DDIM run backwards, stepping in ε (callers convert with :meth:`to_epsilon` first)."""
+        """DDIM run backwards, stepping in ε (the inversion converts to ε with ``schedule.to_epsilon``)."""
         inverse = DDIMInverseScheduler.from_config({**self.scheduler_config, "prediction_type": "epsilon"})
         inverse.set_timesteps(steps, device=self.device)
         return inverse
-
-    def to_epsilon(self, output, sample, alpha_prod):
-        return to_epsilon(output, sample, alpha_prod, self.prediction_type)
-
-    def to_x0(self, output, sample, alpha_prod):
-        return to_x0(output, sample, alpha_prod, self.prediction_type)
 
     def cross_attention_layers(self) -> list[str]:
         """Processor names of the UNet's cross-attention layers (``...attn2.processor``)."""

@@ -170,7 +170,7 @@ def _record(info, lam, cur, pres, guid, keep, before=None):
     info.update(loss_after=float(loss), pres=float(l_pres), guid=float(l_guid))
 
 
-def _adam_steps(denoiser, z, t, i, alpha, options, lam, targets) -> tuple[torch.Tensor, float | None]:
+def _adam_steps(denoiser, sched, z, t, i, options, lam, targets) -> tuple[torch.Tensor, float | None]:
     """k Adam steps on z_t (a fresh leaf and optimiser per timestep: no graph survives it)."""
     pres, guid = targets.at(i, options.loss_space)
     z = z.detach().float().requires_grad_(True)
@@ -179,7 +179,7 @@ def _adam_steps(denoiser, z, t, i, alpha, options, lam, targets) -> tuple[torch.
     with torch.enable_grad():
         for _ in range(options.grad_steps):
             opt.zero_grad()
-            cur = z if options.loss_space == "noisy" else denoiser.model.to_x0(denoiser(z, t, i), z, alpha)
+            cur = z if options.loss_space == "noisy" else sched.to_x0(denoiser(z, t, i), z, t)
             loss = compute_loss(lam, cur, pres, guid, targets.keep)[0]
             before = float(loss.detach()) if before is None else before
             if not loss.requires_grad:  # no term depends on z (e.g. λ = 0 without a target)
@@ -210,14 +210,12 @@ def optimised_pass(
     Returns:
         (z0, trajectory {step: z_t actually denoised}, per-step loss records).
     """
-    model = denoiser.model
     n = len(sched.timesteps)
     traj, records = {}, []
     closed = options.solver == "closed_form"
     optimise = closed or (options.grad_steps > 0 and options.learning_rate > 0)
     for i in range(start, n):
         t = sched.timesteps[i]
-        alpha = sched.alphas_cumprod[int(t)]
         info = {"stage": stage, "step": i, "timestep": int(t)}
         optimised = optimise and i < options.optimize_steps
         if optimised and closed:
@@ -226,16 +224,16 @@ def optimised_pass(
             z = noisy_minimiser(z, pres, guid, targets.keep, lam)
             info.update(loss_before=before)
         elif optimised:
-            z, before = _adam_steps(denoiser, z, t, i, alpha, options, lam, targets)
+            z, before = _adam_steps(denoiser, sched, z, t, i, options, lam, targets)
             info.update(loss_before=before)
         with torch.no_grad():
             out = denoiser(z, t, i)
             if optimised:
                 pres, guid = targets.at(i, options.loss_space)
-                cur = z if options.loss_space == "noisy" else model.to_x0(out, z, alpha)
+                cur = z if options.loss_space == "noisy" else sched.to_x0(out, z, t)
                 _record(info, lam, cur, pres, guid, targets.keep)
             traj[i] = z
-            z = sched.step(out, t, z).prev_sample
+            z = sched.step(out, t, z)
             if blend is not None and i >= options.optimize_steps:
                 edit_mask, outside = blend
                 z = edit_mask * z + (1 - edit_mask) * outside[n - i - 1 : n - i]

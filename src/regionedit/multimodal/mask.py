@@ -53,7 +53,7 @@ def diffedit_mask(
     zt = sched.add_noise(z0.expand(maps, -1, -1, -1), noise, t.reshape(1).expand(maps))
     cond = model.encode_prompt([source_prompt, target_prompt]).repeat_interleave(maps)
     out = model.predict(zt.repeat(2, 1, 1, 1), t, cond)
-    src, tgt = model.to_epsilon(out, zt.repeat(2, 1, 1, 1), sched.alphas_cumprod[int(t)]).chunk(2)
+    src, tgt = sched.to_epsilon(out, zt.repeat(2, 1, 1, 1), t).chunk(2)
     diff = (tgt - src).abs().mean(dim=(0, 1))
     return _rescaled(diff, options.clamp_ratio, options.threshold)
 

@@ -136,7 +136,7 @@ def edit_tune(
 
     unet = model.denoiser
     # the edit's timesteps; add_noise and get_velocity read the training schedule
-    sched = model.scheduler(cfg.num_steps)
+    sched = model.scheduler(cfg.num_steps).scheduler  # diffusers' DDIM: its training-side formulas too
     acp = sched.alphas_cumprod
     weight_t = min_snr_weights(acp, cfg.min_snr_gamma)
     unet.train()

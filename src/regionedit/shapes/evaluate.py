@@ -81,7 +81,7 @@ def sample(
     cond = model.encode_prompt([""] * len(prompts) + list(prompts))
     for t in sched.timesteps:
         u, c = model.predict(torch.cat([z, z]), t, cond).chunk(2)
-        z = sched.step(classifier_free_guidance(u, c, guidance_scale), t, z).prev_sample
+        z = sched.step(classifier_free_guidance(u, c, guidance_scale), t, z)
     x = model.decode(z).permute(0, 2, 3, 1).cpu().numpy()
     return (x * 255 + 0.5).astype(np.uint8)
 

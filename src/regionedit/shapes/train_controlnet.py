@@ -163,7 +163,9 @@ def train_controlnet(
         latents, maps, captions = build_dataset(model, cfg, size)
         save_file({"latents": latents.contiguous(), "maps": maps.contiguous()}, data_path)
         (out / "captions.json").write_text(json.dumps(captions))
-    sched = model.scheduler(1)  # add_noise and get_velocity read only the training schedule
+    sched = model.scheduler(
+        1
+    ).scheduler  # diffusers' DDIM: add_noise and get_velocity of the training schedule
     pred_type = sched.config.prediction_type
     bar = tqdm(range(start, cfg.steps), desc=f"controlnet-{cfg.kind}", initial=start, total=cfg.steps)
     for step in bar:
