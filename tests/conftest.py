@@ -92,3 +92,78 @@ def sdxl_dir(tmp_path_factory, sdxl_components):
     folder = tmp_path_factory.mktemp("sdxl") / "model"
     StableDiffusionXLPipeline(**sdxl_components).save_pretrained(str(folder), safe_serialization=True)
     return folder
+
+
+def _tiny_clip(tokenizer, projection: bool = False):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=len(tokenizer),
+        max_position_embeddings=48, projection_dim=32, hidden_act="gelu",
+    )  # fmt: skip
+    return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
+
+
+def _tiny_flow_vae(shift: float, scale: float):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(32, 32, 32), in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        sample_size=64, shift_factor=shift, scaling_factor=scale, use_quant_conv=False, use_post_quant_conv=False,
+    )  # fmt: skip
+
+
+def build_flux_components(seed: int = 0, guidance_embeds: bool = True) -> dict:
+    """A tiny random FLUX (packed 2x2 latents, CLIP pooled + T5, guidance-distilled by default),
+    as diffusers' FLUX tests build one, with the shapes-world tokenizer for both encoders."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    from regionedit.shapes.model import build_tokenizer
+
+    tokenizer = build_tokenizer(48)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = FluxTransformer2DModel(
+            patch_size=1, in_channels=16, num_layers=2, num_single_layers=1, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+            guidance_embeds=guidance_embeds, axes_dims_rope=(4, 4, 8),
+        )  # fmt: skip
+        vae = _tiny_flow_vae(0.1159, 0.3611)
+        text_encoder = _tiny_clip(tokenizer)
+        t5 = T5EncoderModel(
+            T5Config(vocab_size=len(tokenizer), d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
+                     relative_attention_num_buckets=8, pad_token_id=tokenizer.pad_token_id)
+        )  # fmt: skip
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )  # fmt: skip
+    return dict(vae=vae, transformer=transformer, text_encoder=text_encoder, text_encoder_2=t5, tokenizer=tokenizer,
+                tokenizer_2=tokenizer, scheduler=scheduler)  # fmt: skip
+
+
+def build_sd3_components(seed: int = 0) -> dict:
+    """A tiny random SD3 (2x2 patches, two CLIPs, no T5), as diffusers' SD3 tests build one."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+
+    from regionedit.shapes.model import build_tokenizer
+
+    tokenizer = build_tokenizer(48)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = SD3Transformer2DModel(
+            sample_size=16, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=4,
+            caption_projection_dim=32, joint_attention_dim=64, pooled_projection_dim=64, out_channels=4,
+        )  # fmt: skip
+        vae = _tiny_flow_vae(0.0609, 1.5305)
+        text_encoder = _tiny_clip(tokenizer, projection=True)
+        text_encoder_2 = _tiny_clip(tokenizer, projection=True)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    return dict(vae=vae, transformer=transformer, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                text_encoder_3=None, tokenizer=tokenizer, tokenizer_2=tokenizer, tokenizer_3=None,
+                scheduler=scheduler)  # fmt: skip

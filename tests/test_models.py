@@ -38,15 +38,17 @@ def test_describe_reads_the_factor_and_the_settings(tiny_model_dir, tmp_path):
     [
         ({"_class_name": "StableDiffusionXLImg2ImgPipeline", "text_encoder": None,
           "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}, "SDXL refiner"),
-        ({"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"],
-          "text_encoder_2": ["transformers", "T5EncoderModel"]}, "FLUX or SD3"),
+        ({"_class_name": "PixArtAlphaPipeline", "transformer": ["diffusers", "PixArtTransformer2DModel"],
+          "unet": None}, "transformer model \\(PixArtTransformer2DModel\\)"),
     ],
 )  # fmt: skip
 def test_unsupported_families_are_refused_in_one_line(
     tiny_model_dir, tmp_path, capsys, image64, changes, family
 ):
     folder = _folder(tmp_path, tiny_model_dir, changes)
-    with pytest.raises(ModelLoadError, match=f"{family}.*supports Stable Diffusion 1.x/2.x and SDXL"):
+    with pytest.raises(
+        ModelLoadError, match=f"{family}.*supports Stable Diffusion 1.x/2.x, SDXL \\(base\\), FLUX"
+    ):
         load(folder)
     image64.save(tmp_path / "in.png")
     code = main(["edit", "--model", str(folder), "--image", str(tmp_path / "in.png"), "--prompt", "x",

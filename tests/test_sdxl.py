@@ -186,5 +186,6 @@ def test_single_files_need_a_config_offline(tmp_path, capsys, image, monkeypatch
     assert code == 2 and "mask 1 is 8x8" in capsys.readouterr().err
     flux = tmp_path / "flux.safetensors"
     save_file({"double_blocks.0.img_attn.norm.key_norm.scale": torch.zeros(4)}, flux)
-    with pytest.raises(ModelLoadError, match="FLUX checkpoint; regionedit supports"):
-        regionedit.describe(flux)
+    assert regionedit.describe(flux).family == "flux"  # a FLUX transformer file: configs and encoders needed
+    with pytest.raises(ModelLoadError, match="single-file FLUX checkpoint.*--model-config"):
+        regionedit.load(flux)

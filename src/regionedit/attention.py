@@ -80,6 +80,69 @@ class TemperatureCrossAttnProcessor:
         return out / attn.rescale_output_factor
 
 
+class JointAttentionCapture:
+    """Wraps a joint text-image attention processor (SD3, FLUX's double-stream blocks): the
+    forward is the original processor's, unchanged; with ``store.capture`` set it also stores the
+    image queries' attention over the text keys alone,
+    ``softmax_text(q_image · k_textᵀ · scale / temperature)``.
+
+    That is the UNet's cross-attention map in a joint block: one distribution over the prompt's
+    tokens per image token, which does not depend on how much the image attends to itself. The
+    temperature therefore shapes the maps the preservation loss compares and leaves the joint
+    softmax exact.
+    FLUX's rotary embedding covers its joint sequence ``[text; image]``; it is split the same way.
+    """
+
+    def __init__(self, name: str, store: AttentionStore, temperature: float, original):
+        self.name = name
+        self.store = store
+        self.temperature = temperature
+        self.original = original
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 image_rotary_emb=None, **kwargs):  # fmt: skip
+        if self.store.capture and encoder_hidden_states is not None:
+            self.store.maps[self.name] = self.maps(
+                attn, hidden_states, encoder_hidden_states, image_rotary_emb
+            )
+        if image_rotary_emb is not None:
+            kwargs["image_rotary_emb"] = image_rotary_emb
+        return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+
+    def maps(self, attn, image, text, rotary=None) -> torch.Tensor:
+        """``(batch * heads, image tokens, text tokens)`` probabilities, graph kept."""
+        query, key = attn.to_q(image), attn.add_k_proj(text)
+        head_dim = query.shape[-1] // attn.heads
+        query, key = query.unflatten(-1, (attn.heads, head_dim)), key.unflatten(-1, (attn.heads, head_dim))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_added_k is not None:
+            key = attn.norm_added_k(key)
+        if rotary is not None:  # FLUX: positions of [text; image]
+            from diffusers.models.embeddings import apply_rotary_emb
+
+            n = text.shape[1]
+            query = apply_rotary_emb(query, tuple(r[n:] for r in rotary), sequence_dim=1)
+            key = apply_rotary_emb(key, tuple(r[:n] for r in rotary), sequence_dim=1)
+        scores = torch.einsum("bihd,bjhd->bhij", query.float(), key.float()) * (
+            head_dim**-0.5 / self.temperature
+        )
+        probs = scores.softmax(dim=-1)
+        return probs.flatten(0, 1)
+
+
+@contextmanager
+def _installed(network, layers: list[str], make):
+    """``make(name, original)`` processors on the layers named, the originals restored on exit."""
+    original = network.attn_processors
+    chosen = set(layers)
+    network.set_attn_processor({n: make(n, p) if n in chosen else p for n, p in original.items()})
+    try:
+        yield
+    finally:
+        network.set_attn_processor(original)
+
+
 @contextmanager
 def temperature_attention(network, layers: list[str], temperature: float = 1.0):
     """Install temperature/capture processors on the processors named ``layers``; yield the store.
@@ -89,15 +152,14 @@ def temperature_attention(network, layers: list[str], temperature: float = 1.0):
     ...     unet(latents, t, encoder_hidden_states=emb)
     ...     maps = store.maps
     """
-    original = network.attn_processors
     store = AttentionStore()
-    chosen = set(layers)
-    procs = {
-        name: TemperatureCrossAttnProcessor(name, store, temperature) if name in chosen else proc
-        for name, proc in original.items()
-    }
-    network.set_attn_processor(procs)
-    try:
+    with _installed(network, layers, lambda name, _: TemperatureCrossAttnProcessor(name, store, temperature)):
         yield store
-    finally:
-        network.set_attn_processor(original)
+
+
+@contextmanager
+def joint_attention(network, layers: list[str], temperature: float = 1.0):
+    """:func:`temperature_attention` for joint-attention transformers (see :class:`JointAttentionCapture`)."""
+    store = AttentionStore()
+    with _installed(network, layers, lambda name, p: JointAttentionCapture(name, store, temperature, p)):
+        yield store

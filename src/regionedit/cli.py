@@ -73,15 +73,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=128, help="image side (default 128, the mini model's)")
     s.add_argument("--out", required=True)
 
-    d = sub.add_parser("demo", help="edit three objects of a shapes scene with the mini model")
+    d = sub.add_parser("demo", help="edit three objects of a shapes scene with a mini model")
     d.add_argument("--out", default="demo-out")
+    d.add_argument(
+        "--model", default="mini", help="mini (default), mini-flow, or a shapes-world model folder"
+    )
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--steps", type=int, default=None)
 
     t = sub.add_parser("train-mini", help="train (or resume) the shapes-world mini model")
     t.add_argument("--out", required=True)
+    t.add_argument(
+        "--family",
+        choices=("unet", "flow"),
+        default="unet",
+        help="unet: the Stable Diffusion-architecture mini model (default); flow: the FLUX-architecture one",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this long")
+    t.add_argument(
+        "--flow-steps", type=int, default=None, help="flow family: transformer steps (default 12000)"
+    )
+    t.add_argument(
+        "--flow-lr", type=float, default=None, help="flow family: peak learning rate (default 5e-4)"
+    )
     t.add_argument("--vae-steps", type=int, default=None)
     t.add_argument("--unet-steps", type=int, default=None)
     t.add_argument("--num-scenes", type=int, default=None)
@@ -325,13 +340,40 @@ def run_shapes(args) -> int:
 
 def run_demo(args) -> int:
     from .demo import run_demo as demo
+    from .edit_api import load_model
 
-    report = demo(args.out, seed=args.seed, steps=args.steps)
+    report = demo(args.out, seed=args.seed, steps=args.steps, model=load_model(args.model))
     print(f"wrote {args.out}/comparison.png and report.json — {report['summary']}")
     return 0
 
 
+def run_train_flow(args) -> int:
+    from .shapes.train_flow import FlowConfig, train_flow
+
+    names = {"num_scenes": "num_scenes", "max_objects": "max_objects", "partial_caption": "partial_caption",
+             "plain_background": "plain_background", "flow_steps": "steps", "flow_lr": "lr"}  # fmt: skip
+    unet_only = ("vae_steps", "unet_steps", "decoder_steps", "decoder_composite", "decoder_batch", "init_from",
+                 "unet_lr", "unet_lr_min")  # fmt: skip
+    given = [f"--{k.replace('_', '-')}" for k in unet_only if getattr(args, k) is not None]
+    if given or args.image_size != 64 or args.unet_plain_levels:
+        raise InvalidInputError(
+            f"{', '.join(given) or '--image-size/--unet-plain-levels'} apply to --family unet only"
+        )
+    overrides = {
+        field: getattr(args, flag) for flag, field in names.items() if getattr(args, flag) is not None
+    }
+    result = train_flow(
+        args.out, dataclasses.replace(FlowConfig(seed=args.seed), **overrides), args.max_minutes
+    )
+    print(result if result else f"stopped early; run the same command again to resume from {args.out}")
+    return 0
+
+
 def run_train(args) -> int:
+    if args.family == "flow":
+        return run_train_flow(args)
+    if args.flow_steps is not None or args.flow_lr is not None:
+        raise InvalidInputError("--flow-steps and --flow-lr apply to --family flow only")
     from .shapes.model import MiniConfig
     from .shapes.train import TrainConfig, train_mini
 

@@ -71,7 +71,7 @@ def run_demo(
         )
     elif steps is not None:
         options = dataclasses.replace(options, num_inference_steps=steps)
-    item = shapes_item(seed, 0, "multi", min_masks=3, max_masks=3, size=model.vae.config.sample_size)
+    item = shapes_item(seed, 0, "multi", min_masks=3, max_masks=3, size=model.native_size)
     image = Image.fromarray(item.image)
     regions = [Region(m, p) for m, p in zip(item.masks, item.prompts, strict=True)]
     result = lomoe_edit(

@@ -94,6 +94,7 @@ class EditRequest:
         factor = model.vae_scale_factor
         if factor is None:
             raise InvalidInputError(f"the VAE factor of {self.model!r} is known only once it is loaded")
+        patch = getattr(model, "patch_size", 1)  # latent cells per token side (flow transformers: 2)
         settings = model.settings or {}  # None: the model is unknown (only the inputs are checked)
         options = make_options(self.method, self.options, settings.get(self.method))
         execution = make_execution(self.execution)
@@ -102,13 +103,13 @@ class EditRequest:
             conditions = conditions_from(self.controls, self.control_scales)
             mask = self.masks[0] if self.masks else None
             prepared = prepare_multimodal(self.image, self.prompts[0], self.background_prompt, mask, conditions,
-                                          options, factor, seed=self.seed)  # fmt: skip
+                                          options, factor, seed=self.seed, patch_size=patch)  # fmt: skip
             shipped = None if model.settings is None else settings.get("controlnets", {})
             nets = controlnet_folders(conditions, self.controlnets, shipped)
             prepared = dataclasses.replace(prepared, controlnets=nets)
         else:
             prepared = prepare_lomoe(self.image, self._regions(), self.background_prompt, options, factor,
-                                     resize=self.resize, seed=self.seed)  # fmt: skip
+                                     resize=self.resize, seed=self.seed, patch_size=patch)  # fmt: skip
         return dataclasses.replace(prepared, execution=execution)
 
     def _regions(self) -> list[Region]:

@@ -18,10 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .cfg import classifier_free_guidance
 from .errors import InvalidInputError, InvalidOptionError
 from .models.interface import Model
-from .models.schedule import to_epsilon
 
 log = logging.getLogger(__name__)
 
@@ -207,31 +205,29 @@ def invert_batch(
 
     ``generator_at(step)`` gives the regulariser's generator at each step (one shared
     generator for an edit; the mini model's edit-tune reseeds it per step)."""
-    # Every output is converted to ε (the regulariser needs ε); the scheduler then steps in ε.
-    inverse = model.inverse_scheduler(opts.num_inference_steps)
+    inverse = model.inverse_scheduler(opts.num_inference_steps, z0.shape[-2:])
     cond = model.encode_prompt(prompts)
     z = z0
     traj = [z0]
-    stride = inverse.config.num_train_timesteps // opts.num_inference_steps
     for step, t in enumerate(tqdm(inverse.timesteps, desc="invert", disable=not progress, leave=False)):
-        # z sits at the previous (less noisy) timestep: convert with its ᾱ
-        cur = int(t) - stride
-        alpha = inverse.alphas_cumprod[cur] if cur >= 0 else inverse.initial_alpha_cumprod
         out = model.predict(z, t, cond)
-        eps = to_epsilon(out, z, alpha.to(z), model.prediction_type)
-        if opts.regularize:
-            eps = regularize_noise(eps, opts, generator_at(step))
-        z = inverse.step(eps, t, z).prev_sample
+        reg = (
+            (lambda eps, step=step: regularize_noise(eps, opts, generator_at(step)))
+            if opts.regularize
+            else None
+        )
+        z = inverse.step(out, t, z, reg)
         traj.append(z)
     return torch.stack(traj)
 
 
-def captured_maps(store, dtype, device=None) -> dict:
-    """The store's maps of one CFG pair as layer -> ``(2, heads, pixels, tokens)``; clears the store."""
+def captured_maps(store, dtype, device=None, halves: int = 2) -> dict:
+    """The store's maps of one guided call on one latent as layer -> ``(halves, heads, pixels,
+    tokens)`` (2 halves for a CFG pair, 1 where guidance is distilled); clears the store."""
     out = {}
     for name, probs in store.maps.items():
-        heads = probs.shape[0] // 2
-        out[name] = probs.reshape(2, heads, *probs.shape[1:]).to(dtype).to(device or probs.device)
+        heads = probs.shape[0] // halves
+        out[name] = probs.reshape(halves, heads, *probs.shape[1:]).to(dtype).to(device or probs.device)
     store.clear()
     return out
 
@@ -253,21 +249,20 @@ def reference_pass(
     The maps (layer -> ``(T, 2, heads, pixels, tokens)`` in the model's dtype) are kept only with
     ``store_attention``, on ``attention_device`` (default: the model's)."""
     steps = latents.shape[0] - 1
-    sched = model.scheduler(steps)
-    cond = model.encode_prompt([negative_prompt, prompt])
+    sched = model.scheduler(steps, latents.shape[-2:])
+    negative, positive = model.encode_prompt([negative_prompt]), model.encode_prompt([prompt])
     z = latents[-1:]
     offsets, maps = [], {}
     with model.cross_attention(temperature) as store:
         # always the explicit-softmax path: the offsets then match an edit's recomputed maps bit for bit
         store.capture = True
         for i, t in enumerate(tqdm(sched.timesteps, desc="reference", disable=not progress, leave=False)):
-            out = model.predict(torch.cat([z, z]), t, cond)
-            out = classifier_free_guidance(out[:1], out[1:], guidance_scale)
+            out = model.guided(z, t, negative, positive, guidance_scale)
             z_next = sched.step(out, t, z)
             target = latents[steps - 1 - i : steps - i]
             offsets.append(target - z_next)
             z = target  # z' + δ_i lands exactly on the trajectory
-            step_maps = captured_maps(store, model.dtype, attention_device)
+            step_maps = captured_maps(store, model.dtype, attention_device, model.guidance_batches)
             for name, probs in step_maps.items() if store_attention else ():
                 maps.setdefault(name, []).append(probs)
     attention = {k: torch.stack(v) for k, v in maps.items()}

@@ -35,7 +35,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..cfg import classifier_free_guidance
 from ..errors import InvalidInputError, InvalidOptionError
 from ..execution import ExecutionOptions
 from ..inversion import InversionOptions, ddim_invert
@@ -129,8 +128,7 @@ def run_iterative(model: Model, item: BenchItem, cfg: MethodConfig, generator) -
 
 
 def _guided(model: Model, z, t, cond, scale: float):
-    u, c = model.predict(torch.cat([z, z]), t, cond).chunk(2)
-    return classifier_free_guidance(u, c, scale)
+    return model.guided(z, t, cond[:1], cond[1:], scale)
 
 
 def _start_index(steps: int, strength: float) -> int:
@@ -155,8 +153,8 @@ def _noise_like(z: torch.Tensor, generator) -> torch.Tensor:
 @torch.no_grad()
 def _blend_one(model, image, mask, prompt, cfg: MethodConfig, generator) -> np.ndarray:
     steps = cfg.num_inference_steps
-    sched = model.scheduler(steps)
     z_src = _encode(model, image)
+    sched = model.scheduler(steps, z_src.shape[-2:])
     h, w = z_src.shape[-2:]
     m = latent_masks([np.asarray(mask, bool)], (h, w), device=model.device)[1:2]
     noise = _noise_like(z_src, generator)
@@ -191,7 +189,7 @@ def run_diffedit(model: Model, item: BenchItem, cfg: MethodConfig, generator) ->
         generator,
         progress=False,
     )
-    sched = model.scheduler(steps)
+    sched = model.scheduler(steps, z_src.shape[-2:])
     h, w = z_src.shape[-2:]
     union = np.logical_or.reduce([np.asarray(m, bool) for m in item.masks])
     m = latent_masks([union], (h, w), device=model.device)[1:2]
@@ -208,8 +206,8 @@ def run_diffedit(model: Model, item: BenchItem, cfg: MethodConfig, generator) ->
 @torch.no_grad()
 def run_sdedit(model: Model, item: BenchItem, cfg: MethodConfig, generator) -> MethodOutput:
     steps = cfg.num_inference_steps
-    sched = model.scheduler(steps)
     z_src = _encode(model, item.image)
+    sched = model.scheduler(steps, z_src.shape[-2:])
     cond = model.encode_prompt([cfg.negative_prompt, item.target_caption])
     i0 = _start_index(steps, cfg.strength_sdedit)
     ts = sched.timesteps

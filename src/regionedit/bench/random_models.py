@@ -1,5 +1,6 @@
 """Full-size model architectures with random weights, for speed and memory (speed does not depend on
-what the weights are): ``--model sd2-base-random`` and ``--model sdxl-base-random`` in ``regionedit bench``.
+what the weights are): ``--model sd2-base-random``, ``sdxl-base-random``, ``flux-dev-random`` and
+``sd3-medium-random`` in ``regionedit bench``.
 
 The text encoders run once per prompt, so small ones of the right widths stand in for the real
 ones without changing the per-step cost.
@@ -9,9 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..models.loading import from_components
-from ..models.sd import StableDiffusion
-from ..models.sdxl import StableDiffusionXL
+from ..models.loading import family_class, from_components
 
 
 class _NoFiniteCheck:
@@ -23,7 +22,7 @@ class _NoFiniteCheck:
 
 def timing_model(components: dict, device="cpu", dtype=torch.float32, name="random"):
     """A model of the components' family that skips the decoder's finiteness check."""
-    base = StableDiffusionXL if "text_encoder_2" in components else StableDiffusion
+    base = family_class(components)
     cls = type(f"Timing{base.__name__}", (_NoFiniteCheck, base), {})
     return from_components(components, name=name, device=device, dtype=dtype, cls=cls)
 
@@ -104,4 +103,78 @@ def sdxl_base_components(device="cpu", dtype=torch.float32, seed: int = 0, text_
                 tokenizer_2=tokenizer, scheduler=_scheduler())  # fmt: skip
 
 
-RANDOM_MODELS = {"sd2-base-random": sd2_base_components, "sdxl-base-random": sdxl_base_components}
+def _flow_vae(scale: float, shift: float):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=16, sample_size=1024,
+        scaling_factor=scale, shift_factor=shift, use_quant_conv=False, use_post_quant_conv=False,
+    )  # fmt: skip
+
+
+def _t5(tokenizer, width: int, layers: int):
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(vocab_size=len(tokenizer), d_model=width, d_ff=2 * width, d_kv=64, num_heads=width // 64,
+                      num_layers=layers, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    return T5EncoderModel(config)
+
+
+def flux_dev_components(device="cpu", dtype=torch.float32, seed: int = 0, text_layers: int = 1) -> dict:
+    """FLUX.1-dev's transformer (12 B parameters: 19 double- and 38 single-stream blocks, 24 heads of
+    128, guidance embedding) and 16-channel VAE with random weights; a CLIP of width 768 (pooled)
+    and a small T5 of width 4096 (512 tokens)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+
+    from ..shapes.model import build_tokenizer
+
+    tokenizer = build_tokenizer(77)
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(seed)
+        transformer = FluxTransformer2DModel(
+            patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+            num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+            axes_dims_rope=(16, 56, 56),
+        )  # fmt: skip
+        vae = _flow_vae(0.3611, 0.1159)
+        text_encoder = _clip(tokenizer, 768, text_layers)
+        text_encoder_2 = _t5(tokenizer, 4096, text_layers)
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )  # fmt: skip
+    return dict(vae=vae, transformer=transformer, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                tokenizer=tokenizer, tokenizer_2=tokenizer, scheduler=scheduler)  # fmt: skip
+
+
+def sd3_medium_components(device="cpu", dtype=torch.float32, seed: int = 0, text_layers: int = 1) -> dict:
+    """SD3-medium's transformer (2 B parameters: 24 joint blocks of 24 heads × 64, 2x2 patches) and
+    16-channel VAE with random weights; CLIPs of widths 768 and 1280 and a small T5 of width 4096."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+
+    from ..shapes.model import build_tokenizer
+
+    tokenizer = build_tokenizer(77)
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(seed)
+        transformer = SD3Transformer2DModel(
+            sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
+            num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
+            pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=192,
+        )  # fmt: skip
+        vae = _flow_vae(1.5305, 0.0609)
+        text_encoder = _clip(tokenizer, 768, text_layers, projection=768)
+        text_encoder_2 = _clip(tokenizer, 1280, text_layers, projection=1280)
+        text_encoder_3 = _t5(tokenizer, 4096, text_layers)
+    return dict(vae=vae, transformer=transformer, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                text_encoder_3=text_encoder_3, tokenizer=tokenizer, tokenizer_2=tokenizer, tokenizer_3=tokenizer,
+                scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))  # fmt: skip
+
+
+RANDOM_MODELS = {
+    "sd2-base-random": sd2_base_components,
+    "sdxl-base-random": sdxl_base_components,
+    "flux-dev-random": flux_dev_components,
+    "sd3-medium-random": sd3_medium_components,
+}

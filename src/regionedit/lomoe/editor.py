@@ -12,11 +12,10 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..cfg import classifier_free_guidance
 from ..errors import InvalidInputError
 from ..execution import ExecutionOptions, gradient_checkpointing
 from ..inversion import Inversion, InversionOptions, captured_maps, invert_checked, reference_pass
-from ..models.interface import Conditioning, Model, to_pil
+from ..models.interface import Model, to_pil
 from ..prepared import PreparedEdit, read_image
 from ..regions import Region, active_weights
 from .losses import background_loss, cross_attention_loss, fuse
@@ -60,6 +59,7 @@ class _UNetCounter:
         self.calls = 0
         self.latent_evals = 0
         self.backward_evals = 0
+        self.batches = 2  # denoiser batches per branch: 2 for CFG, 1 where guidance is distilled
 
 
 def _constant_colour_pool(model: Model, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
@@ -134,7 +134,8 @@ def edit(
 
     options = options if options is not None else make_options("lomoe", {}, model.settings.get("lomoe"))
     inversion = image if isinstance(image, Inversion) else None
-    prepared = prepare_lomoe(image, regions, background_prompt, options, model.vae_scale_factor)
+    prepared = prepare_lomoe(image, regions, background_prompt, options, model.vae_scale_factor,
+                             patch_size=model.patch_size)  # fmt: skip
     prepared = replace(prepared, execution=execution or ExecutionOptions())
     if original is not None:
         if inversion is None:
@@ -214,13 +215,15 @@ def run(
 def _denoise(model, inv, regions, weights, options, execution, generator, counter, progress, callback):
     """Spec Stage 3: views, bootstrapping, gradient step, re-evaluation, for every timestep."""
     steps = inv.num_steps
-    sched = model.scheduler(steps)
+    sched = model.scheduler(steps, inv.latents.shape[-2:])
     n_branch = len(regions) + 1
     neg = [inv.negative_prompt] + [
         r.negative_prompt if r.negative_prompt is not None else options.region_negative_prompt
         for r in regions
     ]
     cond = [inv.prompt] + [r.prompt for r in regions]
+    if model.guidance != "cfg" and any(r.negative_prompt for r in regions):
+        log.warning("%s has distilled guidance: the regions' negative prompts have no effect", model.name)
     cond_neg, cond_pos = model.encode_prompt(neg), model.encode_prompt(cond)
     z_T = inv.latents[-1:]
     pool = None
@@ -232,7 +235,7 @@ def _denoise(model, inv, regions, weights, options, execution, generator, counte
     )
     chunk = execution.chunk_size or n_branch
     chunks = [list(range(s, min(s + chunk, n_branch))) for s in range(0, n_branch, chunk)]
-    reference_pair = Conditioning.cat([cond_neg[[0]], cond_pos[[0]]])  # the reference pass's prompts
+    k = counter.batches = model.guidance_batches
 
     def reference_maps(i, t, store) -> dict:
         """The reference pass's attention maps at step ``i``: held ones, or recomputed from the
@@ -242,28 +245,21 @@ def _denoise(model, inv, regions, weights, options, execution, generator, counte
         z_ref = inv.latents[steps - i : steps - i + 1]
         store.capture = True
         with torch.no_grad():
-            model.predict(torch.cat([z_ref, z_ref]), t, reference_pair)
+            model.guided(z_ref, t, cond_neg[[0]], cond_pos[[0]], options.guidance_scale)
         store.capture = False
         counter.calls += 1
-        counter.latent_evals += 2
-        return captured_maps(store, model.dtype)
+        counter.latent_evals += k
+        return captured_maps(store, model.dtype, halves=k)
 
     def step_branches(views, t, idx, offset):
-        """UNet on [uncond, cond] of the branches ``idx``; CFG; DDIM step plus δ."""
-        pair = Conditioning.cat([cond_neg[idx], cond_pos[idx]])
-        out = model.predict(torch.cat([views, views]), t, pair)
+        """The guided prediction of the branches ``idx``, the scheduler's step plus δ."""
         counter.calls += 1
-        counter.latent_evals += 2 * len(idx)
-        eps_u, eps_c = out.chunk(2)
-        eps = classifier_free_guidance(eps_u, eps_c, options.guidance_scale)
-        if options.guidance_rescale > 0:
-            # region branches only: the background branch must match the inversion's offsets
-            region = torch.tensor([b > 0 for b in idx], device=eps.device).view(-1, 1, 1, 1)
-            rescaled = classifier_free_guidance(
-                eps_u, eps_c, options.guidance_scale, options.guidance_rescale
-            )
-            eps = torch.where(region, rescaled, eps)
-        return sched.step(eps, t, views) + offset
+        counter.latent_evals += k * len(idx)
+        # rescale region branches only: the background branch must match the inversion's offsets
+        region = torch.tensor([b > 0 for b in idx])
+        out = model.guided(views, t, cond_neg[idx], cond_pos[idx], options.guidance_scale,
+                           options.guidance_rescale, region)  # fmt: skip
+        return sched.step(out, t, views) + offset
 
     z = z_T
     losses = []
@@ -328,7 +324,7 @@ def _gradient(
             # same attention path there
             store.capture = use_xa
             z_c = step_branches(leaf, t, c, offset)
-            counter.backward_evals += 2 * len(c)
+            counter.backward_evals += counter.batches * len(c)
             z_full = z_c if len(chunks) == 1 else torch.cat([z_all[: c[0]], z_c, z_all[c[-1] + 1 :]])
             l_b = background_loss(fuse(z_full, weights), ref_latent, weights[:1])
             loss = options.background_weight * l_b

@@ -31,19 +31,19 @@ def cross_attention_loss(
     """L_xa = Σ_layers mean over (batch·heads) of Σ over (pixels, tokens) of (A − A_ref)².
 
     Args:
-        maps: layer -> ``(2 * B * heads, pixels, tokens)`` from one UNet call on the batch
-            ``[uncond_1..B, cond_1..B]``.
-        reference: layer -> ``(2, heads, pixels, tokens)``: broadcast over the B branches.
+        maps: layer -> ``(k * B * heads, pixels, tokens)`` from one call on the batch
+            ``[uncond_1..B, cond_1..B]`` (k = 2) or ``[cond_1..B]`` (k = 1, distilled guidance).
+        reference: layer -> ``(k, heads, pixels, tokens)``: broadcast over the B branches.
         num_total: number of branches the mean runs over (for chunked gradients); default B.
     """
     loss = None
     for name, probs in maps.items():
         ref = reference[name]
-        heads = ref.shape[1]
-        b = probs.shape[0] // (2 * heads)
-        a = probs.reshape(2, b, heads, *probs.shape[1:])
+        k, heads = ref.shape[:2]
+        b = probs.shape[0] // (k * heads)
+        a = probs.reshape(k, b, heads, *probs.shape[1:])
         sq = ((a - ref[:, None].to(a.dtype)) ** 2).sum(dim=(-2, -1))
-        term = sq.sum() / (2 * (num_total or b) * heads)
+        term = sq.sum() / (k * (num_total or b) * heads)
         loss = term if loss is None else loss + term
     if loss is None:
         raise ValueError("no cross-attention maps were captured")

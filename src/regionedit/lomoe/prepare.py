@@ -20,6 +20,7 @@ def prepare_lomoe(
     vae_scale_factor: int,
     resize: str | None = None,
     seed: int = 0,
+    patch_size: int = 1,
 ) -> PreparedEdit:
     """Check a LoMOE edit and bring its masks to the latent grid.
 
@@ -31,6 +32,8 @@ def prepare_lomoe(
         options: :class:`LoMOEOptions`.
         vae_scale_factor: the model's (``Model.vae_scale_factor`` or ``ModelInfo``'s).
         resize: None (sizes must fit), ``"pad"`` or ``"crop"``.
+        patch_size: latent cells per token side (2 for flow transformers): sides must be
+            multiples of ``vae_scale_factor · patch_size`` and masks are made on the token grid.
     """
     if not isinstance(options, LoMOEOptions):
         raise InvalidOptionError(f"LoMOE takes LoMOEOptions, got {type(options).__name__}")
@@ -63,17 +66,18 @@ def prepare_lomoe(
         masks.append(sized_mask(r.mask, size, f"mask {i}") >= options.mask_threshold)
     box = None
     if pixels is not None:
-        pixels, masks, box = fit(pixels, masks, vae_scale_factor, resize)
+        pixels, masks, box = fit(pixels, masks, vae_scale_factor * patch_size, resize)
         size = (pixels.height, pixels.width)
     else:
-        check_image_size(*size, vae_scale_factor)
+        check_image_size(*size, vae_scale_factor * patch_size)
     for i, m in enumerate(masks, start=1):
         if not m.any():
             raise InvalidMaskError(
                 f"mask {i} is empty (no pixel >= {options.mask_threshold}); paint the region to edit"
             )
-    f = vae_scale_factor
+    f = vae_scale_factor * patch_size
     weights = latent_masks(masks, (size[0] // f, size[1] // f), options.feather, options.overlap)
+    weights = weights.repeat_interleave(patch_size, -2).repeat_interleave(patch_size, -1)
     prepared = [replace(r, mask=m) for r, m in zip(regions, masks, strict=True)]
     return PreparedEdit("lomoe", pixels, size, tuple(prepared), background_prompt, options, weights,
                         seed=seed, crop_box=box)  # fmt: skip

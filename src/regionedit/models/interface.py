@@ -117,8 +117,15 @@ class Model:
         size = size[0] if isinstance(size, (list, tuple)) else size
         return int(size) * self.vae_scale_factor
 
+    patch_size = 1  # latent cells per token side (2 where a transformer packs 2x2 patches)
+
+    @property
+    def size_factor(self) -> int:
+        """Pixels per token side: image sides must be multiples of it, masks live on its grid."""
+        return self.vae_scale_factor * self.patch_size
+
     def check_image_size(self, height: int, width: int) -> None:
-        check_image_size(height, width, self.vae_scale_factor)
+        check_image_size(height, width, self.size_factor)
 
     def image_to_tensor(self, image: Image.Image) -> torch.Tensor:
         """PIL RGB -> float32 ``(1, 3, H, W)`` in [-1, 1] on ``device``."""
@@ -195,12 +202,50 @@ class Model:
     def prediction_type(self) -> str:
         return self.scheduler_config.get("prediction_type", "epsilon")
 
-    def scheduler(self, steps: int):
-        """A stateless schedule of ``steps`` steps (see :mod:`regionedit.models.schedule`)."""
+    def scheduler(self, steps: int, size=None):
+        """A stateless schedule of ``steps`` steps (see :mod:`regionedit.models.schedule`) for
+        latents of ``size`` ``(h, w)`` (flow models shift their sigmas by image size)."""
         raise NotImplementedError
 
-    def inverse_scheduler(self, steps: int):
+    def inverse_scheduler(self, steps: int, size=None):
+        """The inversion's schedule: ``timesteps`` upwards and ``step(output, t, z, regularize)``."""
         raise NotImplementedError
+
+    # --- guidance -------------------------------------------------------------------------
+
+    guidance = "cfg"  # "cfg": two branches per prompt; "distilled": one, the scale as an input
+
+    @property
+    def guidance_batches(self) -> int:
+        """Denoiser batches per prompt in a guided call: 2 (``[uncond, cond]``) or 1 (distilled)."""
+        return 2 if self.guidance == "cfg" else 1
+
+    def guided(self, latents, t, negative: Conditioning, positive: Conditioning, scale: float,
+               rescale: float = 0.0, rescaled=None) -> torch.Tensor:  # fmt: skip
+        """The guided prediction of each latent: classifier-free guidance on one call over
+        ``[latents, latents]`` with ``[negative, positive]``, or the positive prompt alone with the
+        scale as the model's guidance input where it is distilled (negatives then have no effect).
+
+        ``rescale`` (φ) applies to the items where ``rescaled`` (a bool per item; default all) is true.
+        """
+        from ..cfg import classifier_free_guidance
+
+        if self.guidance != "cfg":
+            return self.predict(latents, t, self.with_guidance(positive, scale))
+        uncond, cond = self.predict(
+            torch.cat([latents, latents]), t, Conditioning.cat([negative, positive])
+        ).chunk(2)
+        out = classifier_free_guidance(uncond, cond, scale)
+        if rescale > 0:
+            mix = classifier_free_guidance(uncond, cond, scale, rescale)
+            out = (
+                mix if rescaled is None else torch.where(rescaled.view(-1, 1, 1, 1).to(out.device), mix, out)
+            )
+        return out
+
+    def with_guidance(self, cond: Conditioning, scale: float) -> Conditioning:
+        """``cond`` with the guidance input ``scale`` (distilled families)."""
+        return cond
 
     def cross_attention_layers(self) -> list[str]:
         raise NotImplementedError

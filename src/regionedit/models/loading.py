@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelLoadError
+from .flow import Flux, StableDiffusion3
 from .interface import Model
 from .sd import StableDiffusion
 from .sdxl import StableDiffusionXL
@@ -26,9 +27,10 @@ log = logging.getLogger(__name__)
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 MINI_DIR = DATA_DIR / "mini"  # the bundled shapes-world model
+MINI_FLOW_DIR = DATA_DIR / "mini_flow"  # its FLUX-architecture sibling
 SETTINGS_FILE = "regionedit_settings.json"  # beside model_index.json: recommended edit settings
-FAMILIES = {"sd": StableDiffusion, "sdxl": StableDiffusionXL}
-SUPPORTED = "Stable Diffusion 1.x/2.x and SDXL (base) architecture models"
+FAMILIES = {"sd": StableDiffusion, "sdxl": StableDiffusionXL, "flux": Flux, "sd3": StableDiffusion3}
+SUPPORTED = "Stable Diffusion 1.x/2.x, SDXL (base), FLUX.1 and SD3 architecture models"
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class ModelInfo:
         path: the local folder, when there is one.
         family: ``"sd"`` or ``"sdxl"``; None when it can only be told by loading (an uncached hub id).
         vae_scale_factor: pixels per latent cell; None when unknown before loading.
+        patch_size: latent cells per token side (2 for FLUX and SD3 transformers, else 1).
         settings: recommended settings per method (``regionedit_settings.json``), else empty;
             None when the model itself could not be found.
     """
@@ -49,13 +52,19 @@ class ModelInfo:
     family: str | None = None
     vae_scale_factor: int | None = None
     settings: dict | None = field(default_factory=dict)
+    patch_size: int = 1
 
 
 def _family(index: dict, where: str) -> str:
     """The family of a ``model_index.json``, from the components it lists."""
     parts = set(index)
     if "transformer" in parts:
-        kind = "a FLUX or SD3 transformer model" if "text_encoder_2" in parts else "a transformer model"
+        kind_of = str((index.get("transformer") or [None, ""])[-1])
+        if kind_of == "FluxTransformer2DModel" and {"vae", "text_encoder", "text_encoder_2"} <= parts:
+            return "flux"
+        if kind_of == "SD3Transformer2DModel" and {"vae", "text_encoder", "text_encoder_2"} <= parts:
+            return "sd3"
+        kind = f"a transformer model ({kind_of or 'unknown class'})"
     elif {"unet", "vae", "text_encoder", "text_encoder_2"} <= parts:
         return "sdxl"
     elif "text_encoder_2" in parts:
@@ -69,8 +78,8 @@ def _family(index: dict, where: str) -> str:
 
 # Weight-name prefixes of original-format single-file checkpoints, per family.
 SINGLE_FILE_KEYS = (
-    ("joint_blocks.", None, "an SD3 checkpoint"),
-    ("double_blocks.", None, "a FLUX checkpoint"),
+    ("joint_blocks.", "sd3", ""),
+    ("double_blocks.", "flux", ""),
     ("conditioner.embedders.1.", "sdxl", ""),
     ("cond_stage_model.", "sd", ""),
 )
@@ -117,7 +126,7 @@ def _describe_folder(name: str, path: Path) -> ModelInfo:
     settings = _read(path / SETTINGS_FILE, "settings file") if (path / SETTINGS_FILE).is_file() else {}
     if isinstance(settings.get("controlnets"), dict):  # folders relative to the model's
         settings["controlnets"] = {k: str((path / v).resolve()) for k, v in settings["controlnets"].items()}
-    return ModelInfo(name, path, family, factor, settings)
+    return ModelInfo(name, path, family, factor, settings, FAMILIES[family].patch_size)
 
 
 def describe(model: str | os.PathLike = "mini") -> ModelInfo:
@@ -127,6 +136,13 @@ def describe(model: str | os.PathLike = "mini") -> ModelInfo:
         if not (MINI_DIR / "model_index.json").exists():
             raise ModelLoadError(f"the bundled mini model is missing from {MINI_DIR}; reinstall regionedit")
         return _describe_folder(spec, MINI_DIR)
+    if spec == "mini-flow":
+        if not (MINI_FLOW_DIR / "model_index.json").exists():
+            raise ModelLoadError(
+                "the mini flow model is not in this installation; train one with "
+                "`regionedit train-mini --family flow --out DIR` and pass DIR/pipeline as the model"
+            )
+        return _describe_folder(spec, MINI_FLOW_DIR)
     path = Path(spec).expanduser()
     if path.is_dir():
         return _describe_folder(spec, path)
@@ -231,6 +247,8 @@ def load(
     cls = FAMILIES[info.family or "sd"]
     pipeline = getattr(diffusers, cls.pipeline)
     kwargs = dict(**dtype_argument(dtype), **cls.pipeline_kwargs)
+    if info.family == "sd3" and info.path is not None and not (info.path / "text_encoder_3").is_dir():
+        kwargs.update(text_encoder_3=None, tokenizer_3=None)  # SD3 without its T5, as diffusers allows
     try:
         if info.path is not None:
             pickled = any(p.suffix == ".bin" for p in info.path.rglob("*.bin"))
@@ -270,16 +288,40 @@ def _from_single_file(pipeline, path: Path, info: ModelInfo, allow_pickle: bool,
             raise ModelLoadError(
                 f"--model-config {config}: not a diffusers model folder (no model_index.json)"
             )
+        if info.family == "flux":  # FLUX files hold the transformer alone: the rest comes from the config
+            from diffusers import FluxTransformer2DModel
+
+            transformer = FluxTransformer2DModel.from_single_file(
+                str(path), config=str(config), subfolder="transformer", local_files_only=_offline(),
+                **dtype_argument(kwargs.get("dtype", kwargs.get("torch_dtype"))),
+            )  # fmt: skip
+            return pipeline.from_pretrained(
+                str(config), transformer=transformer, local_files_only=_offline(), **kwargs
+            )
         return pipeline.from_single_file(str(path), config=str(config), local_files_only=_offline(), **kwargs)
     try:
+        if info.family == "flux":
+            raise ModelLoadError("a FLUX file holds only the transformer")
         return pipeline.from_single_file(str(path), local_files_only=_offline(), **kwargs)
     except Exception:  # the reference configs are not cached here: the user must give them
-        family = {"sd": "Stable Diffusion", "sdxl": "SDXL"}.get(info.family, "Stable Diffusion")
+        family = {"sd": "Stable Diffusion", "sdxl": "SDXL", "flux": "FLUX", "sd3": "SD3"}.get(
+            info.family, "Stable Diffusion"
+        )
         raise ModelLoadError(
             f"{path} is a single-file {family} checkpoint whose configs are not available offline; "
             "give them with --model-config DIR (a diffusers folder of the same architecture) or a cached "
             "hub id (Python: load(..., config=...))"
         ) from None
+
+
+def family_class(components: dict) -> type[Model]:
+    """The family of in-memory components: by their transformer's class, else SDXL when there is a
+    second text encoder, else Stable Diffusion."""
+    network = type(components.get("transformer")).__name__
+    cls = {"FluxTransformer2DModel": Flux, "SD3Transformer2DModel": StableDiffusion3}.get(network)
+    if cls is None:
+        cls = StableDiffusionXL if components.get("text_encoder_2") is not None else StableDiffusion
+    return cls
 
 
 def from_components(
@@ -294,16 +336,18 @@ def from_components(
 ) -> Model:
     """Wrap in-memory components (as built in tests, keyed like a diffusers pipeline) into a model.
 
-    ``cls`` is the family's class; by default SDXL when there is a second text encoder, else
-    Stable Diffusion. The modules are moved to ``device``/``dtype`` in place (``nn.Module.to``),
+    ``cls`` is the family's class; by default :func:`family_class` of the components. The modules are moved to ``device``/``dtype`` in place (``nn.Module.to``),
     as diffusers does; ``move=False`` moves them to the device only (they already have their dtype).
     ``extra`` are family fields (SDXL's ``force_zeros_for_empty_prompt``).
     """
     device, dtype = resolve_device(device, dtype)
-    if cls is None:
-        cls = StableDiffusionXL if components.get("text_encoder_2") is not None else StableDiffusion
-    fields = {k: components[k].to(device, dtype) if move else components[k].to(device) for k in cls.modules}
-    fields.update({k: components[k] for k in cls.objects})
+    cls = cls or family_class(components)
+    fields = {
+        k: components[k].to(device, dtype) if move else components[k].to(device)
+        for k in cls.modules
+        if components.get(k) is not None  # SD3 without its T5
+    }
+    fields.update({k: components.get(k) for k in cls.objects})
     return cls(
         **fields,
         scheduler_config=dict(components["scheduler"].config),

@@ -9,7 +9,7 @@ the model's prediction to ε or to the clean latent there.
 from __future__ import annotations
 
 import torch
-from diffusers import DDIMScheduler
+from diffusers import DDIMInverseScheduler, DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
 from ..errors import InvalidOptionError
 
@@ -65,3 +65,85 @@ class DDIMSchedule:
 
     def to_x0(self, output, sample, t):
         return to_x0(output, sample, self.alpha_prod(t), self.prediction_type)
+
+
+class DDIMInverse:
+    """DDIM run backwards (η = 0): the inversion's steps, in ε.
+
+    Every output is converted to ε with the ᾱ of the timestep the latent sits at (one stride
+    below ``t``); ``regularize`` (pix2pix-zero) may then adjust that ε before the step.
+    """
+
+    def __init__(self, config: dict, steps: int, device=None):
+        self.scheduler = DDIMInverseScheduler.from_config({**config, "prediction_type": "epsilon"})
+        self.scheduler.set_timesteps(steps, device=device)
+        self.timesteps = self.scheduler.timesteps
+        self.prediction_type = config.get("prediction_type", "epsilon")
+        self.stride = self.scheduler.config.num_train_timesteps // steps
+
+    def step(self, output: torch.Tensor, t, sample: torch.Tensor, regularize=None) -> torch.Tensor:
+        cur = int(t) - self.stride
+        s = self.scheduler
+        alpha = s.alphas_cumprod[cur] if cur >= 0 else s.initial_alpha_cumprod
+        eps = to_epsilon(output, sample, alpha.to(sample), self.prediction_type)
+        if regularize is not None:
+            eps = regularize(eps)
+        return s.step(eps, t, sample).prev_sample
+
+
+class FlowSchedule:
+    """Rectified flow sampled with Euler steps on diffusers' ``FlowMatchEulerDiscreteScheduler``
+    sigmas (the model's shift, and ``mu`` where it shifts by image size).
+
+    A latent at σ is ``(1 − σ)·x0 + σ·noise``; the model predicts the velocity ``noise − x0``.
+    Timesteps are ``σ · num_train_timesteps``, as the scheduler gives them.
+    """
+
+    prediction_type = "flow"
+
+    def __init__(self, config: dict, steps: int, device=None, sigmas=None, mu=None):
+        self.scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
+        self.scheduler.set_timesteps(steps, device=device, sigmas=sigmas, mu=mu)
+        self.timesteps = self.scheduler.timesteps
+        self.sigmas = self.scheduler.sigmas.to(device=self.timesteps.device, dtype=torch.float32)
+
+    def _index(self, t) -> torch.Tensor:
+        t = torch.as_tensor(t, device=self.timesteps.device).reshape(-1, 1).to(self.timesteps.dtype)
+        return (self.timesteps[None] - t).abs().argmin(dim=1)
+
+    def sigma(self, t) -> torch.Tensor:
+        """σ at each timestep of ``t`` (a number or a batch), shaped ``(B, 1, 1, 1)``."""
+        return self.sigmas[self._index(t)].view(-1, 1, 1, 1)
+
+    def step(self, output: torch.Tensor, t, sample: torch.Tensor) -> torch.Tensor:
+        i = self._index(t)
+        return sample + (self.sigmas[i + 1] - self.sigmas[i]).view(-1, 1, 1, 1).to(sample) * output
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
+        s = self.sigma(t).to(x0)
+        return (1 - s) * x0 + s * noise
+
+    def to_epsilon(self, output, sample, t):
+        return sample + (1 - self.sigma(t).to(sample)) * output
+
+    def to_x0(self, output, sample, t):
+        return sample - self.sigma(t).to(sample) * output
+
+
+class FlowInverse:
+    """The flow ODE integrated upwards, from the clean latent to noise, on the sigmas of the
+    :class:`FlowSchedule` it mirrors: Euler, with the velocity taken at the lower σ of each step.
+
+    ``regularize`` is accepted for the interface and ignored: pix2pix-zero regularises ε
+    predictions, and a flow's noise estimate ``z + (1 − σ)·v`` cannot be turned back into a
+    velocity near σ = 1.
+    """
+
+    def __init__(self, forward: FlowSchedule):
+        self.sigmas = forward.sigmas.flip(0)
+        self.timesteps = self.sigmas[:-1] * forward.scheduler.config.num_train_timesteps
+
+    def step(self, output: torch.Tensor, t, sample: torch.Tensor, regularize=None) -> torch.Tensor:
+        t = torch.as_tensor(t, device=self.timesteps.device).to(self.timesteps.dtype)
+        i = int((self.timesteps - t).abs().argmin())
+        return sample + (self.sigmas[i + 1] - self.sigmas[i]).to(sample) * output

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from diffusers import DDIMInverseScheduler
 
 from .interface import Conditioning, Model
-from .schedule import DDIMSchedule
+from .schedule import DDIMInverse, DDIMSchedule
 
 
 def token_ids(tokenizer, prompts: list[str]) -> torch.Tensor:
@@ -47,14 +46,11 @@ class StableDiffusion(Model):
     def denoiser_inputs(self, latents: torch.Tensor, cond: Conditioning) -> dict:
         return {"encoder_hidden_states": cond.embeds}
 
-    def scheduler(self, steps: int) -> DDIMSchedule:
+    def scheduler(self, steps: int, size=None) -> DDIMSchedule:
         return DDIMSchedule(self.scheduler_config, steps, self.device)
 
-    def inverse_scheduler(self, steps: int) -> DDIMInverseScheduler:
-        """DDIM run backwards, stepping in ε (the inversion converts to ε with ``schedule.to_epsilon``)."""
-        inverse = DDIMInverseScheduler.from_config({**self.scheduler_config, "prediction_type": "epsilon"})
-        inverse.set_timesteps(steps, device=self.device)
-        return inverse
+    def inverse_scheduler(self, steps: int, size=None) -> DDIMInverse:
+        return DDIMInverse(self.scheduler_config, steps, self.device)
 
     def cross_attention_layers(self) -> list[str]:
         """Processor names of the UNet's cross-attention layers (``...attn2.processor``)."""

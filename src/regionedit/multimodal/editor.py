@@ -276,7 +276,7 @@ def edit(
         options if options is not None else make_options("multimodal", {}, model.settings.get("multimodal"))
     )
     prepared = prepare_multimodal(image, prompt, source_prompt, mask, conditions, options, model.vae_scale_factor,
-                                  negative_prompt=negative_prompt)  # fmt: skip
+                                  negative_prompt=negative_prompt, patch_size=model.patch_size)  # fmt: skip
     prepared = replace(prepared, execution=execution or ExecutionOptions())
     return run(model, prepared, controlnets, generator=generator, inversion=inversion, guidance=guidance,
                progress=progress, callback=callback)  # fmt: skip
@@ -287,6 +287,11 @@ def _control_stack(model: Model, edit: PreparedEdit, controlnets) -> ControlStac
     nets = _as_nets(controlnets, list(edit.conditions))
     if not nets:
         return None
+    if model.family not in ("sd", "sdxl"):
+        raise InvalidInputError(
+            f"ControlNet conditions work on Stable Diffusion 1.x/2.x and SDXL models so far, not on {model.family}; "
+            "give a text instruction (with a mask) instead"
+        )
     for i, net in enumerate(nets):
         _check_net(net, model, i)
         net.requires_grad_(False).eval()
@@ -374,9 +379,11 @@ def run(
         inversion = ddim_invert(model, z0, source_prompt, opts, generator, progress)
     timings["invert_seconds"] = time.perf_counter() - start_time
 
+    if negative_prompt and model.guidance != "cfg":
+        log.warning("%s has distilled guidance: the negative prompt has no effect", model.name)
     cond = model.encode_prompt([negative_prompt, prompt])
     denoiser = Denoiser(model, cond, options.guidance_scale, controls, n)
-    sched = model.scheduler(n)
+    sched = model.scheduler(n, z0.shape[-2:])
     inv_traj = {i: inversion[n - i : n - i + 1] for i in range(n)}  # z^inv at τ_i (step i)
     nets_all = [model.denoiser, *([] if controls is None else controls.nets)]
 

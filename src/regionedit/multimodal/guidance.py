@@ -84,6 +84,11 @@ class Denoiser:
 
     def __call__(self, z: torch.Tensor, t, step: int) -> torch.Tensor:
         model = self.model
+        if self.controls is None or not len(self.controls):
+            self._count(z, z.shape[0] * (1 if self.guidance_scale == 1.0 else model.guidance_batches))
+            if self.guidance_scale == 1.0:
+                return model.predict(z, t, self.cond[1:])
+            return model.guided(z, t, self.cond[:1], self.cond[1:], self.guidance_scale)
         if self.guidance_scale == 1.0:
             sample, cond = z.to(model.dtype), self.cond[1:]
         else:
@@ -94,14 +99,17 @@ class Denoiser:
             down, mid = self.controls.residuals(sample, t, inputs, step, self.num_steps)
             residuals = dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
         out = model.predict(sample, t, cond, **residuals)
-        if torch.is_grad_enabled() and z.requires_grad:
-            self.counter.backward += sample.shape[0]
-        else:
-            self.counter.forward += sample.shape[0]
+        self._count(z, sample.shape[0])
         if self.guidance_scale == 1.0:
             return out
         uncond, cond_out = out.chunk(2)
         return classifier_free_guidance(uncond, cond_out, self.guidance_scale)
+
+    def _count(self, z: torch.Tensor, evals: int) -> None:
+        if torch.is_grad_enabled() and z.requires_grad:
+            self.counter.backward += evals
+        else:
+            self.counter.forward += evals
 
 
 @dataclass

@@ -45,7 +45,7 @@ def diffedit_mask(
     branch: with CFG w both guided predictions share it, so their difference is
     w·(ε_target − ε_source), and the rescaling below removes w. No ControlNet (spec §3).
     """
-    sched = model.scheduler(num_steps)
+    sched = model.scheduler(num_steps, z0.shape[-2:])
     i0 = min(start_index(num_steps, options.encode_strength), num_steps - 1)
     t = sched.timesteps[i0]
     maps = options.num_maps

@@ -26,11 +26,13 @@ def prepare_multimodal(
     seed: int = 0,
     controlnets: dict | None = None,
     negative_prompt: str = "",
+    patch_size: int = 1,
 ) -> PreparedEdit:
     """Check a multi-modal edit: image, prompts, optional mask and the conditions' maps.
 
     ``resize`` is refused (control maps are given at the input's size). ``controlnets`` (kind -> folder) is carried for the request layer; the library's
-    ``edit`` takes network objects instead.
+    ``edit`` takes network objects instead. ``patch_size``: latent cells per token side (2 for
+    flow transformers; the mask is then made on the token grid).
     """
     if not isinstance(options, MultimodalOptions):
         raise InvalidOptionError(
@@ -43,7 +45,7 @@ def prepare_multimodal(
         )
     pixels = read_image(image)
     size = (pixels.height, pixels.width)
-    check_image_size(*size, vae_scale_factor)
+    check_image_size(*size, vae_scale_factor * patch_size)
     given = None if mask is None else sized_mask(mask, size, "mask")  # grey levels: area-resized below
     conditions = list(conditions or [])
     for c in conditions:
@@ -54,10 +56,11 @@ def prepare_multimodal(
     maps = tuple(control_image(c, pixels) for c in conditions)
     latent = None
     if given is not None:
-        f = vae_scale_factor
+        f = vae_scale_factor * patch_size
         small = F.interpolate(torch.from_numpy(np.asarray(given, np.float32))[None, None],
                               size=(size[0] // f, size[1] // f), mode="area")[0, 0]  # fmt: skip
         latent = small >= options.mask_threshold  # all False is allowed: nothing may change
+        latent = latent.repeat_interleave(patch_size, 0).repeat_interleave(patch_size, 1)
     region = Region(given, prompt, negative_prompt)
     return PreparedEdit("multimodal", pixels, size, (region,), source_prompt, options, latent, tuple(conditions),
                         maps, dict(controlnets or {}), seed)  # fmt: skip

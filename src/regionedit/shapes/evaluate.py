@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..cfg import classifier_free_guidance
 from ..models.interface import Model
 from .train import random_box
 from .world import BACKGROUNDS, COLOURS, SHAPES, box_mask, make_scene, render
@@ -74,14 +73,13 @@ def sample(
     generator: torch.Generator | None = None,
 ) -> np.ndarray:
     """Plain DDIM text-to-image; uint8 images ``(B, H, W, 3)``."""
-    sched = model.scheduler(steps)
-    size = model.vae.config.sample_size // model.vae_scale_factor
+    size = model.native_size // model.vae_scale_factor
+    sched = model.scheduler(steps, (size, size))
     z = torch.randn((len(prompts), model.latent_channels, size, size), generator=generator)
     z = z.to(model.device)
-    cond = model.encode_prompt([""] * len(prompts) + list(prompts))
+    negative, positive = model.encode_prompt([""] * len(prompts)), model.encode_prompt(list(prompts))
     for t in sched.timesteps:
-        u, c = model.predict(torch.cat([z, z]), t, cond).chunk(2)
-        z = sched.step(classifier_free_guidance(u, c, guidance_scale), t, z)
+        z = sched.step(model.guided(z, t, negative, positive, guidance_scale), t, z)
     x = model.decode(z).permute(0, 2, 3, 1).cpu().numpy()
     return (x * 255 + 0.5).astype(np.uint8)
 

@@ -192,7 +192,7 @@ class Engine:
                 f"image is {w}x{h} ({w * h} pixels), above this app's limit of {self.max_pixels} pixels; "
                 "crop or downscale it first (or start the server with a larger --max-pixels)"
             )
-        f = self.model.vae_scale_factor
+        f = self.model.size_factor
         if w % f or h % f:
             raise ImageSizeError(
                 f"image is {w}x{h}; this model needs sides that are multiples of {f} — "

@@ -1,0 +1,215 @@
+"""Rectified-flow transformers: FLUX and Stable Diffusion 3 behind the family interface.
+
+What differs from the UNet families, as diffusers' ``FluxPipeline`` and
+``StableDiffusion3Pipeline`` do it:
+
+- the network predicts a velocity on Euler sigmas (:class:`~regionedit.models.schedule.FlowSchedule`,
+  with FLUX's image-size shift ``mu``); the inversion integrates the same ODE upwards;
+- a token covers 2×2 latent cells (FLUX packs them, SD3 patchifies them), so image sides are
+  multiples of twice the VAE factor and masks live on that token grid (``patch_size = 2``);
+- prompts go through the pipeline's own ``encode_prompt`` (FLUX: CLIP pooled + T5 sequence;
+  SD3: two CLIPs + an optional T5);
+- text and image attend jointly; the preservation loss reads the image-to-text part of the
+  double-stream (FLUX) or joint (SD3) blocks (:class:`~regionedit.attention.JointAttentionCapture`);
+- FLUX.1-dev is guidance-distilled (``guidance_embeds``): one branch per prompt, the scale an input.
+
+The latents an editor sees stay ``(B, C, h, w)``; packing is the family's business.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .interface import Conditioning, Model
+from .schedule import FlowInverse, FlowSchedule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False, kw_only=True)
+class FlowTransformer(Model):
+    """What FLUX and SD3 share: a transformer predicting velocities on 2×2-cell tokens."""
+
+    transformer: torch.nn.Module
+    text_encoder_2: torch.nn.Module
+    tokenizer_2: object
+    max_sequence_length: int = 256  # T5 tokens per prompt
+
+    patch_size = 2
+    pipeline_kwargs = {}
+    config_fields: tuple = ()
+    euler_sigmas = False  # FLUX's pipeline passes linspace(1, 1/n, n) sigmas; SD3 the scheduler's own
+
+    def __post_init__(self):
+        super().__post_init__()
+        for m in self._text_encoders():
+            m.requires_grad_(False).eval()
+        self._pipe = self._pipeline()
+
+    def _text_encoders(self) -> list:
+        return [self.text_encoder_2]
+
+    def _pipeline(self):
+        raise NotImplementedError
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return self.transformer
+
+    @property
+    def prediction_type(self) -> str:
+        return "flow"
+
+    @property
+    def native_size(self) -> int:
+        """The VAE's sample size (FLUX's transformer config has none; both families' VAEs say 1024)."""
+        return int(self.vae.config.sample_size)
+
+    def _mu(self, size) -> float | None:
+        """FLUX's resolution-dependent shift of the sigmas (``use_dynamic_shifting``)."""
+        config = self.scheduler_config
+        if not config.get("use_dynamic_shifting"):
+            return None
+        if size is None:
+            size = (self.native_size // self.vae_scale_factor,) * 2
+        tokens = (int(size[0]) // 2) * (int(size[1]) // 2)
+        base, top = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
+        lo, hi = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
+        return lo + (hi - lo) * (tokens - base) / (top - base)
+
+    def scheduler(self, steps: int, size=None) -> FlowSchedule:
+        sigmas = None
+        if self.euler_sigmas and not self.scheduler_config.get("use_flow_sigmas"):
+            sigmas = np.linspace(1.0, 1 / steps, steps)
+        return FlowSchedule(self.scheduler_config, steps, self.device, sigmas, self._mu(size))
+
+    def inverse_scheduler(self, steps: int, size=None) -> FlowInverse:
+        return FlowInverse(self.scheduler(steps, size))
+
+    def cross_attention_layers(self) -> list[str]:
+        """The joint (text + image) attention layers: SD3's blocks, FLUX's double-stream blocks."""
+        return [
+            n for n in self.transformer.attn_processors
+            if n.startswith("transformer_blocks.") and n.endswith(".attn.processor")
+        ]  # fmt: skip
+
+    def cross_attention(self, temperature: float = 1.0):
+        from ..attention import joint_attention
+
+        return joint_attention(self.transformer, self.cross_attention_layers(), temperature)
+
+    def cross_attention_geometry(self, latent_hw: tuple[int, int]) -> list[tuple[str, int, int, int]]:
+        """``(layer, heads, image tokens, text tokens)`` of each captured layer."""
+        pixels = (latent_hw[0] // 2) * (latent_hw[1] // 2)
+        tokens = self.text_tokens()
+        return [
+            (n, self.transformer.get_submodule(n.removesuffix(".processor")).heads, pixels, tokens)
+            for n in self.cross_attention_layers()
+        ]
+
+    def text_tokens(self) -> int:
+        return int(self.encode_prompt([""]).embeds.shape[1])
+
+    def _timesteps(self, t, batch: int, dtype) -> torch.Tensor:
+        return torch.as_tensor(t, device=self.device).to(dtype).reshape(-1).expand(batch)
+
+
+@dataclass(eq=False, kw_only=True)
+class Flux(FlowTransformer):
+    """A ``FluxPipeline``'s components: ``FluxTransformer2DModel``, CLIP (pooled) and T5."""
+
+    max_sequence_length: int = 512
+
+    family = "flux"
+    pipeline = "FluxPipeline"
+    modules = ("vae", "transformer", "text_encoder", "text_encoder_2")
+    objects = ("tokenizer", "tokenizer_2")
+    euler_sigmas = True
+
+    def _pipeline(self):
+        from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+        return FluxPipeline(
+            FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config), self.vae, self.text_encoder,
+            self.tokenizer, self.text_encoder_2, self.tokenizer_2, self.transformer,
+        )  # fmt: skip
+
+    @property
+    def guidance(self) -> str:
+        return "distilled" if self.transformer.config.guidance_embeds else "cfg"
+
+    def with_guidance(self, cond: Conditioning, scale: float) -> Conditioning:
+        scales = torch.full((len(cond),), float(scale), device=cond.embeds.device)
+        return Conditioning(cond.embeds, {**cond.extra, "guidance": scales})
+
+    @torch.no_grad()
+    def _encode_text(self, prompts: list[str]) -> Conditioning:
+        embeds, pooled, _ = self._pipe.encode_prompt(
+            prompts, device=self.device, max_sequence_length=self.max_sequence_length
+        )
+        return Conditioning(embeds.to(self.dtype), {"pooled_projections": pooled.to(self.dtype)})
+
+    def predict(self, latents: torch.Tensor, t, cond: Conditioning, **residuals) -> torch.Tensor:
+        from diffusers import FluxPipeline
+
+        b, c, h, w = latents.shape
+        packed = FluxPipeline._pack_latents(latents.to(self.dtype), b, c, h, w)
+        img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, self.device, self.dtype)
+        txt_ids = torch.zeros(cond.embeds.shape[1], 3, device=self.device, dtype=self.dtype)
+        guidance = None
+        if self.transformer.config.guidance_embeds:  # no scale given: 1, no guidance
+            guidance = cond.extra.get("guidance", torch.ones(b, device=self.device)).to(self.dtype)
+        out = self.transformer(
+            hidden_states=packed, encoder_hidden_states=cond.embeds,
+            pooled_projections=cond.extra["pooled_projections"],
+            timestep=self._timesteps(t, b, self.dtype) / 1000, img_ids=img_ids, txt_ids=txt_ids,
+            guidance=guidance, return_dict=False, **residuals,
+        )[0]  # fmt: skip
+        f = self.vae_scale_factor
+        return FluxPipeline._unpack_latents(out, h * f, w * f, f).float()
+
+
+@dataclass(eq=False, kw_only=True)
+class StableDiffusion3(FlowTransformer):
+    """A ``StableDiffusion3Pipeline``'s components: ``SD3Transformer2DModel``, two CLIPs, T5 or none."""
+
+    text_encoder_3: torch.nn.Module | None = None
+    tokenizer_3: object = None
+
+    family = "sd3"
+    pipeline = "StableDiffusion3Pipeline"
+    modules = ("vae", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
+    objects = ("tokenizer", "tokenizer_2", "tokenizer_3")
+
+    def _text_encoders(self) -> list:
+        return [self.text_encoder_2] + ([self.text_encoder_3] if self.text_encoder_3 is not None else [])
+
+    def _pipeline(self):
+        from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
+        return StableDiffusion3Pipeline(
+            self.transformer, FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config), self.vae,
+            self.text_encoder, self.tokenizer, self.text_encoder_2, self.tokenizer_2, self.text_encoder_3,
+            self.tokenizer_3,
+        )  # fmt: skip
+
+    @torch.no_grad()
+    def _encode_text(self, prompts: list[str]) -> Conditioning:
+        embeds, _, pooled, _ = self._pipe.encode_prompt(
+            prompts, prompts, prompts, device=self.device, do_classifier_free_guidance=False,
+            max_sequence_length=self.max_sequence_length,
+        )  # fmt: skip
+        return Conditioning(embeds.to(self.dtype), {"pooled_projections": pooled.to(self.dtype)})
+
+    def predict(self, latents: torch.Tensor, t, cond: Conditioning, **residuals) -> torch.Tensor:
+        b = latents.shape[0]
+        out = self.transformer(
+            hidden_states=latents.to(self.dtype), encoder_hidden_states=cond.embeds,
+            pooled_projections=cond.extra["pooled_projections"], timestep=self._timesteps(t, b, self.dtype),
+            return_dict=False, **residuals,
+        )[0]  # fmt: skip
+        return out.float()

@@ -1,0 +1,217 @@
+"""Flow-matching transformers (FLUX, SD3) as families: inversion, both editors, the token grid,
+joint-attention capture and loading, on tiny random models."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import regionedit
+from regionedit import ExecutionOptions, LoMOEOptions, MultimodalOptions, Region
+from regionedit.inversion import InversionOptions, ddim_invert
+from regionedit.models.loading import from_components
+from regionedit.multimodal import edit as edit_multimodal
+
+from .conftest import build_flux_components, build_sd3_components
+
+FAST = LoMOEOptions(
+    num_inference_steps=3, bootstrap_steps=2
+)  # step 0 is at σ = 1: pure noise, nothing to bootstrap
+CAPTION = "a red square and a blue circle on a gray background"
+BUILDERS = {"flux": build_flux_components, "sd3": build_sd3_components}
+
+
+def _model(family: str):
+    model = from_components(BUILDERS[family](), name=f"tiny-{family}")
+    model.max_sequence_length = 24  # T5 tokens (FLUX) / T5 slots (SD3): small and fast
+    return model
+
+
+@pytest.fixture(scope="module", params=["flux", "sd3"])
+def model(request):
+    return _model(request.param)
+
+
+@pytest.fixture(scope="module")
+def image():
+    rng = np.random.default_rng(3)
+    arr = np.full((64, 96, 3), 128, np.uint8)  # not square
+    arr[8:30, 8:40] = (220, 40, 40)
+    arr[34:60, 50:90] = (40, 80, 220)
+    return Image.fromarray(np.clip(arr + rng.integers(-8, 8, arr.shape), 0, 255).astype(np.uint8))
+
+
+def masks(n: int) -> list[np.ndarray]:
+    """``n`` disjoint boxes on the 64x96 image, each a whole number of 8-px tokens."""
+    out = []
+    for k in range(n):
+        m = np.zeros((64, 96), bool)
+        y, x = divmod(k, 4)
+        m[8 + 32 * y : 24 + 32 * y, 8 + 24 * x : 24 + 24 * x] = True
+        out.append(m)
+    return out
+
+
+def test_family_traits(model):
+    assert model.prediction_type == "flow" and model.patch_size == 2 and model.size_factor == 8
+    assert model.guidance == ("distilled" if model.family == "flux" else "cfg")
+    with pytest.raises(regionedit.errors.ImageSizeError, match="multiples of 8"):
+        model.check_image_size(60, 64)  # a multiple of the VAE's 4, not of a 2x2 token
+    sched = model.scheduler(4, (16, 24))
+    z0, noise = torch.randn(1, 4, 16, 24), torch.randn(1, 4, 16, 24)
+    t = sched.timesteps[1]
+    zt = sched.add_noise(z0, noise, t)
+    v = noise - z0  # the exact velocity
+    assert torch.allclose(sched.to_x0(v, zt, t), z0, atol=1e-5)
+    assert torch.allclose(sched.to_epsilon(v, zt, t), noise, atol=1e-5)
+    # Euler with the exact velocity walks the straight path: one step lands on the next noise level
+    assert torch.allclose(sched.step(v, t, zt), sched.add_noise(z0, noise, sched.timesteps[2]), atol=1e-5)
+
+
+def test_null_edit_reproduces_the_inversion_and_seeds_repeat(model, image):
+    first = regionedit.edit(
+        model, image, [Region(masks(1)[0], "a green triangle")], CAPTION, FAST, progress=False
+    )
+    assert first.image.size == (96, 64)
+    null = regionedit.edit(model, first.inversion, [], options=FAST, progress=False)
+    assert torch.allclose(null.latents, first.inversion.latents[:1], atol=1e-5)
+    again = regionedit.edit(
+        model, image, [Region(masks(1)[0], "a green triangle")], CAPTION, FAST, progress=False
+    )
+    assert np.array_equal(np.asarray(first.image), np.asarray(again.image))
+    other = regionedit.edit(model, image, [Region(masks(1)[0], "a green triangle")], CAPTION, FAST,
+                            generator=torch.Generator().manual_seed(5), progress=False)  # fmt: skip
+    assert not torch.equal(first.latents, other.latents)  # the bootstrap colours differ
+
+
+@pytest.mark.parametrize("n", [1, 2, 7])
+def test_regions_edit_and_losses_are_finite(model, image, n):
+    regions = [
+        Region(m, f"a {c} triangle") for m, c in zip(masks(n), ["green", "red", "blue"] * 3, strict=False)
+    ]
+    result = regionedit.edit(model, image, regions, CAPTION, FAST, progress=False)
+    assert result.masks.shape == (n + 1, 16, 24) and len(result.mask_images) == n
+    assert all(np.isfinite(v) for step in result.losses for v in step.values())
+    assert result.losses[0]["cross_attention"] > 0 and result.losses[0]["background"] >= 0
+    per_branch = 1 if model.guidance == "distilled" else 2
+    # per step: the recomputed reference maps (one latent), the gradient pass and the step, on every branch
+    assert result.timings["unet_latent_evals"] == FAST.num_inference_steps * per_branch * (1 + 2 * (n + 1))
+    assert result.timings["unet_backward_latent_evals"] == FAST.num_inference_steps * per_branch * (n + 1)
+
+
+def test_chunked_gradients_equal_one_batch(model, image):
+    regions = [Region(m, "a green triangle") for m in masks(3)]
+    whole = regionedit.edit(model, image, regions, CAPTION, FAST, progress=False)
+    inv = whole.inversion
+    chunked = regionedit.edit(model, inv, regions, options=FAST, progress=False,
+                              execution=ExecutionOptions(chunk_size=1))  # fmt: skip
+    assert torch.allclose(whole.latents, chunked.latents, atol=1e-5)
+
+
+def test_a_mask_on_one_token_edits_exactly_that_token(model, image):
+    """One 8x8-px mask = one 2x2 latent patch = one token; and a smaller mark inside a token takes
+    the whole token, never part of one (the branch's prediction is per token)."""
+    # pure fusion, the background pinned to the inversion (joint attention lets every token see the
+    # edited one, so without the blend the background moves by ~1e-4 on this random model)
+    options = LoMOEOptions(num_inference_steps=3, bootstrap_steps=0, learning_rate=0.0, background_blend=True)
+    for y0, y1, x0, x1 in ((16, 24, 40, 48), (16, 20, 40, 44)):  # a whole token; one latent cell of it
+        mask = np.zeros((64, 96), bool)
+        mask[y0:y1, x0:x1] = True
+        result = regionedit.edit(model, image, [Region(mask, "a green triangle")], CAPTION, options,
+                                 progress=False)  # fmt: skip
+        token = torch.zeros(16, 24, dtype=torch.bool)
+        token[4:6, 10:12] = True  # latent cells of the token at pixels 16..24 x 40..48
+        assert torch.equal(result.masks[1] > 0, token)
+        changed = (result.latents[0] != result.inversion.latents[0]).any(0)
+        assert torch.equal(changed, token)
+
+
+def test_joint_attention_capture_is_exact_and_restored(model):
+    z = torch.randn(2, 4, 8, 8)
+    cond = model.encode_prompt(["a red square", "a blue circle"])
+    t = model.scheduler(4, (8, 8)).timesteps[1]
+    before = dict(model.transformer.attn_processors)
+    plain = model.predict(z, t, cond)
+    with model.cross_attention(temperature=0.5) as store:
+        store.capture = True
+        captured = model.predict(z, t, cond)
+    assert torch.equal(plain, captured)  # the forward is the original processor's
+    assert model.transformer.attn_processors == before
+    layers = model.cross_attention_layers()
+    assert set(store.maps) == set(layers) and len(layers) == 2
+    tokens = cond.embeds.shape[1]
+    for name, probs in store.maps.items():
+        heads = model.transformer.get_submodule(name.removesuffix(".processor")).heads
+        assert probs.shape == (2 * heads, 16, tokens)  # 4x4 tokens of an 8x8 latent, over the text keys
+        assert torch.allclose(probs.sum(-1), torch.ones(()), atol=1e-5)
+    geometry = model.cross_attention_geometry((8, 8))
+    assert [(n, p, k) for n, _, p, k in geometry] == [(n, 16, tokens) for n in layers]
+
+
+def test_inversion_reconstruction_error_falls_with_steps(model, image, capsys):
+    """Without the reference pass's offsets, sampling back from the inverted noise reconstructs the
+    image up to the Euler discretisation error: report it per step count, and require it to fall."""
+    z0 = model.encode(model.image_to_tensor(image))
+    cond = model.encode_prompt([CAPTION])
+    errors = {}
+    for steps in (2, 8, 32):
+        traj = ddim_invert(model, z0, CAPTION, InversionOptions(steps), torch.Generator(), progress=False)
+        sched = model.scheduler(steps, z0.shape[-2:])
+        z = traj[-1:]
+        with torch.no_grad():
+            for t in sched.timesteps:
+                z = sched.step(model.predict(z, t, cond), t, z)
+        errors[steps] = float((z - z0).pow(2).mean().sqrt() / z0.pow(2).mean().sqrt())
+    with capsys.disabled():
+        print(f"\n{model.family} inversion relative RMS error by steps: {errors}")
+    assert errors[2] > errors[8] > errors[32]
+
+
+def test_multimodal_editor_runs_on_flows(model, image):
+    options = MultimodalOptions(num_inference_steps=4, optimize_steps=3)
+    mask = masks(1)[0]
+    first = edit_multimodal(
+        model, image, "a green triangle", CAPTION, mask=mask, options=options, progress=False
+    )
+    again = edit_multimodal(
+        model, image, "a green triangle", CAPTION, mask=mask, options=options, progress=False
+    )
+    assert first.image.size == (96, 64)
+    assert np.array_equal(np.asarray(first.image), np.asarray(again.image))
+
+
+def test_controlnets_are_refused_on_flows_in_one_line(model, image):
+    from regionedit.multimodal import Condition
+
+    with pytest.raises(regionedit.errors.InvalidInputError, match="not on (flux|sd3)"):
+        edit_multimodal(model, image, "a green triangle", CAPTION, conditions=[Condition("scribble", image)],
+                        controlnets=[object()], options=MultimodalOptions(num_inference_steps=4, optimize_steps=3),
+                        progress=False)  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_loaded_from_a_folder_and_edited_from_the_cli(family, tmp_path, image):
+    import diffusers
+
+    from regionedit.cli import main
+
+    components = BUILDERS[family]()
+    pipeline = getattr(diffusers, {"flux": "FluxPipeline", "sd3": "StableDiffusion3Pipeline"}[family])
+    folder = tmp_path / "model"
+    pipeline(**components).save_pretrained(str(folder), safe_serialization=True)
+    info = regionedit.describe(str(folder))
+    assert (info.family, info.patch_size, info.vae_scale_factor) == (family, 2, 4)
+    model = regionedit.load(str(folder))
+    assert model.family == family
+    image.save(tmp_path / "in.png")
+    Image.fromarray(masks(1)[0]).save(tmp_path / "m.png")
+    code = main(["edit", "--model", str(folder), "--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "m.png"),
+                 "--prompt", "a green triangle", "--background-prompt", CAPTION, "--steps", "2", "--bootstrap-steps", "1",
+                 "--out", str(tmp_path / "out.png")])  # fmt: skip
+    assert code == 0 and Image.open(tmp_path / "out.png").size == (96, 64)
+    bad = np.zeros((60, 96, 3), np.uint8)  # 60 is a multiple of the VAE's 4 but not of a token's 8
+    Image.fromarray(bad).save(tmp_path / "bad.png")
+    Image.fromarray(np.ones((60, 96), bool)).save(tmp_path / "badm.png")
+    code = main(["edit", "--model", str(folder), "--image", str(tmp_path / "bad.png"), "--mask", str(tmp_path / "badm.png"),
+                 "--prompt", "x", "--background-prompt", "y", "--out", str(tmp_path / "o2.png")])  # fmt: skip
+    assert code == 2 and not (tmp_path / "o2.png").exists()
