@@ -37,18 +37,27 @@ class FlowTransformer(Model):
     transformer: torch.nn.Module
     text_encoder_2: torch.nn.Module
     tokenizer_2: object
-    max_sequence_length: int = 256  # T5 tokens per prompt
+    max_sequence_length: int | None = None  # T5 tokens per prompt (None: the pipeline default)
 
     patch_size = 2
     pipeline_kwargs = {}
     config_fields: tuple = ()
     euler_sigmas = False  # FLUX's pipeline passes linspace(1, 1/n, n) sigmas; SD3 the scheduler's own
 
+    default_sequence_length = 256  # as the family's pipeline
+
     def __post_init__(self):
         super().__post_init__()
         for m in self._text_encoders():
             m.requires_grad_(False).eval()
+        if self.max_sequence_length is None:
+            tokenizer = self._sequence_tokenizer()
+            limit = getattr(tokenizer, "model_max_length", None) or self.default_sequence_length
+            self.max_sequence_length = min(self.default_sequence_length, int(limit))
         self._pipe = self._pipeline()
+
+    def _sequence_tokenizer(self):
+        return self.tokenizer_2
 
     def _text_encoders(self) -> list:
         return [self.text_encoder_2]
@@ -122,13 +131,12 @@ class FlowTransformer(Model):
 class Flux(FlowTransformer):
     """A ``FluxPipeline``'s components: ``FluxTransformer2DModel``, CLIP (pooled) and T5."""
 
-    max_sequence_length: int = 512
-
     family = "flux"
     pipeline = "FluxPipeline"
     modules = ("vae", "transformer", "text_encoder", "text_encoder_2")
     objects = ("tokenizer", "tokenizer_2")
     euler_sigmas = True
+    default_sequence_length = 512
 
     def _pipeline(self):
         from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
@@ -187,6 +195,9 @@ class StableDiffusion3(FlowTransformer):
 
     def _text_encoders(self) -> list:
         return [self.text_encoder_2] + ([self.text_encoder_3] if self.text_encoder_3 is not None else [])
+
+    def _sequence_tokenizer(self):
+        return self.tokenizer_3
 
     def _pipeline(self):
         from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline

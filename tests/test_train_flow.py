@@ -1,0 +1,83 @@
+"""The mini flow model's recipe: resumable, exported as a FluxPipeline that diffusers and
+regionedit load, edits on it."""
+
+import json
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import regionedit
+from regionedit.cli import main
+from regionedit.shapes.train_flow import FlowConfig, export_flow, train_flow
+
+CFG = FlowConfig(num_scenes=16, steps=3, batch=2, ckpt_every=2, warmup_steps=1, width=32, head_dim=16,
+                 double_layers=1, single_layers=1)  # fmt: skip
+
+
+def test_interrupted_flow_training_resumes_and_exports_a_flux_pipeline(tmp_path):
+    full = train_flow(tmp_path / "full", CFG)
+    runs = 0
+    while train_flow(tmp_path / "resumed", CFG, max_minutes=0) is None:
+        runs += 1
+        assert runs < 5
+    assert runs >= 1  # it really stopped and went on
+    for part in ("transformer", "text_encoder_2"):
+        a = load_file(next((full / part).glob("*.safetensors")))
+        b = load_file(next((tmp_path / "resumed" / "pipeline" / part).glob("*.safetensors")))
+        assert a.keys() == b.keys()
+        assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3
+    trained = load_file(next((full / "transformer").glob("*.safetensors")))
+    index = json.loads((full / "model_index.json").read_text())
+    assert index["_class_name"] == "FluxPipeline" and index["transformer"][1] == "FluxTransformer2DModel"
+    assert json.loads((full / "training_config.json").read_text())["steps_done"] == 3
+    from diffusers import FluxPipeline
+
+    pipe = FluxPipeline.from_pretrained(str(full))  # diffusers' own pipeline loads it
+    assert pipe.transformer.config.guidance_embeds is False
+    assert all(torch.isfinite(v).all() for v in trained.values())
+
+
+def test_a_flow_model_from_the_recipe_edits_and_exports_again(tmp_path):
+    out = tmp_path / "run"
+    folder = train_flow(out, CFG)
+    model = regionedit.load(str(folder))
+    assert model.family == "flux" and model.native_size == 128 and model.guidance == "cfg"
+    image = Image.fromarray(np.full((128, 128, 3), 120, np.uint8))
+    mask = np.zeros((128, 128), bool)
+    mask[32:64, 32:64] = True
+    options = regionedit.LoMOEOptions(num_inference_steps=2, bootstrap_steps=1)
+    result = regionedit.edit(model, image, [regionedit.Region(mask, "a red circle")], "a gray background", options,
+                             progress=False)  # fmt: skip
+    assert result.image.size == (128, 128)
+    again = export_flow(out, tmp_path / "again")
+    a, b = (load_file(next((f / "transformer").glob("*.safetensors"))) for f in (folder, again))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_flow_flags_reach_the_config_and_unet_flags_are_refused(monkeypatch, tmp_path, capsys):
+    seen = {}
+    monkeypatch.setattr(
+        "regionedit.shapes.train_flow.train_flow", lambda out, cfg, minutes: seen.update(cfg=cfg)
+    )
+    assert (
+        main(
+            [
+                "train-mini",
+                "--family",
+                "flow",
+                "--out",
+                str(tmp_path),
+                "--flow-steps",
+                "7",
+                "--flow-lr",
+                "1e-4",
+            ]
+        )
+        == 0
+    )
+    assert (seen["cfg"].steps, seen["cfg"].lr) == (7, 1e-4)
+    assert main(["train-mini", "--family", "flow", "--out", str(tmp_path), "--unet-steps", "7"]) == 2
+    assert "--unet-steps apply to --family unet only" in capsys.readouterr().err
+    assert main(["train-mini", "--out", str(tmp_path), "--flow-steps", "7"]) == 2
