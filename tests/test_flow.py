@@ -108,6 +108,29 @@ def test_chunked_gradients_equal_one_batch(model, image):
     assert torch.allclose(whole.latents, chunked.latents, atol=1e-5)
 
 
+def test_every_lomoe_option_and_a_saved_inversion(model, image, tmp_path, caplog):
+    import dataclasses
+
+    regions = [Region(m, "a yellow circle", start=0.0 if i else 0.34) for i, m in enumerate(masks(3))]
+    regions[1] = Region(
+        regions[1].mask | masks(3)[2], "a white square", negative_prompt="blurry"
+    )  # overlaps 3
+    opts = dataclasses.replace(FAST, feather=1.0, overlap="last", paste_back=True, background_blend=True,
+                               guidance_rescale=0.7)  # fmt: skip
+    execution = ExecutionOptions(chunk_size=2, gradient_checkpointing=True, reference_maps="device")
+    res = regionedit.edit(model, image, regions, CAPTION, opts, progress=False, execution=execution)
+    union = np.any(np.stack([r.mask for r in regions]), axis=0)
+    assert np.array_equal(np.asarray(res.image)[~union], np.asarray(image)[~union])  # pasted back exactly
+    said = "negative prompts have no effect" in caplog.text
+    assert said == (model.guidance == "distilled")  # one line where guidance is distilled
+    res.inversion.save(tmp_path / "inv.safetensors")
+    loaded = regionedit.Inversion.load(tmp_path / "inv.safetensors")
+    again = regionedit.edit(
+        model, loaded, regions, options=opts, progress=False, original=image, execution=execution
+    )
+    assert torch.equal(again.latents, res.latents)
+
+
 def test_a_mask_on_one_token_edits_exactly_that_token(model, image):
     """One 8x8-px mask = one 2x2 latent patch = one token; and a smaller mark inside a token takes
     the whole token, never part of one (the branch's prediction is per token)."""

@@ -1,5 +1,5 @@
 """Print the bytes of LoMOE's held reference attention maps (``reference_maps="device"``) for the
-SD-2-base and SDXL-base architectures, from their layer geometry (no weights are allocated):
+SD-2-base, SDXL-base, FLUX.1-dev and SD3-medium architectures, from their layer geometry (no weights are allocated):
 
     .venv/bin/python docs/bench/reference_memory.py
 """

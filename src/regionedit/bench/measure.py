@@ -27,11 +27,11 @@ class Measurement:
 
 @contextlib.contextmanager
 def count_unet(unet: torch.nn.Module):
-    """Count UNet latent evaluations (rows of every forward batch) with a forward pre-hook."""
+    """Count denoiser latent evaluations (rows of every forward batch) with a forward pre-hook."""
     box = {"evals": 0, "calls": 0}
 
     def hook(module, args, kwargs):
-        sample = args[0] if args else kwargs["sample"]
+        sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))  # UNet / transformer
         box["evals"] += int(sample.shape[0])
         box["calls"] += 1
 

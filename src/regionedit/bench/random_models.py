@@ -124,7 +124,7 @@ def _t5(tokenizer, width: int, layers: int):
 def flux_dev_components(device="cpu", dtype=torch.float32, seed: int = 0, text_layers: int = 1) -> dict:
     """FLUX.1-dev's transformer (12 B parameters: 19 double- and 38 single-stream blocks, 24 heads of
     128, guidance embedding) and 16-channel VAE with random weights; a CLIP of width 768 (pooled)
-    and a small T5 of width 4096 (512 tokens)."""
+    and a small T5 of width 4096 (512 tokens, as FLUX.1-dev's pipeline)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 
     from ..shapes.model import build_tokenizer
@@ -145,12 +145,13 @@ def flux_dev_components(device="cpu", dtype=torch.float32, seed: int = 0, text_l
         max_image_seq_len=4096,
     )  # fmt: skip
     return dict(vae=vae, transformer=transformer, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
-                tokenizer=tokenizer, tokenizer_2=tokenizer, scheduler=scheduler)  # fmt: skip
+                tokenizer=tokenizer, tokenizer_2=build_tokenizer(512), scheduler=scheduler)  # fmt: skip
 
 
 def sd3_medium_components(device="cpu", dtype=torch.float32, seed: int = 0, text_layers: int = 1) -> dict:
     """SD3-medium's transformer (2 B parameters: 24 joint blocks of 24 heads × 64, 2x2 patches) and
-    16-channel VAE with random weights; CLIPs of widths 768 and 1280 and a small T5 of width 4096."""
+    16-channel VAE with random weights; CLIPs of widths 768 and 1280 and a small T5 of width 4096
+    (256 tokens, as the pipeline's default)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 
     from ..shapes.model import build_tokenizer
@@ -168,7 +169,7 @@ def sd3_medium_components(device="cpu", dtype=torch.float32, seed: int = 0, text
         text_encoder_2 = _clip(tokenizer, 1280, text_layers, projection=1280)
         text_encoder_3 = _t5(tokenizer, 4096, text_layers)
     return dict(vae=vae, transformer=transformer, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
-                text_encoder_3=text_encoder_3, tokenizer=tokenizer, tokenizer_2=tokenizer, tokenizer_3=tokenizer,
+                text_encoder_3=text_encoder_3, tokenizer=tokenizer, tokenizer_2=tokenizer, tokenizer_3=build_tokenizer(256),
                 scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))  # fmt: skip
 
 

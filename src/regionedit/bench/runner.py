@@ -54,19 +54,22 @@ _PER_EDIT = {
 }
 
 
-def work_ratio(n: int, recompute: bool = True) -> float:
+def work_ratio(n: int, recompute: bool = True, k: int = 2) -> float:
     """UNet work of N single-region LoMOE passes over one N-region pass, per step.
 
-    One pass: forward + backward (≈ 3 forwards) and a re-evaluation on 2(N+1) latents, i.e.
-    8(N+1), plus inversion (1), reference pass (2) and, when the reference maps are recomputed
-    rather than held, one forward on 2 latents: 8(N+1)+5 (held: 8(N+1)+3). N passes: 21N (19N).
+    With ``k`` denoiser batches per branch (2 for CFG, 1 where guidance is distilled), one pass is
+    forward + backward (≈ 3 forwards) and a re-evaluation on k(N+1) latents, i.e. 4k(N+1), plus
+    inversion (1), reference pass (k) and, when the reference maps are recomputed rather than held,
+    one forward on k latents: with k = 2, 8(N+1)+5 (held: 8(N+1)+3) against 21N (19N) for N passes.
     """
-    extra = 2 if recompute else 0
-    return n * (19 + extra) / (8 * n + 11 + extra)
+    extra = k if recompute else 0
+    one = 4 * k * (n + 1) + 1 + k + extra
+    return n * (8 * k + 1 + k + extra) / one
 
 
-def work_formula(recompute: bool = True) -> str:
-    return "21N/(8N+13)" if recompute else "19N/(8N+11)"
+def work_formula(recompute: bool = True, k: int = 2) -> str:
+    extra = k if recompute else 0
+    return f"{9 * k + 1 + extra}N/({4 * k}N+{4 * k + 1 + k + extra})"
 
 
 def item_seed(seed: int, item_id: str, method: str) -> int:

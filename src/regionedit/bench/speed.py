@@ -108,8 +108,8 @@ def speed_bench(
                 "n_masks": n,
                 "time_ratio": measured,
                 "unet_work_ratio": res["iterative"].unet_work / res["lomoe"].unet_work,
-                "expected_work_ratio": work_ratio(n, recompute),
-                "time_ratio_fraction": measured / work_ratio(n, recompute),
+                "expected_work_ratio": work_ratio(n, recompute, model.guidance_batches),
+                "time_ratio_fraction": measured / work_ratio(n, recompute, model.guidance_batches),
             }
         )
     return {
@@ -121,7 +121,7 @@ def speed_bench(
         "unet_flops_per_eval": flops,
         "rows": rows,
         "ratios": ratios,
-        "work_formula": work_formula(recompute),
+        "work_formula": work_formula(recompute, model.guidance_batches),
     }
 
 

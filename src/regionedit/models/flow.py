@@ -121,7 +121,8 @@ class FlowTransformer(Model):
         ]
 
     def text_tokens(self) -> int:
-        return int(self.encode_prompt([""]).embeds.shape[1])
+        """Text tokens the joint attention sees per prompt."""
+        return int(self.max_sequence_length)
 
     def _timesteps(self, t, batch: int, dtype) -> torch.Tensor:
         return torch.as_tensor(t, device=self.device).to(dtype).reshape(-1).expand(batch)
@@ -198,6 +199,11 @@ class StableDiffusion3(FlowTransformer):
 
     def _sequence_tokenizer(self):
         return self.tokenizer_3
+
+    def text_tokens(self) -> int:
+        """CLIP tokens, then T5's (or as many zeros as CLIP's without a T5), as the pipeline pads them."""
+        clip = int(self.tokenizer.model_max_length)
+        return clip + (int(self.max_sequence_length) if self.text_encoder_3 is not None else clip)
 
     def _pipeline(self):
         from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
