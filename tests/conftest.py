@@ -35,6 +35,27 @@ def image64():
     return Image.fromarray(arr)
 
 
+def wide_image(seed: int) -> Image.Image:
+    """A 96x64 (not square) noisy gray scene with a red and a blue box."""
+    rng = np.random.default_rng(seed)
+    arr = np.full((64, 96, 3), 128, np.uint8)
+    arr[8:30, 8:40] = (220, 40, 40)
+    arr[34:60, 50:90] = (40, 80, 220)
+    return Image.fromarray(np.clip(arr + rng.integers(-8, 8, arr.shape), 0, 255).astype(np.uint8))
+
+
+def box_grid(n: int, top: int, left: int, pitch: tuple[int, int], size: tuple[int, int]) -> list[np.ndarray]:
+    """``n`` boxes of ``size`` (h, w) on a 64x96 image, four to a row, ``pitch`` (dy, dx) apart."""
+    out = []
+    for k in range(n):
+        m = np.zeros((64, 96), bool)
+        y, x = divmod(k, 4)
+        y0, x0 = top + pitch[0] * y, left + pitch[1] * x
+        m[y0 : y0 + size[0], x0 : x0 + size[1]] = True
+        out.append(m)
+    return out
+
+
 def box(y0, y1, x0, x1, size=64):
     m = np.zeros((size, size), bool)
     m[y0:y1, x0:x1] = True

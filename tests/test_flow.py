@@ -12,7 +12,7 @@ from regionedit.inversion import InversionOptions, ddim_invert
 from regionedit.models.loading import from_components
 from regionedit.multimodal import edit as edit_multimodal
 
-from .conftest import build_flux_components, build_sd3_components
+from .conftest import box_grid, build_flux_components, build_sd3_components, wide_image
 
 FAST = LoMOEOptions(
     num_inference_steps=3, bootstrap_steps=2
@@ -34,22 +34,12 @@ def model(request):
 
 @pytest.fixture(scope="module")
 def image():
-    rng = np.random.default_rng(3)
-    arr = np.full((64, 96, 3), 128, np.uint8)  # not square
-    arr[8:30, 8:40] = (220, 40, 40)
-    arr[34:60, 50:90] = (40, 80, 220)
-    return Image.fromarray(np.clip(arr + rng.integers(-8, 8, arr.shape), 0, 255).astype(np.uint8))
+    return wide_image(3)
 
 
 def masks(n: int) -> list[np.ndarray]:
     """``n`` disjoint boxes on the 64x96 image, each a whole number of 8-px tokens."""
-    out = []
-    for k in range(n):
-        m = np.zeros((64, 96), bool)
-        y, x = divmod(k, 4)
-        m[8 + 32 * y : 24 + 32 * y, 8 + 24 * x : 24 + 24 * x] = True
-        out.append(m)
-    return out
+    return box_grid(n, 8, 8, (32, 24), (16, 16))
 
 
 def test_family_traits(model):
@@ -238,3 +228,15 @@ def test_loaded_from_a_folder_and_edited_from_the_cli(family, tmp_path, image):
     code = main(["edit", "--model", str(folder), "--image", str(tmp_path / "bad.png"), "--mask", str(tmp_path / "badm.png"),
                  "--prompt", "x", "--background-prompt", "y", "--out", str(tmp_path / "o2.png")])  # fmt: skip
     assert code == 2 and not (tmp_path / "o2.png").exists()
+
+
+def test_estimated_masks_grow_to_whole_tokens():
+    from regionedit.multimodal.mask import to_token_grid
+
+    mask = torch.zeros(6, 8, dtype=torch.bool)
+    mask[1, 2] = mask[4, 7] = True
+    tokens = to_token_grid(mask, 2)
+    expected = torch.zeros(6, 8, dtype=torch.bool)
+    expected[0:2, 2:4] = expected[4:6, 6:8] = True
+    assert torch.equal(tokens, expected)
+    assert to_token_grid(mask, 1) is mask

@@ -13,6 +13,8 @@ from regionedit.cli import main
 from regionedit.edit_api import read_metadata
 from regionedit.errors import ModelLoadError
 
+from .conftest import box_grid, wide_image
+
 FAST = LoMOEOptions(num_inference_steps=3, bootstrap_steps=1)
 CAPTION = "a red square and a blue circle on a gray background"
 
@@ -24,22 +26,12 @@ def model(sdxl_dir):
 
 @pytest.fixture(scope="module")
 def image():
-    rng = np.random.default_rng(1)
-    arr = np.full((64, 96, 3), 128, np.uint8)  # not square: 96 wide, 64 high
-    arr[8:30, 8:40] = (220, 40, 40)
-    arr[34:60, 50:90] = (40, 80, 220)
-    return Image.fromarray(np.clip(arr + rng.integers(-8, 8, arr.shape), 0, 255).astype(np.uint8))
+    return wide_image(1)
 
 
 def masks(n: int) -> list[np.ndarray]:
     """``n`` disjoint boxes on the 64x96 image."""
-    out = []
-    for k in range(n):
-        m = np.zeros((64, 96), bool)
-        y, x = divmod(k, 4)
-        m[4 + 30 * y : 28 + 30 * y, 4 + 23 * x : 20 + 23 * x] = True
-        out.append(m)
-    return out
+    return box_grid(n, 4, 4, (30, 23), (24, 16))
 
 
 def test_loaded_as_sdxl_with_both_encoders_and_size_conditioning(model):

@@ -102,8 +102,8 @@ def latent_masks(
     for i, m in enumerate(small, start=1):
         if m.sum() == 0:
             raise InvalidMaskError(
-                f"mask {i} covers no cell of the {w}x{h} latent grid; "
-                "draw it larger (at least one latent cell)"
+                f"mask {i} covers no cell of the model's {w}x{h} grid (latent cells, or tokens on a "
+                "flow transformer); draw it larger (at least one cell)"
             )
     if overlap == "last":
         taken = torch.zeros_like(small[0])

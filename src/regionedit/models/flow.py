@@ -41,7 +41,7 @@ class FlowTransformer(Model):
 
     patch_size = 2
     pipeline_kwargs = {}
-    config_fields: tuple = ()
+    config_fields = ()  # pipeline config entries the family reads
     euler_sigmas = False  # FLUX's pipeline passes linspace(1, 1/n, n) sigmas; SD3 the scheduler's own
 
     default_sequence_length = 256  # as the family's pipeline

@@ -32,7 +32,7 @@ from .guidance import (
     optimised_pass,
     start_index,
 )
-from .mask import diffedit_mask, difference_mask, estimate_mask, mask_to_image
+from .mask import diffedit_mask, difference_mask, estimate_mask, mask_to_image, to_token_grid
 from .options import MultimodalOptions
 from .prepare import prepare_multimodal
 
@@ -320,7 +320,7 @@ def _estimate_mask(model, edit, z0, z0_g, generator) -> tuple[torch.Tensor, dict
              if c.kind in ("pose", "scribble")]  # fmt: skip
     if boxes:
         parts["layout"] = torch.stack(boxes).any(0).to(model.device)
-    return estimate_mask(parts, options.mask_estimate.dilate), parts
+    return to_token_grid(estimate_mask(parts, options.mask_estimate.dilate), model.patch_size), parts
 
 
 def run(

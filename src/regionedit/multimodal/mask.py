@@ -83,6 +83,15 @@ def estimate_mask(parts: dict[str, torch.Tensor], dilate: bool) -> torch.Tensor:
     return union
 
 
+def to_token_grid(mask: torch.Tensor, patch: int) -> torch.Tensor:
+    """A latent-cell mask grown to whole ``patch``×``patch`` tokens (flow transformers): a token
+    is in when any of its cells is."""
+    if patch == 1:
+        return mask
+    tokens = F.max_pool2d(mask[None, None].float(), patch)[0, 0] > 0
+    return tokens.repeat_interleave(patch, 0).repeat_interleave(patch, 1)
+
+
 def mask_to_image(mask: torch.Tensor, image_hw: tuple[int, int]):
     """Latent-grid bool mask -> PIL "L" at image resolution (nearest), for inspection."""
     from PIL import Image
