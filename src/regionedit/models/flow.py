@@ -201,9 +201,8 @@ class StableDiffusion3(FlowTransformer):
         return self.tokenizer_3
 
     def text_tokens(self) -> int:
-        """CLIP tokens, then T5's (or as many zeros as CLIP's without a T5), as the pipeline pads them."""
-        clip = int(self.tokenizer.model_max_length)
-        return clip + (int(self.max_sequence_length) if self.text_encoder_3 is not None else clip)
+        """CLIP tokens, then T5's (zeros without a T5), as the pipeline lays them out."""
+        return int(self.tokenizer.model_max_length) + int(self.max_sequence_length)
 
     def _pipeline(self):
         from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
