@@ -240,3 +240,18 @@ def test_estimated_masks_grow_to_whole_tokens():
     expected[0:2, 2:4] = expected[4:6, 6:8] = True
     assert torch.equal(tokens, expected)
     assert to_token_grid(mask, 1) is mask
+
+
+def test_mini_flow_says_in_one_line_that_it_is_not_shipped_yet(capsys, tmp_path):
+    from regionedit.cli import main
+    from regionedit.errors import ModelLoadError
+    from regionedit.models.loading import MINI_FLOW_DIR
+
+    if (MINI_FLOW_DIR / "model_index.json").exists():
+        assert regionedit.describe("mini-flow").family == "flux"
+        return
+    with pytest.raises(ModelLoadError, match="train-mini --family flow"):
+        regionedit.load("mini-flow")
+    assert main(["demo", "--model", "mini-flow", "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "mini flow model" in err and not (tmp_path / "d").exists()
