@@ -191,17 +191,3 @@ def export_flow(out: str | Path, folder: str | Path) -> Path:
     )
     log.info("exported step %d to %s", step, folder)
     return folder
-
-
-def seconds_per_step(cfg: FlowConfig, repeats: int = 3) -> float:
-    """Measured training step time on random data (to size a run)."""
-    comps = build_flow_components(cfg)
-    t, x = comps["transformer"], torch.randn(cfg.batch, 4, 32, 32)
-    emb, pooled = (
-        torch.randn(cfg.batch, 48, t.config.joint_attention_dim),
-        torch.randn(cfg.batch, t.config.pooled_projection_dim),
-    )
-    start = time.perf_counter()
-    for _ in range(repeats):
-        flow_prediction(t, x, torch.rand(cfg.batch), emb, pooled).square().mean().backward()
-    return (time.perf_counter() - start) / repeats
