@@ -193,13 +193,79 @@ def test_multimodal_editor_runs_on_flows(model, image):
     assert np.array_equal(np.asarray(first.image), np.asarray(again.image))
 
 
-def test_controlnets_are_refused_on_flows_in_one_line(model, image):
+def tiny_controlnet(model, pixels: bool = False, seed: int = 3):
+    """A random ControlNet of the family's class for ``model`` (FLUX: InstantX-style on packed
+    latents, or XLabs-style reading pixels); its zero-initialised outputs get random weights."""
+    import diffusers
+
+    cfg = dict(model.transformer.config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if model.family == "flux":
+            keys = ("patch_size", "in_channels", "attention_head_dim", "num_attention_heads", "joint_attention_dim",
+                    "pooled_projection_dim", "guidance_embeds", "axes_dims_rope")  # fmt: skip
+            net = diffusers.FluxControlNetModel(**{k: cfg[k] for k in keys}, num_layers=1, num_single_layers=1,
+                                                conditioning_embedding_channels=16 if pixels else None)  # fmt: skip
+        else:
+            keys = ("sample_size", "patch_size", "in_channels", "attention_head_dim", "num_attention_heads",
+                    "joint_attention_dim", "caption_projection_dim", "pooled_projection_dim", "out_channels",
+                    "pos_embed_max_size")  # fmt: skip
+            net = diffusers.SD3ControlNetModel(**{k: cfg[k] for k in keys}, num_layers=1)
+        for p in net.parameters():
+            if not p.any():
+                torch.nn.init.normal_(p, std=0.3)
+    return net
+
+
+def _controlled(model, image, nets, scales):
     from regionedit.multimodal import Condition
 
-    with pytest.raises(regionedit.errors.InvalidInputError, match="not on (flux|sd3)"):
-        edit_multimodal(model, image, "a green triangle", CAPTION, conditions=[Condition("scribble", image)],
-                        controlnets=[object()], options=MultimodalOptions(num_inference_steps=4, optimize_steps=3),
-                        progress=False)  # fmt: skip
+    edges = Image.fromarray(((np.asarray(image).sum(2) > 200) * 255).astype(np.uint8)).convert("RGB")
+    conditions = [Condition(k, edges, scale=s) for k, s in zip(["edge", "scribble"], scales, strict=False)]
+    options = MultimodalOptions(num_inference_steps=4, optimize_steps=3)
+    result = edit_multimodal(model, image, "a green triangle", CAPTION, mask=masks(1)[0], conditions=conditions,
+                             controlnets=nets, options=options, progress=False)  # fmt: skip
+    return np.asarray(result.image)
+
+
+@pytest.mark.parametrize("pixels", [False, True], ids=["latent-net", "pixel-net"])
+def test_the_familys_controlnet_steers_the_multimodal_editor(model, image, pixels):
+    if pixels and model.family != "flux":
+        pytest.skip("pixel-reading (XLabs-style) ControlNets are FLUX's")
+    net = tiny_controlnet(model, pixels)
+    on = _controlled(model, image, [net], [1.0])
+    assert np.array_equal(on, _controlled(model, image, [net], [1.0]))  # same seed, same pixels
+    assert not np.array_equal(on, _controlled(model, image, [net], [0.0]))
+    # a second net adds its residuals; at scale 0 it changes nothing
+    other = tiny_controlnet(model, pixels, seed=4)
+    assert np.array_equal(on, _controlled(model, image, [net, other], [1.0, 0.0]))
+    assert not np.array_equal(on, _controlled(model, image, [net, other], [1.0, 1.0]))
+
+
+def test_controlnets_of_another_kind_are_refused_in_one_line(model, image, tmp_path):
+    from regionedit.models.controlnet import load_controlnet
+    from regionedit.models.loading import DATA_DIR
+
+    wanted = {"flux": "FluxControlNetModel", "sd3": "SD3ControlNetModel"}[model.family]
+    with pytest.raises(
+        regionedit.errors.InvalidInputError, match=f"ControlNet 0 is a object; .* take a {wanted}"
+    ):
+        _controlled(model, image, [object()], [1.0])
+    with pytest.raises(
+        regionedit.errors.InvalidInputError, match=f"is a ControlNetModel; .* take a {wanted}$"
+    ):
+        load_controlnet(DATA_DIR / "controlnet-mini" / "edge", model, "edge")
+    tiny_controlnet(model).save_pretrained(str(tmp_path / "net"), safe_serialization=True)
+    assert type(load_controlnet(tmp_path / "net", model, "edge")).__name__ == wanted
+    if model.family == "flux":
+        import diffusers
+
+        cfg = dict(model.transformer.config)
+        union = diffusers.FluxControlNetModel(**{k: cfg[k] for k in ("in_channels", "attention_head_dim",
+                                              "num_attention_heads", "joint_attention_dim", "pooled_projection_dim",
+                                              "axes_dims_rope")}, num_layers=1, num_single_layers=0, num_mode=3)  # fmt: skip
+        with pytest.raises(regionedit.errors.InvalidInputError, match="union ControlNet"):
+            _controlled(model, image, [union], [1.0])
 
 
 @pytest.mark.parametrize("family", ["flux", "sd3"])
@@ -222,6 +288,20 @@ def test_loaded_from_a_folder_and_edited_from_the_cli(family, tmp_path, image):
                  "--prompt", "a green triangle", "--background-prompt", CAPTION, "--steps", "2", "--bootstrap-steps", "1",
                  "--out", str(tmp_path / "out.png")])  # fmt: skip
     assert code == 0 and Image.open(tmp_path / "out.png").size == (96, 64)
+    # the multi-modal editor with the family's ControlNet from a folder; a UNet one exits 2
+    tiny_controlnet(model).save_pretrained(str(tmp_path / "net"), safe_serialization=True)
+    mm = ["edit", "--model", str(folder), "--method", "multimodal", "--image", str(tmp_path / "in.png"), "--mask",
+          str(tmp_path / "m.png"), "--prompt", "a green triangle", "--source-prompt", CAPTION, "--control",
+          "edge=auto", "--steps", "3", "--optimize-steps", "2"]  # fmt: skip
+    code = main(mm + ["--controlnet", f"edge={tmp_path / 'net'}", "--out", str(tmp_path / "mm.png")])
+    assert code == 0 and Image.open(tmp_path / "mm.png").size == (96, 64)
+    from regionedit.models.loading import DATA_DIR
+
+    code = main(
+        mm
+        + ["--controlnet", f"edge={DATA_DIR / 'controlnet-mini' / 'edge'}", "--out", str(tmp_path / "x.png")]
+    )
+    assert code == 2 and not (tmp_path / "x.png").exists()
     bad = np.zeros((60, 96, 3), np.uint8)  # 60 is a multiple of the VAE's 4 but not of a token's 8
     Image.fromarray(bad).save(tmp_path / "bad.png")
     Image.fromarray(np.ones((60, 96), bool)).save(tmp_path / "badm.png")

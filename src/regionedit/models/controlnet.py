@@ -8,16 +8,28 @@ from ..errors import InvalidInputError
 
 
 def load_controlnet(path, model, kind: str):
-    """A diffusers ``ControlNetModel`` from the folder ``path`` on the model's device and dtype."""
-    from diffusers import ControlNetModel
+    """The family's diffusers ControlNet (``model.controlnet_class``) from the folder ``path`` on the
+    model's device and dtype."""
+    import json
+
+    import diffusers
 
     from .loading import dtype_argument
 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise InvalidInputError(f"no ControlNet for {kind} at {path}: give a diffusers ControlNet folder")
+    wanted = model.controlnet_class
     try:
-        net = ControlNetModel.from_pretrained(str(path), **dtype_argument(model.dtype))
+        found = json.loads((path / "config.json").read_text()).get("_class_name")
+    except (OSError, ValueError):
+        found = None
+    if found != wanted:
+        raise InvalidInputError(
+            f"the {kind} ControlNet at {path} is a {found}; {model.family} models take a {wanted}"
+        )
+    try:
+        net = getattr(diffusers, wanted).from_pretrained(str(path), **dtype_argument(model.dtype))
     except Exception as exc:  # diffusers raises many types; one clear line for the user
         raise InvalidInputError(f"cannot load the {kind} ControlNet from {path}: {exc}") from None
     return net.to(model.device)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import InvalidInputError
 from .interface import Conditioning, Model
 from .schedule import FlowInverse, FlowSchedule
 
@@ -162,24 +163,88 @@ class Flux(FlowTransformer):
         )
         return Conditioning(embeds.to(self.dtype), {"pooled_projections": pooled.to(self.dtype)})
 
-    def predict(self, latents: torch.Tensor, t, cond: Conditioning, **residuals) -> torch.Tensor:
-        from diffusers import FluxPipeline
-
-        b, c, h, w = latents.shape
-        packed = FluxPipeline._pack_latents(latents.to(self.dtype), b, c, h, w)
-        img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, self.device, self.dtype)
-        txt_ids = torch.zeros(cond.embeds.shape[1], 3, device=self.device, dtype=self.dtype)
+    def _inputs(self, latents: torch.Tensor, t, cond: Conditioning) -> dict:
+        b = latents.shape[0]
         guidance = None
         if self.transformer.config.guidance_embeds:  # no scale given: 1, no guidance
             guidance = cond.extra.get("guidance", torch.ones(b, device=self.device)).to(self.dtype)
-        out = self.transformer(
-            hidden_states=packed, encoder_hidden_states=cond.embeds,
-            pooled_projections=cond.extra["pooled_projections"],
-            timestep=self._timesteps(t, b, self.dtype) / 1000, img_ids=img_ids, txt_ids=txt_ids,
-            guidance=guidance, return_dict=False, **residuals,
-        )[0]  # fmt: skip
-        f = self.vae_scale_factor
-        return FluxPipeline._unpack_latents(out, h * f, w * f, f).float()
+        return flux_inputs(latents.to(self.dtype), self._timesteps(t, b, self.dtype) / 1000, cond.embeds,
+                           cond.extra["pooled_projections"], guidance)  # fmt: skip
+
+    def predict(self, latents: torch.Tensor, t, cond: Conditioning, **residuals) -> torch.Tensor:
+        out = self.transformer(**self._inputs(latents, t, cond), return_dict=False, **residuals)[0]
+        return unpack(out, latents.shape[-2:]).float()
+
+    # --- ControlNets (FluxControlNetModel: InstantX-style on packed latents, XLabs-style on pixels) ---
+
+    controlnet_class = "FluxControlNetModel"
+
+    def check_controlnet(self, net, index: int) -> None:
+        self._check_controlnet_class(net, index)
+        if net.union:
+            raise InvalidInputError(
+                f"ControlNet {index} is a union ControlNet (it needs a mode); give a single-kind one"
+            )
+        mine, theirs = self.transformer.config, net.config
+        if (net.inner_dim, theirs.joint_attention_dim, theirs.in_channels) != (
+            self.transformer.inner_dim,
+            mine.joint_attention_dim,
+            mine.in_channels,
+        ):
+            raise InvalidInputError(f"ControlNet {index} was made for another FLUX transformer (width, text or "
+                                    "latent channels differ); use one made for this model")  # fmt: skip
+        if net.input_hint_block is not None and 8 * theirs.patch_size != self.size_factor:
+            raise InvalidInputError(f"ControlNet {index} reads {8 * theirs.patch_size} pixels per token, the model "
+                                    f"{self.size_factor}; use one made for this model")  # fmt: skip
+
+    def control_input(self, net, image: torch.Tensor) -> torch.Tensor:
+        """XLabs-style nets read the image in [-1, 1]; InstantX-style nets its packed latents."""
+        pixels = image.float() * 2 - 1
+        if net.input_hint_block is not None:
+            return pixels.to(self.dtype)
+        return flux_inputs(self.encode(pixels), None, None, None)["hidden_states"].to(self.dtype)
+
+    def control_residuals(self, nets, inputs, scales, latents, t, cond) -> dict:
+        kwargs = self._inputs(latents, t, cond)
+        blocks = singles = None
+        for net, x, scale in zip(nets, inputs, scales, strict=True):
+            if not net.config.guidance_embeds:
+                kwargs["guidance"] = None
+            elif kwargs["guidance"] is None:
+                kwargs["guidance"] = torch.ones(latents.shape[0], device=self.device, dtype=self.dtype)
+            b, s = net(controlnet_cond=x, conditioning_scale=scale, return_dict=False, **kwargs)
+            blocks, singles = _add(blocks, b), _add(singles, s)
+        return dict(controlnet_block_samples=blocks, controlnet_single_block_samples=singles,
+                    controlnet_blocks_repeat=nets[0].input_hint_block is not None)  # fmt: skip
+
+
+def flux_inputs(latents: torch.Tensor, timestep, embeds, pooled, guidance=None) -> dict:
+    """``FluxTransformer2DModel`` keyword inputs for unpacked latents ``(B, C, h, w)``: packed 2×2
+    tokens, their position ids and the text's; ``timestep`` is σ (the pipeline's t / 1000)."""
+    from diffusers import FluxPipeline
+
+    b, c, h, w = latents.shape
+    ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, latents.device, latents.dtype)
+    tokens = 0 if embeds is None else embeds.shape[1]
+    return dict(
+        hidden_states=FluxPipeline._pack_latents(latents, b, c, h, w), encoder_hidden_states=embeds,
+        pooled_projections=pooled, timestep=timestep, img_ids=ids,
+        txt_ids=torch.zeros(tokens, 3, device=latents.device, dtype=latents.dtype), guidance=guidance,
+    )  # fmt: skip
+
+
+def unpack(tokens: torch.Tensor, hw) -> torch.Tensor:
+    """Packed 2×2 tokens back to latents ``(B, C, h, w)``."""
+    from diffusers import FluxPipeline
+
+    return FluxPipeline._unpack_latents(tokens, int(hw[0]), int(hw[1]), 1)  # sizes given in latent cells
+
+
+def _add(total, parts):
+    """Element-wise sum of ControlNet residual lists (None: nothing yet, or none given)."""
+    if parts is None or total is None:
+        return parts if total is None else total
+    return [a + b for a, b in zip(total, parts, strict=True)]
 
 
 @dataclass(eq=False, kw_only=True)
@@ -221,11 +286,51 @@ class StableDiffusion3(FlowTransformer):
         )  # fmt: skip
         return Conditioning(embeds.to(self.dtype), {"pooled_projections": pooled.to(self.dtype)})
 
+    def _inputs(self, latents: torch.Tensor, t, cond: Conditioning) -> dict:
+        return dict(hidden_states=latents.to(self.dtype), encoder_hidden_states=cond.embeds,
+                    pooled_projections=cond.extra["pooled_projections"],
+                    timestep=self._timesteps(t, latents.shape[0], self.dtype))  # fmt: skip
+
     def predict(self, latents: torch.Tensor, t, cond: Conditioning, **residuals) -> torch.Tensor:
-        b = latents.shape[0]
-        out = self.transformer(
-            hidden_states=latents.to(self.dtype), encoder_hidden_states=cond.embeds,
-            pooled_projections=cond.extra["pooled_projections"], timestep=self._timesteps(t, b, self.dtype),
-            return_dict=False, **residuals,
-        )[0]  # fmt: skip
-        return out.float()
+        return self.transformer(**self._inputs(latents, t, cond), return_dict=False, **residuals)[0].float()
+
+    # --- ControlNets (SD3ControlNetModel on the control image's latents) ---------------------
+
+    controlnet_class = "SD3ControlNetModel"
+
+    def check_controlnet(self, net, index: int) -> None:
+        self._check_controlnet_class(net, index)
+        mine, theirs = self.transformer.config, net.config
+        if theirs.extra_conditioning_channels:
+            raise InvalidInputError(
+                f"ControlNet {index} takes extra (inpainting) channels; give a layout ControlNet"
+            )
+        if (net.inner_dim, theirs.in_channels, theirs.patch_size) != (
+            self.transformer.inner_dim,
+            mine.in_channels,
+            mine.patch_size,
+        ):
+            raise InvalidInputError(f"ControlNet {index} was made for another SD3 transformer (width, latent "
+                                    "channels or patch differ); use one made for this model")  # fmt: skip
+        if net.pos_embed is None:  # SD3.5 Large nets share the transformer's, as the pipeline sets it
+            net.pos_embed = net._get_pos_embed_from_transformer(self.transformer).to(self.device, self.dtype)
+
+    def control_input(self, net, image: torch.Tensor) -> torch.Tensor:
+        """The image's latents; InstantX-style nets (zero pooled input) skip the VAE shift."""
+        z = self.encode(image.float() * 2 - 1)
+        if net.config.force_zeros_for_pooled_projection:
+            z = z + self._vae_shift() * self.vae.config.scaling_factor
+        return z.to(self.dtype)
+
+    def control_residuals(self, nets, inputs, scales, latents, t, cond) -> dict:
+        kwargs = self._inputs(latents, t, cond)
+        blocks = None
+        for net, x, scale in zip(nets, inputs, scales, strict=True):
+            own = dict(kwargs)
+            if net.config.force_zeros_for_pooled_projection:  # InstantX-style nets
+                own["pooled_projections"] = torch.zeros_like(own["pooled_projections"])
+            if net.config.joint_attention_dim is None:  # SD3.5 Large nets read no text
+                own["encoder_hidden_states"] = None
+            (b,) = net(controlnet_cond=x, conditioning_scale=scale, return_dict=False, **own)
+            blocks = _add(blocks, b)
+        return dict(block_controlnet_hidden_states=blocks)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import ImageSizeError
+from ..errors import ImageSizeError, InvalidInputError
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +246,59 @@ class Model:
     def with_guidance(self, cond: Conditioning, scale: float) -> Conditioning:
         """``cond`` with the guidance input ``scale`` (distilled families)."""
         return cond
+
+    # --- ControlNets ------------------------------------------------------------------------
+
+    controlnet_class = "ControlNetModel"  # the diffusers class of the family's ControlNets
+
+    def _check_controlnet_class(self, net, index: int) -> None:
+        import diffusers
+
+        if not isinstance(net, getattr(diffusers, self.controlnet_class)):
+            raise InvalidInputError(
+                f"ControlNet {index} is a {type(net).__name__}; {self.family} models take a {self.controlnet_class}"
+            )
+
+    def check_controlnet(self, net, index: int) -> None:
+        """One-line error unless ``net`` was made for this model (class, VAE factor, text width)."""
+        self._check_controlnet_class(net, index)
+        factor = 2 ** (len(net.config.conditioning_embedding_out_channels) - 1)
+        if factor != self.vae_scale_factor:
+            raise InvalidInputError(
+                f"ControlNet {index} downsamples its control image by {factor} but the model's VAE by "
+                f"{self.vae_scale_factor}; use a ControlNet made for this model"
+            )
+        width = self.denoiser.config.cross_attention_dim
+        if net.config.cross_attention_dim != width:
+            raise InvalidInputError(
+                f"ControlNet {index} has cross_attention_dim {net.config.cross_attention_dim}, the model's "
+                f"denoiser {width}; use a ControlNet made for this model"
+            )
+
+    def control_input(self, net, image: torch.Tensor) -> torch.Tensor:
+        """What ``net`` reads for a control image ``(1, 3, H, W)`` in [0, 1]: a UNet ControlNet,
+        the image itself."""
+        return image.to(self.dtype)
+
+    def control_residuals(self, nets, inputs, scales, latents, t, cond: Conditioning) -> dict:
+        """``predict``'s keyword residuals from ``nets`` reading ``inputs`` (batched like ``latents``)
+        at ``scales``; several nets' residuals add up (diffusers' ``MultiControlNetModel``)."""
+        from diffusers.models.controlnets import MultiControlNetModel
+
+        kwargs = self.denoiser_inputs(latents, cond)
+        if len(nets) == 1:
+            out = nets[0](latents, t, controlnet_cond=inputs[0], conditioning_scale=scales[0], return_dict=False,
+                          **kwargs)  # fmt: skip
+        else:
+            out = MultiControlNetModel(list(nets))(
+                latents,
+                t,
+                controlnet_cond=list(inputs),
+                conditioning_scale=scales,
+                return_dict=False,
+                **kwargs,
+            )
+        return dict(down_block_additional_residuals=out[0], mid_block_additional_residual=out[1])
 
     def cross_attention_layers(self) -> list[str]:
         raise NotImplementedError

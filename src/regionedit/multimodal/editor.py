@@ -83,7 +83,7 @@ def _main_pass_controls(controls: ControlStack | None, options: MultimodalOption
     if factor == 0.0:
         return None
     return ControlStack(
-        controls.nets, controls.images, [s * factor for s in controls.scales], controls.windows
+        controls.nets, controls.inputs, [s * factor for s in controls.scales], controls.windows
     )
 
 
@@ -94,7 +94,7 @@ def _guidance_key(z0, prompt, source_prompt, negative_prompt, options, given_mas
     h.update(repr([(c.kind, c.scale, c.start, c.end) for c in conditions]).encode())
     h.update(repr([] if controls is None else [id(net) for net in controls.nets]).encode())  # same objects
     tensors = [z0, gen.get_state()] + ([] if given_mask is None else [given_mask])
-    tensors += [] if controls is None else list(controls.images)
+    tensors += [] if controls is None else list(controls.inputs)
     for t in tensors:
         h.update(t.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()
@@ -190,22 +190,6 @@ def _as_nets(controlnets, conditions: list[Condition]) -> list:
     return nets
 
 
-def _check_net(net, model: Model, i: int) -> None:
-    cfg = net.config
-    factor = 2 ** (len(cfg.conditioning_embedding_out_channels) - 1)
-    if factor != model.vae_scale_factor:
-        raise InvalidInputError(
-            f"ControlNet {i} downsamples its control image by {factor} but the model's VAE by "
-            f"{model.vae_scale_factor}; use a ControlNet made for this model"
-        )
-    width = model.denoiser.config.cross_attention_dim
-    if cfg.cross_attention_dim != width:
-        raise InvalidInputError(
-            f"ControlNet {i} has cross_attention_dim {cfg.cross_attention_dim}, the model's "
-            f"denoiser {width}; use a ControlNet made for this model"
-        )
-
-
 def _guidance_pass(denoiser, sched, z0, inv_traj, given_mask, options, has_layout, generator, bar, callback,
                    key) -> GuidancePass:  # fmt: skip
     """§1.3: from a seeded random-noise start, optimise L_pres only (λ = 1) with the user mask."""
@@ -287,20 +271,16 @@ def _control_stack(model: Model, edit: PreparedEdit, controlnets) -> ControlStac
     nets = _as_nets(controlnets, list(edit.conditions))
     if not nets:
         return None
-    if model.family not in ("sd", "sdxl"):
-        raise InvalidInputError(
-            f"ControlNet conditions work on Stable Diffusion 1.x/2.x and SDXL models so far, not on {model.family}; "
-            "give a text instruction (with a mask) instead"
-        )
     for i, net in enumerate(nets):
-        _check_net(net, model, i)
+        model.check_controlnet(net, i)
         net.requires_grad_(False).eval()
         p = next(net.parameters())
         if p.device != model.device or p.dtype != model.dtype:
             net.to(model.device, model.dtype)
+    maps = [image_to_control_tensor(p, model.device, model.dtype) for p in edit.control_images]
     return ControlStack(
         nets,
-        [image_to_control_tensor(p, model.device, model.dtype) for p in edit.control_images],
+        [model.control_input(net, m) for net, m in zip(nets, maps, strict=True)],
         [edit.options.control_scale if c.scale is None else float(c.scale) for c in edit.conditions],
         [(c.start, c.end) for c in edit.conditions],
     )

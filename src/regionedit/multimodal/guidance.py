@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from diffusers.models.controlnets import MultiControlNetModel
 
 from ..cfg import classifier_free_guidance
 from ..models.interface import Conditioning, Model
@@ -17,19 +16,18 @@ from .options import MultimodalOptions
 
 
 class ControlStack:
-    """ControlNets with their control images, scales and active windows (§3).
+    """ControlNets with their inputs, scales and active windows (§3).
 
-    One net runs directly; several run through diffusers' ``MultiControlNetModel``, which
-    sums their down- and mid-block residuals. The control images are duplicated for the
-    CFG batch so both halves see them (guess mode off).
+    ``inputs`` are what each net reads (``Model.control_input``: the control image for a UNet
+    ControlNet, its latents for a transformer's); they are expanded to the batch, so both CFG
+    halves see them (guess mode off). The family sums several nets' residuals.
     """
 
-    def __init__(self, nets: list, images: list[torch.Tensor], scales: list[float], windows: list[tuple]):
+    def __init__(self, nets: list, inputs: list[torch.Tensor], scales: list[float], windows: list[tuple]):
         self.nets = list(nets)
-        self.images = images
+        self.inputs = inputs
         self.scales = scales
         self.windows = windows
-        self.multi = MultiControlNetModel(self.nets) if len(self.nets) > 1 else None
 
     def __len__(self) -> int:
         return len(self.nets)
@@ -41,27 +39,12 @@ class ControlStack:
             for s, (a, b) in zip(self.scales, self.windows, strict=True)
         ]
 
-    def residuals(self, sample: torch.Tensor, t, inputs: dict, step: int, num_steps: int):
-        """(down residuals, mid residual) for a batch ``sample``; the graph is kept.
-
-        ``inputs`` are the denoiser's conditioning inputs (``Model.denoiser_inputs``)."""
-        batch = sample.shape[0]
-        images = [im.expand(batch, -1, -1, -1) for im in self.images]
-        scales = self.scales_at(step, num_steps)
-        if self.multi is None:
-            out = self.nets[0](
-                sample,
-                t,
-                controlnet_cond=images[0],
-                conditioning_scale=scales[0],
-                return_dict=False,
-                **inputs,
-            )
-        else:
-            out = self.multi(
-                sample, t, controlnet_cond=images, conditioning_scale=scales, return_dict=False, **inputs
-            )
-        return out[0], out[1]
+    def residuals(
+        self, model: Model, sample: torch.Tensor, t, cond: Conditioning, step: int, num_steps: int
+    ) -> dict:
+        """``model.predict``'s residual keywords for a batch ``sample``; the graph is kept."""
+        inputs = [x.expand(sample.shape[0], *x.shape[1:]) for x in self.inputs]
+        return model.control_residuals(self.nets, inputs, self.scales_at(step, num_steps), sample, t, cond)
 
 
 @dataclass
@@ -83,27 +66,22 @@ class Denoiser:
     counter: Counter = field(default_factory=Counter)
 
     def __call__(self, z: torch.Tensor, t, step: int) -> torch.Tensor:
-        model = self.model
-        if self.controls is None or not len(self.controls):
-            self._count(z, z.shape[0] * (1 if self.guidance_scale == 1.0 else model.guidance_batches))
-            if self.guidance_scale == 1.0:
-                return model.predict(z, t, self.cond[1:])
-            return model.guided(z, t, self.cond[:1], self.cond[1:], self.guidance_scale)
-        if self.guidance_scale == 1.0:
-            sample, cond = z.to(model.dtype), self.cond[1:]
-        else:
-            sample, cond = torch.cat([z, z]).to(model.dtype), self.cond
+        model, scale = self.model, self.guidance_scale
+        if scale == 1.0:
+            sample, cond = z, self.cond[1:]
+        elif model.guidance == "cfg":
+            sample, cond = torch.cat([z, z]), self.cond
+        else:  # distilled: the target prompt alone, the scale as an input
+            sample, cond = z, model.with_guidance(self.cond[1:], scale)
         residuals = {}
         if self.controls is not None and len(self.controls):
-            inputs = model.denoiser_inputs(sample, cond)
-            down, mid = self.controls.residuals(sample, t, inputs, step, self.num_steps)
-            residuals = dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
+            residuals = self.controls.residuals(model, sample.to(model.dtype), t, cond, step, self.num_steps)
         out = model.predict(sample, t, cond, **residuals)
         self._count(z, sample.shape[0])
-        if self.guidance_scale == 1.0:
+        if sample.shape[0] == z.shape[0]:
             return out
         uncond, cond_out = out.chunk(2)
-        return classifier_free_guidance(uncond, cond_out, self.guidance_scale)
+        return classifier_free_guidance(uncond, cond_out, scale)
 
     def _count(self, z: torch.Tensor, evals: int) -> None:
         if torch.is_grad_enabled() and z.requires_grad:

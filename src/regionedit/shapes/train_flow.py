@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..errors import InvalidOptionError
+from ..models.flow import flux_inputs, unpack
 from ..models.sd import token_ids
 from .checkpoint import load_checkpoint
 from .train import TrainConfig, _caption, _cosine, _gen, _run_phase, make_dataset
@@ -113,15 +114,8 @@ def _latents(comps: dict, cfg: FlowConfig, out: Path, size: int):
 
 def flow_prediction(transformer, latents, sigma, embeds, pooled) -> torch.Tensor:
     """The transformer's velocity for unpacked latents ``(B, C, h, w)`` at σ ``(B,)`` (float)."""
-    from diffusers import FluxPipeline
-
-    b, c, h, w = latents.shape
-    packed = FluxPipeline._pack_latents(latents, b, c, h, w)
-    img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, latents.device, latents.dtype)
-    txt_ids = torch.zeros(embeds.shape[1], 3, dtype=latents.dtype)
-    out = transformer(hidden_states=packed, encoder_hidden_states=embeds, pooled_projections=pooled, timestep=sigma,
-                      img_ids=img_ids, txt_ids=txt_ids, return_dict=False)[0]  # fmt: skip
-    return FluxPipeline._unpack_latents(out, h, w, 1)  # sizes given in latent cells
+    out = transformer(**flux_inputs(latents, sigma, embeds, pooled), return_dict=False)[0]
+    return unpack(out, latents.shape[-2:])
 
 
 def train_flow(
