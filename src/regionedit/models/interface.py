@@ -8,7 +8,9 @@ directly. They ask the model to
 - give a stateless schedule for a number of steps (``scheduler``: its timesteps, ``step``,
   ``add_noise``, and the prediction's conversions ``to_epsilon`` and ``to_x0``) and its inverse,
 - encode images to scaled latents and decode them back (the family's scaling and shift),
-- capture its cross-attention layers (``cross_attention``).
+- capture its cross-attention layers (``cross_attention``),
+- check, feed and apply ControlNets of its family (``check_controlnet``, ``control_input``,
+  ``control_residuals``).
 
 :class:`Model` holds what every family shares (images, VAE, sizes, settings); a family
 subclasses it and fills in the rest (:class:`~regionedit.models.sd.StableDiffusion`).
