@@ -81,3 +81,17 @@ def test_flow_flags_reach_the_config_and_unet_flags_are_refused(monkeypatch, tmp
     assert main(["train-mini", "--family", "flow", "--out", str(tmp_path), "--unet-steps", "7"]) == 2
     assert "--unet-steps apply to --family unet only" in capsys.readouterr().err
     assert main(["train-mini", "--out", str(tmp_path), "--flow-steps", "7"]) == 2
+
+
+def test_cached_latents_are_rebuilt_for_other_scenes(tmp_path):
+    from dataclasses import replace
+
+    from regionedit.shapes.train_flow import _latents, build_flow_components
+
+    comps = build_flow_components(CFG)
+    first, records, _ = _latents(comps, CFG, tmp_path, 128)
+    assert len(first) == len(records) == 16
+    again, _, _ = _latents(comps, CFG, tmp_path, 128)  # read back from the cache
+    assert torch.equal(first, again)
+    fewer, records, _ = _latents(comps, replace(CFG, num_scenes=12, max_objects=2), tmp_path, 128)
+    assert len(fewer) == len(records) == 12

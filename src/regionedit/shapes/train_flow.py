@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -100,7 +101,8 @@ def _latents(comps: dict, cfg: FlowConfig, out: Path, size: int):
                            plain_background=cfg.plain_background)  # fmt: skip
     images, records = make_dataset(data_cfg, size)
     path = out / "latents.safetensors"
-    if path.exists():
+    scenes = json.dumps(asdict(data_cfg), sort_keys=True)  # the cache holds these scenes only
+    if path.exists() and _metadata(path).get("scenes") == scenes:
         latents = load_file(path)["latents"]
     else:
         vae, chunks = comps["vae"], []
@@ -108,8 +110,13 @@ def _latents(comps: dict, cfg: FlowConfig, out: Path, size: int):
             for i in tqdm(range(0, len(images), 128), desc="encode", leave=False):
                 chunks.append(vae.encode(images[i : i + 128].float() / 127.5 - 1).latent_dist.mean)
         latents = torch.cat(chunks)
-        save_file({"latents": latents.contiguous()}, path)
+        save_file({"latents": latents.contiguous()}, path, metadata={"scenes": scenes})
     return latents * comps["vae"].config.scaling_factor, records, data_cfg
+
+
+def _metadata(path: Path) -> dict:
+    with safe_open(str(path), "pt") as f:
+        return f.metadata() or {}
 
 
 def flow_prediction(transformer, latents, sigma, embeds, pooled) -> torch.Tensor:
