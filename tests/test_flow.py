@@ -193,12 +193,12 @@ def test_multimodal_editor_runs_on_flows(model, image):
     assert np.array_equal(np.asarray(first.image), np.asarray(again.image))
 
 
-def tiny_controlnet(model, pixels: bool = False, seed: int = 3):
+def tiny_controlnet(model, pixels: bool = False, seed: int = 3, **overrides):
     """A random ControlNet of the family's class for ``model`` (FLUX: InstantX-style on packed
     latents, or XLabs-style reading pixels); its zero-initialised outputs get random weights."""
     import diffusers
 
-    cfg = dict(model.transformer.config)
+    cfg = dict(model.transformer.config) | overrides
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if model.family == "flux":
@@ -255,6 +255,10 @@ def test_controlnets_of_another_kind_are_refused_in_one_line(model, image, tmp_p
         regionedit.errors.InvalidInputError, match=f"is a ControlNetModel; .* take a {wanted}$"
     ):
         load_controlnet(DATA_DIR / "controlnet-mini" / "edge", model, "edge")
+    with pytest.raises(
+        regionedit.errors.InvalidInputError, match=f"made for another {model.family} transformer"
+    ):
+        _controlled(model, image, [tiny_controlnet(model, num_attention_heads=1)], [1.0])
     tiny_controlnet(model).save_pretrained(str(tmp_path / "net"), safe_serialization=True)
     assert type(load_controlnet(tmp_path / "net", model, "edge")).__name__ == wanted
     if model.family == "flux":

@@ -125,6 +125,15 @@ class FlowTransformer(Model):
         """Text tokens the joint attention sees per prompt."""
         return int(self.max_sequence_length)
 
+    def _check_controlnet_widths(self, net, index: int, keys: tuple[str, ...]) -> None:
+        """One line unless ``net`` has the transformer's width and the config ``keys``' values."""
+        mine, theirs = self.transformer.config, net.config
+        if net.inner_dim != self.transformer.inner_dim or any(theirs[k] != mine[k] for k in keys):
+            raise InvalidInputError(
+                f"ControlNet {index} was made for another {self.family} transformer (width or "
+                f"{', '.join(keys)} differ); use one made for this model"
+            )
+
     def _timesteps(self, t, batch: int, dtype) -> torch.Tensor:
         return torch.as_tensor(t, device=self.device).to(dtype).reshape(-1).expand(batch)
 
@@ -185,16 +194,10 @@ class Flux(FlowTransformer):
             raise InvalidInputError(
                 f"ControlNet {index} is a union ControlNet (it needs a mode); give a single-kind one"
             )
-        mine, theirs = self.transformer.config, net.config
-        if (net.inner_dim, theirs.joint_attention_dim, theirs.in_channels) != (
-            self.transformer.inner_dim,
-            mine.joint_attention_dim,
-            mine.in_channels,
-        ):
-            raise InvalidInputError(f"ControlNet {index} was made for another FLUX transformer (width, text or "
-                                    "latent channels differ); use one made for this model")  # fmt: skip
-        if net.input_hint_block is not None and 8 * theirs.patch_size != self.size_factor:
-            raise InvalidInputError(f"ControlNet {index} reads {8 * theirs.patch_size} pixels per token, the model "
+        self._check_controlnet_widths(net, index, ("joint_attention_dim", "in_channels"))
+        pixels = 8 * net.config.patch_size
+        if net.input_hint_block is not None and pixels != self.size_factor:
+            raise InvalidInputError(f"ControlNet {index} reads {pixels} pixels per token, the model "
                                     f"{self.size_factor}; use one made for this model")  # fmt: skip
 
     def control_input(self, net, image: torch.Tensor) -> torch.Tensor:
@@ -300,18 +303,11 @@ class StableDiffusion3(FlowTransformer):
 
     def check_controlnet(self, net, index: int) -> None:
         self._check_controlnet_class(net, index)
-        mine, theirs = self.transformer.config, net.config
-        if theirs.extra_conditioning_channels:
+        if net.config.extra_conditioning_channels:
             raise InvalidInputError(
                 f"ControlNet {index} takes extra (inpainting) channels; give a layout ControlNet"
             )
-        if (net.inner_dim, theirs.in_channels, theirs.patch_size) != (
-            self.transformer.inner_dim,
-            mine.in_channels,
-            mine.patch_size,
-        ):
-            raise InvalidInputError(f"ControlNet {index} was made for another SD3 transformer (width, latent "
-                                    "channels or patch differ); use one made for this model")  # fmt: skip
+        self._check_controlnet_widths(net, index, ("in_channels", "patch_size"))
         if net.pos_embed is None:  # SD3.5 Large nets share the transformer's, as the pipeline sets it
             net.pos_embed = net._get_pos_embed_from_transformer(self.transformer).to(self.device, self.dtype)
 
