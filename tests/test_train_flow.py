@@ -78,6 +78,12 @@ def test_flow_flags_reach_the_config_and_unet_flags_are_refused(monkeypatch, tmp
         == 0
     )
     assert (seen["cfg"].steps, seen["cfg"].lr) == (7, 1e-4)
+    (tmp_path / "config.json").write_text(json.dumps({"flow": {"steps": 9, "lr": 2e-4, "batch": 3}}))
+    assert main(["train-mini", "--family", "flow", "--out", str(tmp_path), "--flow-lr", "3e-4"]) == 0
+    assert (seen["cfg"].steps, seen["cfg"].lr, seen["cfg"].batch) == (9, 3e-4, 3)  # the run's own plan
+    (tmp_path / "config.json").write_text(json.dumps({"unet": {}}))
+    assert main(["train-mini", "--family", "flow", "--out", str(tmp_path)]) == 2
+    assert "is not a flow training config" in capsys.readouterr().err
     assert main(["train-mini", "--family", "flow", "--out", str(tmp_path), "--unet-steps", "7"]) == 2
     assert "--unet-steps apply to --family unet only" in capsys.readouterr().err
     assert main(["train-mini", "--out", str(tmp_path), "--flow-steps", "7"]) == 2

@@ -348,7 +348,7 @@ def run_demo(args) -> int:
 
 
 def run_train_flow(args) -> int:
-    from .shapes.train_flow import FlowConfig, train_flow
+    from .shapes.train_flow import FlowConfig, saved_flow_config, train_flow
 
     names = {"num_scenes": "num_scenes", "max_objects": "max_objects", "partial_caption": "partial_caption",
              "plain_background": "plain_background", "flow_steps": "steps", "flow_lr": "lr"}  # fmt: skip
@@ -362,9 +362,8 @@ def run_train_flow(args) -> int:
     overrides = {
         field: getattr(args, flag) for flag, field in names.items() if getattr(args, flag) is not None
     }
-    result = train_flow(
-        args.out, dataclasses.replace(FlowConfig(seed=args.seed), **overrides), args.max_minutes
-    )
+    base = saved_flow_config(args.out) or FlowConfig(seed=args.seed)  # a run goes on with its own plan
+    result = train_flow(args.out, dataclasses.replace(base, **overrides), args.max_minutes)
     print(result if result else f"stopped early; run the same command again to resume from {args.out}")
     return 0
 

@@ -70,6 +70,19 @@ def _rope_axes(head_dim: int) -> tuple[int, int, int]:
     return (head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8)
 
 
+def saved_flow_config(out: str | Path) -> FlowConfig | None:
+    """The recipe a run in ``out`` was last started with (``OUT/config.json``), or None."""
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        return FlowConfig(**json.loads(path.read_text())["flow"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidOptionError(
+            f"{path} is not a flow training config ({exc}); give another --out"
+        ) from None
+
+
 def build_flow_components(cfg: FlowConfig, base: str | Path = "mini") -> dict:
     """A random FLUX transformer on the UNet mini model's VAE, CLIP and tokenizer (``base``)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
