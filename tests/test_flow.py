@@ -339,3 +339,20 @@ def test_mini_flow_says_in_one_line_that_it_is_not_shipped_yet(capsys, tmp_path)
     assert main(["demo", "--model", "mini-flow", "--out", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "mini flow model" in err and not (tmp_path / "d").exists()
+
+
+def test_each_flux_controlnet_gets_the_guidance_input_it_takes():
+    flux = _model("flux")  # guidance-distilled
+    plain, distilled = tiny_controlnet(flux, guidance_embeds=False), tiny_controlnet(flux, seed=4)
+    seen = []
+    for net in (plain, distilled):
+        net.register_forward_pre_hook(
+            lambda m, args, kwargs: seen.append(kwargs["guidance"]), with_kwargs=True
+        )
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    cond = flux.with_guidance(flux.encode_prompt([CAPTION]), 3.5)
+    x = flux.control_input(plain, torch.zeros(1, 3, 32, 32))
+    flux.control_residuals(
+        [plain, distilled], [x, x], [1.0, 1.0], z, flux.scheduler(4, (8, 8)).timesteps[1], cond
+    )
+    assert seen[0] is None and torch.equal(seen[1], torch.tensor([3.5]))

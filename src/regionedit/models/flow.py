@@ -209,13 +209,13 @@ class Flux(FlowTransformer):
 
     def control_residuals(self, nets, inputs, scales, latents, t, cond) -> dict:
         kwargs = self._inputs(latents, t, cond)
+        guidance = cond.extra.get("guidance", torch.ones(latents.shape[0], device=self.device)).to(self.dtype)
         blocks = singles = None
         for net, x, scale in zip(nets, inputs, scales, strict=True):
-            if not net.config.guidance_embeds:
-                kwargs["guidance"] = None
-            elif kwargs["guidance"] is None:
-                kwargs["guidance"] = torch.ones(latents.shape[0], device=self.device, dtype=self.dtype)
-            b, s = net(controlnet_cond=x, conditioning_scale=scale, return_dict=False, **kwargs)
+            own = kwargs | {
+                "guidance": guidance if net.config.guidance_embeds else None
+            }  # per net: they may differ
+            b, s = net(controlnet_cond=x, conditioning_scale=scale, return_dict=False, **own)
             blocks, singles = _add(blocks, b), _add(singles, s)
         return dict(controlnet_block_samples=blocks, controlnet_single_block_samples=singles,
                     controlnet_blocks_repeat=nets[0].input_hint_block is not None)  # fmt: skip
