@@ -191,7 +191,9 @@ def export_flow(out: str | Path, folder: str | Path) -> Path:
     from diffusers import FluxPipeline
 
     out = Path(out)
-    cfg = FlowConfig(**json.loads((out / "config.json").read_text())["flow"])
+    cfg = saved_flow_config(out)
+    if cfg is None:
+        raise InvalidOptionError(f"no flow training run in {out} (config.json)")
     comps = build_flow_components(cfg)
     step = load_checkpoint(out / "ckpt", "flow", {"transformer": comps["transformer"],
                                                   "text_encoder_2": comps["text_encoder_2"]})  # fmt: skip
