@@ -223,20 +223,22 @@ class Model:
         return 2 if self.guidance == "cfg" else 1
 
     def guided(self, latents, t, negative: Conditioning, positive: Conditioning, scale: float,
-               rescale: float = 0.0, rescaled=None) -> torch.Tensor:  # fmt: skip
+               rescale: float = 0.0, rescaled=None, residuals=None) -> torch.Tensor:  # fmt: skip
         """The guided prediction of each latent: classifier-free guidance on one call over
         ``[latents, latents]`` with ``[negative, positive]``, or the positive prompt alone with the
         scale as the model's guidance input where it is distilled (negatives then have no effect).
 
         ``rescale`` (φ) applies to the items where ``rescaled`` (a bool per item; default all) is true.
+        ``residuals(sample, cond)`` gives ControlNet keywords for the batch the call runs on.
         """
         from ..cfg import classifier_free_guidance
 
+        def call(sample, cond):
+            return self.predict(sample, t, cond, **(residuals(sample, cond) if residuals else {}))
+
         if self.guidance != "cfg":
-            return self.predict(latents, t, self.with_guidance(positive, scale))
-        uncond, cond = self.predict(
-            torch.cat([latents, latents]), t, Conditioning.cat([negative, positive])
-        ).chunk(2)
+            return call(latents, self.with_guidance(positive, scale))
+        uncond, cond = call(torch.cat([latents, latents]), Conditioning.cat([negative, positive])).chunk(2)
         out = classifier_free_guidance(uncond, cond, scale)
         if rescale > 0:
             mix = classifier_free_guidance(uncond, cond, scale, rescale)

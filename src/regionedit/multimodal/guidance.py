@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..cfg import classifier_free_guidance
 from ..models.interface import Conditioning, Model
 from .options import MultimodalOptions
 
@@ -66,22 +65,19 @@ class Denoiser:
     counter: Counter = field(default_factory=Counter)
 
     def __call__(self, z: torch.Tensor, t, step: int) -> torch.Tensor:
-        model, scale = self.model, self.guidance_scale
-        if scale == 1.0:
-            sample, cond = z, self.cond[1:]
-        elif model.guidance == "cfg":
-            sample, cond = torch.cat([z, z]), self.cond
-        else:  # distilled: the target prompt alone, the scale as an input
-            sample, cond = z, model.with_guidance(self.cond[1:], scale)
-        residuals = {}
-        if self.controls is not None and len(self.controls):
-            residuals = self.controls.residuals(model, sample.to(model.dtype), t, cond, step, self.num_steps)
-        out = model.predict(sample, t, cond, **residuals)
-        self._count(z, sample.shape[0])
-        if sample.shape[0] == z.shape[0]:
-            return out
-        uncond, cond_out = out.chunk(2)
-        return classifier_free_guidance(uncond, cond_out, scale)
+        model, controls = self.model, self.controls
+
+        def residuals(sample, cond):
+            if controls is None or not len(controls):
+                return {}
+            return controls.residuals(model, sample.to(model.dtype), t, cond, step, self.num_steps)
+
+        if self.guidance_scale == 1.0:
+            self._count(z, z.shape[0])
+            cond = self.cond[1:]
+            return model.predict(z, t, cond, **residuals(z, cond))
+        self._count(z, z.shape[0] * model.guidance_batches)
+        return model.guided(z, t, self.cond[:1], self.cond[1:], self.guidance_scale, residuals=residuals)
 
     def _count(self, z: torch.Tensor, evals: int) -> None:
         if torch.is_grad_enabled() and z.requires_grad:
