@@ -101,3 +101,41 @@ def test_cached_latents_are_rebuilt_for_other_scenes(tmp_path):
     assert torch.equal(first, again)
     fewer, records, _ = _latents(comps, replace(CFG, num_scenes=12, max_objects=2), tmp_path, 128)
     assert len(fewer) == len(records) == 12
+
+
+def test_the_export_is_the_moving_average_and_an_older_checkpoint_starts_it(tmp_path):
+    from dataclasses import replace
+
+    from safetensors.torch import save_file
+
+    out, path = tmp_path / "run", tmp_path / "run" / "ckpt" / "flow.safetensors"
+
+    def step(cfg):  # one step per call: max_minutes=0 stops after it
+        train_flow(out, cfg, max_minutes=0)
+        t = load_file(path)
+        return (
+            {k.split(".", 1)[1]: v for k, v in t.items() if k.startswith(p)}
+            for p in ("transformer.", "ema_transformer.")
+        )
+
+    cfg = replace(CFG, ema_decay=0.5)
+    w1, e1 = step(cfg)
+    assert all(torch.equal(w1[k], e1[k]) for k in w1)  # a new run starts the average at its weights
+    w2, e2 = step(cfg)
+    assert max((e2[k] - (e1[k] + w2[k]) / 2).abs().max().item() for k in w2) < 1e-6
+    assert any(not torch.equal(e2[k], w2[k]) for k in w2)
+    tensors = load_file(path)
+    save_file({k: v for k, v in tensors.items() if not k.startswith("ema_")}, path)  # as before the average
+    train_flow(out, replace(CFG, ema_decay=1.0))  # step 3, the last
+
+    def exported(ema):
+        folder = export_flow(out, tmp_path / f"ema{ema}", ema=ema)
+        assert json.loads((folder / "training_config.json").read_text())["weights"] == (
+            "ema" if ema else "latest"
+        )
+        return load_file(next((folder / "transformer").glob("*.safetensors")))
+
+    average, latest = exported(True), exported(False)
+    # restarted from the weights after step 3 (decay 1 would have kept e2 otherwise)
+    assert all(torch.equal(average[k], latest[k]) for k in latest)
+    assert any(not torch.equal(latest[k], e2[k]) for k in latest)
