@@ -44,6 +44,26 @@ def wide_image(seed: int) -> Image.Image:
     return Image.fromarray(np.clip(arr + rng.integers(-8, 8, arr.shape), 0, 255).astype(np.uint8))
 
 
+def null_edit_and_repeat(model, image, mask, options, atol: float):
+    """Edit one region of a 96x64 image: the edit repeats bit for bit, and editing its inversion
+    with no regions lands back on the inversion's start. Returns the first edit."""
+    import torch
+
+    import regionedit
+
+    def once():
+        region = regionedit.Region(mask, "a green triangle")
+        caption = "a red square and a blue circle on a gray background"
+        return regionedit.edit(model, image, [region], caption, options, progress=False)
+
+    first = once()
+    assert first.image.size == (96, 64)
+    null = regionedit.edit(model, first.inversion, [], options=options, progress=False)
+    assert torch.allclose(null.latents, first.inversion.latents[:1], atol=atol)
+    assert np.array_equal(np.asarray(first.image), np.asarray(once().image))
+    return first
+
+
 def box_grid(n: int, top: int, left: int, pitch: tuple[int, int], size: tuple[int, int]) -> list[np.ndarray]:
     """``n`` boxes of ``size`` (h, w) on a 64x96 image, four to a row, ``pitch`` (dy, dx) apart."""
     out = []

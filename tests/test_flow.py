@@ -12,7 +12,7 @@ from regionedit.inversion import InversionOptions, ddim_invert
 from regionedit.models.loading import from_components
 from regionedit.multimodal import edit as edit_multimodal
 
-from .conftest import box_grid, build_flux_components, build_sd3_components, wide_image
+from .conftest import box_grid, build_flux_components, build_sd3_components, null_edit_and_repeat, wide_image
 
 FAST = LoMOEOptions(
     num_inference_steps=3, bootstrap_steps=2
@@ -59,16 +59,7 @@ def test_family_traits(model):
 
 
 def test_null_edit_reproduces_the_inversion_and_seeds_repeat(model, image):
-    first = regionedit.edit(
-        model, image, [Region(masks(1)[0], "a green triangle")], CAPTION, FAST, progress=False
-    )
-    assert first.image.size == (96, 64)
-    null = regionedit.edit(model, first.inversion, [], options=FAST, progress=False)
-    assert torch.allclose(null.latents, first.inversion.latents[:1], atol=1e-5)
-    again = regionedit.edit(
-        model, image, [Region(masks(1)[0], "a green triangle")], CAPTION, FAST, progress=False
-    )
-    assert np.array_equal(np.asarray(first.image), np.asarray(again.image))
+    first = null_edit_and_repeat(model, image, masks(1)[0], FAST, atol=1e-5)
     other = regionedit.edit(model, image, [Region(masks(1)[0], "a green triangle")], CAPTION, FAST,
                             generator=torch.Generator().manual_seed(5), progress=False)  # fmt: skip
     assert not torch.equal(first.latents, other.latents)  # the bootstrap colours differ
