@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 
@@ -27,10 +26,8 @@ def save_checkpoint(folder: Path, name: str, step: int, modules: dict, opt, meta
     (folder / f"{name}.json.tmp").replace(folder / f"{name}.json")
 
 
-def load_checkpoint(folder: Path, name: str, modules: dict, opt=None, optional: tuple = ()) -> int:
-    """Restore modules (and the optimiser when given); return the step to go on from (0 if none).
-
-    Modules named in ``optional`` are left as they are when the checkpoint predates them."""
+def load_checkpoint(folder: Path, name: str, modules: dict, opt=None) -> int:
+    """Restore modules (and the optimiser when given); return the step to go on from (0 if none)."""
     meta_path = folder / f"{name}.json"
     if not meta_path.exists():
         return 0
@@ -40,9 +37,7 @@ def load_checkpoint(folder: Path, name: str, modules: dict, opt=None, optional: 
     tensors = {k: v.clone() for k, v in load_file(folder / f"{name}.safetensors").items()}
     for m, mod in modules.items():
         prefix = f"{m}."
-        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-        if state or m not in optional:
-            mod.load_state_dict(state)
+        mod.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
     if opt is not None:
         state: dict = {}
         for key, v in tensors.items():
@@ -51,12 +46,3 @@ def load_checkpoint(folder: Path, name: str, modules: dict, opt=None, optional: 
                 state.setdefault(int(idx), {})[k] = v.reshape(()) if k == "step" else v
         opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     return int(meta["step"])
-
-
-def checkpoint_holds(folder: Path, name: str, module: str) -> bool:
-    """Whether the checkpoint ``name`` in ``folder`` has weights of ``module``."""
-    path = folder / f"{name}.safetensors"
-    if not path.exists():
-        return False
-    with safe_open(str(path), "pt") as f:
-        return any(k.startswith(f"{module}.") for k in f.keys())

@@ -217,8 +217,8 @@ def min_snr_weights(alphas_cumprod: torch.Tensor, gamma: float) -> torch.Tensor:
     return torch.minimum(snr, torch.tensor(gamma)) / (snr + 1)
 
 
-def _run_phase(name, steps, step_fn, modules, opt, lr_at, ckpt, cfg, deadline, optional=()):
-    start = load_checkpoint(ckpt, name, modules, opt, optional)
+def _run_phase(name, steps, step_fn, modules, opt, lr_at, ckpt, cfg, deadline):
+    start = load_checkpoint(ckpt, name, modules, opt)
     if start >= steps:
         return True
     bar = tqdm(range(start, steps), desc=name, initial=start, total=steps)

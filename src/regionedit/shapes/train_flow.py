@@ -8,9 +8,7 @@ UNet mini model, on that model's VAE and tokenizer, so ``eval-mini`` judges both
 - ``text_encoder_2`` (the sequence the joint attention reads; a T5 in FLUX.1) starts as a copy
   of the same CLIP and trains with the transformer: it already tells the world's words apart;
 - loss ``‖v̂(x_σ, σ) − (noise − x0)‖²`` with ``x_σ = (1 − σ)·x0 + σ·noise``, σ logit-normal
-  (Esser et al. 2024), 10% empty captions for classifier-free guidance (no guidance embedding);
-- an exponential moving average of both trained modules (``ema_decay``) is what gets exported:
-  single checkpoints of this small model swing by ~15 points of ``eval-mini`` from step to step.
+  (Esser et al. 2024), 10% empty captions for classifier-free guidance (no guidance embedding).
 
 Resumable: checkpoints every ``ckpt_every`` steps in ``OUT/ckpt`` (safetensors); every random draw
 comes from a generator seeded by ``(seed, phase, step)``. ``OUT/pipeline`` is a ``FluxPipeline``
@@ -34,7 +32,7 @@ from tqdm.auto import tqdm
 from ..errors import InvalidOptionError
 from ..models.flow import flux_inputs, unpack
 from ..models.sd import token_ids
-from .checkpoint import checkpoint_holds, load_checkpoint
+from .checkpoint import load_checkpoint
 from .train import TrainConfig, _caption, _cosine, _gen, _run_phase, make_dataset
 
 log = logging.getLogger(__name__)
@@ -58,15 +56,12 @@ class FlowConfig:
     double_layers: int = 4
     single_layers: int = 4
     sample_shift: float = 2.0  # the scheduler's static shift of the sampling sigmas
-    ema_decay: float = 0.999  # per step; 0 keeps the latest weights
 
     def __post_init__(self):
         if self.width % self.head_dim or self.head_dim % 16:
             raise InvalidOptionError("width must be a multiple of head_dim, and head_dim of 16")
         if self.steps < 0 or self.batch < 1:
             raise InvalidOptionError("steps must be >= 0 and batch >= 1")
-        if not 0 <= self.ema_decay <= 1:
-            raise InvalidOptionError("ema_decay must be in [0, 1]")
 
 
 def _rope_axes(head_dim: int) -> tuple[int, int, int]:
@@ -165,10 +160,6 @@ def train_flow(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     transformer.train()
     text_2.train()
-    modules = {"transformer": transformer, "text_encoder_2": text_2}
-    ema = {f"ema_{k}": copy.deepcopy(m).requires_grad_(False).eval() for k, m in modules.items()}
-    # without an average in the checkpoint (new run, or one from before it) it starts at the first step
-    ema_fresh = [not checkpoint_holds(ckpt, "flow", "ema_transformer")]
 
     def step_fn(step):
         g = _gen(data_cfg, 5, step)
@@ -186,33 +177,17 @@ def train_flow(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        _update_ema(ema, modules, 0.0 if ema_fresh[0] else cfg.ema_decay)
-        ema_fresh[0] = False
         return {"loss": f"{loss.item():.4f}"}
 
+    modules = {"transformer": transformer, "text_encoder_2": text_2}
     lr_at = lambda s: _cosine(s, cfg.steps, cfg.lr, cfg.lr_min, cfg.warmup_steps)  # noqa: E731
-    done = _run_phase("flow", cfg.steps, step_fn, {**modules, **ema}, opt, lr_at, ckpt, cfg, deadline,
-                      optional=tuple(ema))  # fmt: skip
-    if not done:
+    if not _run_phase("flow", cfg.steps, step_fn, modules, opt, lr_at, ckpt, cfg, deadline):
         return None
     return export_flow(out, out / "pipeline")
 
 
-@torch.no_grad()
-def _update_ema(ema: dict, modules: dict, decay: float) -> None:
-    for name, module in modules.items():
-        for avg, new in zip(
-            ema[f"ema_{name}"].state_dict().values(), module.state_dict().values(), strict=True
-        ):
-            if decay and avg.is_floating_point():
-                avg.lerp_(new, 1 - decay)
-            else:
-                avg.copy_(new)
-
-
-def export_flow(out: str | Path, folder: str | Path, ema: bool = True) -> Path:
-    """Write the latest checkpoint of a (possibly unfinished) run as a ``FluxPipeline`` folder:
-    its moving average where it holds one (``ema=False``: the latest weights)."""
+def export_flow(out: str | Path, folder: str | Path) -> Path:
+    """Write the latest checkpoint of a (possibly unfinished) run as a ``FluxPipeline`` folder."""
     from diffusers import FluxPipeline
 
     out = Path(out)
@@ -220,19 +195,15 @@ def export_flow(out: str | Path, folder: str | Path, ema: bool = True) -> Path:
     if cfg is None:
         raise InvalidOptionError(f"no flow training run in {out} (config.json)")
     comps = build_flow_components(cfg)
-    ckpt = out / "ckpt"
-    prefix = "ema_" if ema and checkpoint_holds(ckpt, "flow", "ema_transformer") else ""
-    modules = {f"{prefix}{k}": comps[k] for k in ("transformer", "text_encoder_2")}
-    step = load_checkpoint(ckpt, "flow", modules)
+    step = load_checkpoint(out / "ckpt", "flow", {"transformer": comps["transformer"],
+                                                  "text_encoder_2": comps["text_encoder_2"]})  # fmt: skip
     folder = Path(folder)
     FluxPipeline(**comps).save_pretrained(str(folder), safe_serialization=True)
     settings = Path(__file__).resolve().parent.parent / "data" / "mini_flow_settings.json"
     if settings.is_file():
         (folder / "regionedit_settings.json").write_text(settings.read_text())
     (folder / "training_config.json").write_text(
-        json.dumps(
-            {"flow": asdict(cfg), "steps_done": step, "weights": "ema" if prefix else "latest"}, indent=2
-        )
+        json.dumps({"flow": asdict(cfg), "steps_done": step}, indent=2)
     )
     log.info("exported step %d to %s", step, folder)
     return folder
