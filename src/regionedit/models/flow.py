@@ -174,11 +174,15 @@ class Flux(FlowTransformer):
 
     def _inputs(self, latents: torch.Tensor, t, cond: Conditioning) -> dict:
         b = latents.shape[0]
-        guidance = None
-        if self.transformer.config.guidance_embeds:  # no scale given: 1, no guidance
-            guidance = cond.extra.get("guidance", torch.ones(b, device=self.device)).to(self.dtype)
+        guidance = self._guidance(cond, b) if self.transformer.config.guidance_embeds else None
         return flux_inputs(latents.to(self.dtype), self._timesteps(t, b, self.dtype) / 1000, cond.embeds,
                            cond.extra["pooled_projections"], guidance)  # fmt: skip
+
+    def _guidance(self, cond: Conditioning, batch: int) -> torch.Tensor:
+        """The distilled guidance input: the scale ``with_guidance`` set, else 1 (no guidance)."""
+        if "guidance" in cond.extra:
+            return cond.extra["guidance"].to(self.dtype)
+        return torch.ones(batch, device=self.device, dtype=self.dtype)
 
     def predict(self, latents: torch.Tensor, t, cond: Conditioning, **residuals) -> torch.Tensor:
         out = self.transformer(**self._inputs(latents, t, cond), return_dict=False, **residuals)[0]
@@ -209,7 +213,7 @@ class Flux(FlowTransformer):
 
     def control_residuals(self, nets, inputs, scales, latents, t, cond) -> dict:
         kwargs = self._inputs(latents, t, cond)
-        guidance = cond.extra.get("guidance", torch.ones(latents.shape[0], device=self.device)).to(self.dtype)
+        guidance = self._guidance(cond, latents.shape[0])
         blocks = singles = None
         for net, x, scale in zip(nets, inputs, scales, strict=True):
             own = kwargs | {
