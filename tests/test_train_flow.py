@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 import regionedit
 from regionedit.cli import main
-from regionedit.shapes.train_flow import FlowConfig, export_flow, train_flow
+from regionedit.shapes.train_flow import FlowConfig, export_flow, shift_sigmas, train_flow
 
 CFG = FlowConfig(num_scenes=16, steps=3, batch=2, ckpt_every=2, warmup_steps=1, width=32, head_dim=16,
                  double_layers=1, single_layers=1)  # fmt: skip
@@ -73,11 +73,15 @@ def test_flow_flags_reach_the_config_and_unet_flags_are_refused(monkeypatch, tmp
                 "7",
                 "--flow-lr",
                 "1e-4",
+                "--flow-train-shift",
+                "2",
             ]
         )
         == 0
     )
-    assert (seen["cfg"].steps, seen["cfg"].lr) == (7, 1e-4)
+    assert (seen["cfg"].steps, seen["cfg"].lr, seen["cfg"].train_shift) == (7, 1e-4, 2.0)
+    assert main(["train-mini", "--family", "flow", "--out", str(tmp_path), "--flow-train-shift", "0"]) == 2
+    assert "train_shift and sample_shift must be > 0" in capsys.readouterr().err
     (tmp_path / "config.json").write_text(json.dumps({"flow": {"steps": 9, "lr": 2e-4, "batch": 3}}))
     assert main(["train-mini", "--family", "flow", "--out", str(tmp_path), "--flow-lr", "3e-4"]) == 0
     assert (seen["cfg"].steps, seen["cfg"].lr, seen["cfg"].batch) == (9, 3e-4, 3)  # the run's own plan
@@ -87,6 +91,16 @@ def test_flow_flags_reach_the_config_and_unet_flags_are_refused(monkeypatch, tmp
     assert main(["train-mini", "--family", "flow", "--out", str(tmp_path), "--unet-steps", "7"]) == 2
     assert "--unet-steps apply to --family unet only" in capsys.readouterr().err
     assert main(["train-mini", "--out", str(tmp_path), "--flow-steps", "7"]) == 2
+    assert main(["train-mini", "--out", str(tmp_path), "--flow-train-shift", "2"]) == 2
+
+
+def test_the_training_shift_keeps_the_ends_and_moves_sigmas_towards_noise():
+    sigma = torch.linspace(0, 1, 11)
+    assert torch.equal(shift_sigmas(sigma, 1.0), sigma)
+    shifted = shift_sigmas(sigma, 3.0)
+    assert shifted[0] == 0 and shifted[-1] == 1
+    assert (shifted[1:-1] > sigma[1:-1]).all() and (shifted.diff() > 0).all()
+    assert abs(shifted[5].item() - 0.75) < 1e-6  # 3 * 0.5 / (1 + 2 * 0.5)
 
 
 def test_cached_latents_are_rebuilt_for_other_scenes(tmp_path):

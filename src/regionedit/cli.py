@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--flow-lr", type=float, default=None, help="flow family: peak learning rate (default 5e-4)"
     )
+    t.add_argument(
+        "--flow-train-shift",
+        type=float,
+        default=None,
+        help="flow family: shift the training sigmas towards noise as sampling does (default 1: none)",
+    )
     t.add_argument("--vae-steps", type=int, default=None)
     t.add_argument("--unet-steps", type=int, default=None)
     t.add_argument("--num-scenes", type=int, default=None)
@@ -351,7 +357,8 @@ def run_train_flow(args) -> int:
     from .shapes.train_flow import FlowConfig, saved_flow_config, train_flow
 
     names = {"num_scenes": "num_scenes", "max_objects": "max_objects", "partial_caption": "partial_caption",
-             "plain_background": "plain_background", "flow_steps": "steps", "flow_lr": "lr"}  # fmt: skip
+             "plain_background": "plain_background", "flow_steps": "steps", "flow_lr": "lr",
+             "flow_train_shift": "train_shift"}  # fmt: skip
     unet_only = ("vae_steps", "unet_steps", "decoder_steps", "decoder_composite", "decoder_batch", "init_from",
                  "unet_lr", "unet_lr_min")  # fmt: skip
     given = [f"--{k.replace('_', '-')}" for k in unet_only if getattr(args, k) is not None]
@@ -371,8 +378,8 @@ def run_train_flow(args) -> int:
 def run_train(args) -> int:
     if args.family == "flow":
         return run_train_flow(args)
-    if args.flow_steps is not None or args.flow_lr is not None:
-        raise InvalidInputError("--flow-steps and --flow-lr apply to --family flow only")
+    if any(getattr(args, k) is not None for k in ("flow_steps", "flow_lr", "flow_train_shift")):
+        raise InvalidInputError("--flow-steps, --flow-lr and --flow-train-shift apply to --family flow only")
     from .shapes.model import MiniConfig
     from .shapes.train import TrainConfig, train_mini
 

@@ -8,7 +8,8 @@ UNet mini model, on that model's VAE and tokenizer, so ``eval-mini`` judges both
 - ``text_encoder_2`` (the sequence the joint attention reads; a T5 in FLUX.1) starts as a copy
   of the same CLIP and trains with the transformer: it already tells the world's words apart;
 - loss ``‖v̂(x_σ, σ) − (noise − x0)‖²`` with ``x_σ = (1 − σ)·x0 + σ·noise``, σ logit-normal
-  (Esser et al. 2024), 10% empty captions for classifier-free guidance (no guidance embedding).
+  (Esser et al. 2024), optionally shifted towards noise by ``train_shift`` as the sampler's sigmas
+  are, 10% empty captions for classifier-free guidance (no guidance embedding).
 
 Resumable: checkpoints every ``ckpt_every`` steps in ``OUT/ckpt`` (safetensors); every random draw
 comes from a generator seeded by ``(seed, phase, step)``. ``OUT/pipeline`` is a ``FluxPipeline``
@@ -56,12 +57,15 @@ class FlowConfig:
     double_layers: int = 4
     single_layers: int = 4
     sample_shift: float = 2.0  # the scheduler's static shift of the sampling sigmas
+    train_shift: float = 1.0  # the same shift on the training sigmas (1: plain logit-normal)
 
     def __post_init__(self):
         if self.width % self.head_dim or self.head_dim % 16:
             raise InvalidOptionError("width must be a multiple of head_dim, and head_dim of 16")
         if self.steps < 0 or self.batch < 1:
             raise InvalidOptionError("steps must be >= 0 and batch >= 1")
+        if self.train_shift <= 0 or self.sample_shift <= 0:
+            raise InvalidOptionError("train_shift and sample_shift must be > 0")
 
 
 def _rope_axes(head_dim: int) -> tuple[int, int, int]:
@@ -132,6 +136,11 @@ def _metadata(path: Path) -> dict:
         return f.metadata() or {}
 
 
+def shift_sigmas(sigma: torch.Tensor, shift: float) -> torch.Tensor:
+    """The static time shift ``sσ / (1 + (s − 1)σ)`` (SD3, FLUX): more mass near σ = 1 for s > 1."""
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
 def flow_prediction(transformer, latents, sigma, embeds, pooled) -> torch.Tensor:
     """The transformer's velocity for unpacked latents ``(B, C, h, w)`` at σ ``(B,)`` (float)."""
     out = transformer(**flux_inputs(latents, sigma, embeds, pooled), return_dict=False)[0]
@@ -167,7 +176,7 @@ def train_flow(
         ids = token_ids(tok, [_caption(records[int(i)], g, data_cfg) for i in idx])
         x0 = latents[idx]
         noise = torch.randn(x0.shape, generator=g)
-        sigma = torch.sigmoid(torch.randn(cfg.batch, generator=g))
+        sigma = shift_sigmas(torch.sigmoid(torch.randn(cfg.batch, generator=g)), cfg.train_shift)
         s = sigma.view(-1, 1, 1, 1)
         with torch.no_grad():
             pooled = text_1(ids).pooler_output
