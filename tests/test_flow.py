@@ -317,14 +317,25 @@ def test_estimated_masks_grow_to_whole_tokens():
     assert to_token_grid(mask, 1) is mask
 
 
-def test_mini_flow_says_in_one_line_that_it_is_not_shipped_yet(capsys, tmp_path):
-    from regionedit.cli import main
-    from regionedit.errors import ModelLoadError
+def test_the_shipped_mini_flow_model_loads_as_a_flux_pipeline_with_its_settings():
     from regionedit.models.loading import MINI_FLOW_DIR
 
-    if (MINI_FLOW_DIR / "model_index.json").exists():
-        assert regionedit.describe("mini-flow").family == "flux"
-        return
+    size = sum(p.stat().st_size for p in MINI_FLOW_DIR.rglob("*") if p.is_file())
+    assert size <= 40 * 2**20
+    assert regionedit.describe("mini-flow").family == "flux"
+    model = regionedit.load("mini-flow")
+    assert model.family == "flux" and model.native_size == 128 and model.guidance == "cfg"
+    assert model.settings["lomoe"]["guidance_scale"] == 5.0
+    from diffusers import FluxPipeline
+
+    assert FluxPipeline.from_pretrained(str(MINI_FLOW_DIR)).transformer.config.guidance_embeds is False
+
+
+def test_a_missing_mini_flow_model_is_one_line(monkeypatch, capsys, tmp_path):
+    from regionedit.cli import main
+    from regionedit.errors import ModelLoadError
+
+    monkeypatch.setattr("regionedit.models.loading.MINI_FLOW_DIR", tmp_path / "absent")
     with pytest.raises(ModelLoadError, match="train-mini --family flow"):
         regionedit.load("mini-flow")
     assert main(["demo", "--model", "mini-flow", "--out", str(tmp_path / "d")]) == 2

@@ -139,7 +139,7 @@ def describe(model: str | os.PathLike = "mini") -> ModelInfo:
     if spec == "mini-flow":
         if not (MINI_FLOW_DIR / "model_index.json").exists():
             raise ModelLoadError(
-                "the mini flow model is not in this installation; train one with "
+                f"the mini flow model is missing from {MINI_FLOW_DIR}; reinstall regionedit, or train one with "
                 "`regionedit train-mini --family flow --out DIR` and pass DIR/pipeline as the model"
             )
         return _describe_folder(spec, MINI_FLOW_DIR)
