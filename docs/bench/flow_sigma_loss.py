@@ -14,8 +14,7 @@ from pathlib import Path
 import torch
 
 from regionedit.models.sd import token_ids
-from regionedit.shapes.checkpoint import load_checkpoint
-from regionedit.shapes.train_flow import _latents, build_flow_components, flow_prediction, saved_flow_config
+from regionedit.shapes.train_flow import _latents, trained_components, velocity_error
 from regionedit.shapes.world import caption_for
 
 SIGMAS = (0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -27,10 +26,7 @@ def main() -> None:
     ap.add_argument("--scenes", type=int, default=256)
     ap.add_argument("--out", default=None, help="also write the numbers here (JSON)")
     args = ap.parse_args()
-    cfg = saved_flow_config(args.run)
-    comps = build_flow_components(cfg)
-    modules = {"transformer": comps["transformer"], "text_encoder_2": comps["text_encoder_2"]}
-    step = load_checkpoint(Path(args.run) / "ckpt", "flow", modules)
+    cfg, comps, step = trained_components(args.run)
     latents, records, _ = _latents(comps, cfg, Path(args.run), comps["vae"].config.sample_size)
     g = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(latents), generator=g)[: args.scenes]
@@ -45,9 +41,10 @@ def main() -> None:
             losses = []
             for i in range(0, len(idx), 64):
                 sl = slice(i, i + 64)
-                x = (1 - s) * x0[sl] + s * noise[sl]
-                pred = flow_prediction(comps["transformer"], x, sigma[sl], embeds[sl], pooled[sl])
-                losses.append(((pred - (noise[sl] - x0[sl])) ** 2).mean(dim=(1, 2, 3)))
+                err = velocity_error(
+                    comps["transformer"], x0[sl], noise[sl], sigma[sl], embeds[sl], pooled[sl]
+                )
+                losses.append(err.mean(dim=(1, 2, 3)))
             result["loss"][str(s)] = round(torch.cat(losses).mean().item(), 5)
     print(json.dumps(result))
     if args.out:

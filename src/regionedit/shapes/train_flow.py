@@ -147,6 +147,13 @@ def flow_prediction(transformer, latents, sigma, embeds, pooled) -> torch.Tensor
     return unpack(out, latents.shape[-2:])
 
 
+def velocity_error(transformer, x0, noise, sigma, embeds, pooled) -> torch.Tensor:
+    """Squared error of the predicted velocity at ``x_σ = (1 − σ)·x0 + σ·noise``, per element."""
+    s = sigma.view(-1, 1, 1, 1)
+    pred = flow_prediction(transformer, (1 - s) * x0 + s * noise, sigma, embeds, pooled)
+    return (pred - (noise - x0)) ** 2
+
+
 def train_flow(
     out: str | Path, cfg: FlowConfig | None = None, max_minutes: float | None = None
 ) -> Path | None:
@@ -177,11 +184,9 @@ def train_flow(
         x0 = latents[idx]
         noise = torch.randn(x0.shape, generator=g)
         sigma = shift_sigmas(torch.sigmoid(torch.randn(cfg.batch, generator=g)), cfg.train_shift)
-        s = sigma.view(-1, 1, 1, 1)
         with torch.no_grad():
             pooled = text_1(ids).pooler_output
-        pred = flow_prediction(transformer, (1 - s) * x0 + s * noise, sigma, text_2(ids)[0], pooled)
-        loss = ((pred - (noise - x0)) ** 2).mean()
+        loss = velocity_error(transformer, x0, noise, sigma, text_2(ids)[0], pooled).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -195,10 +200,8 @@ def train_flow(
     return export_flow(out, out / "pipeline")
 
 
-def export_flow(out: str | Path, folder: str | Path) -> Path:
-    """Write the latest checkpoint of a (possibly unfinished) run as a ``FluxPipeline`` folder."""
-    from diffusers import FluxPipeline
-
+def trained_components(out: str | Path) -> tuple[FlowConfig, dict, int]:
+    """The recipe, the components with the latest checkpoint's weights, and its step, of a run."""
     out = Path(out)
     cfg = saved_flow_config(out)
     if cfg is None:
@@ -206,6 +209,14 @@ def export_flow(out: str | Path, folder: str | Path) -> Path:
     comps = build_flow_components(cfg)
     step = load_checkpoint(out / "ckpt", "flow", {"transformer": comps["transformer"],
                                                   "text_encoder_2": comps["text_encoder_2"]})  # fmt: skip
+    return cfg, comps, step
+
+
+def export_flow(out: str | Path, folder: str | Path) -> Path:
+    """Write the latest checkpoint of a (possibly unfinished) run as a ``FluxPipeline`` folder."""
+    from diffusers import FluxPipeline
+
+    cfg, comps, step = trained_components(out)
     folder = Path(folder)
     FluxPipeline(**comps).save_pretrained(str(folder), safe_serialization=True)
     settings = Path(__file__).resolve().parent.parent / "data" / "mini_flow_settings.json"
