@@ -4,9 +4,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import regionedit
 from regionedit.cli import main
 from regionedit.errors import InvalidOptionError
 from regionedit.shapes.edit_tune import EditTuneConfig, edit_tune, export, mix_weights
+
+from .conftest import build_flux_components
 
 CFG = EditTuneConfig(pairs=4, steps=3, batch=2, warmup=2, num_steps=5, max_step=3, ckpt_every=1, mix=0.5)
 UNET = "unet/diffusion_pytorch_model.safetensors"
@@ -31,6 +34,26 @@ def test_edit_tune_moves_the_unet_and_mixes_it_with_the_base(tmp_path, tiny_mode
     assert all(torch.equal(load_file(again / UNET)[k], base[k]) for k in base)
     vae = "vae/diffusion_pytorch_model.safetensors"
     assert load_file(again / vae).keys() == load_file(tiny_model_dir / vae).keys()
+
+
+def test_the_flow_family_tunes_its_transformer(tmp_path):
+    from diffusers import FluxPipeline
+
+    base = tmp_path / "flux"
+    FluxPipeline(**build_flux_components(guidance_embeds=False)).save_pretrained(
+        base, safe_serialization=True
+    )
+    pipe = edit_tune(tmp_path / "run", base, CFG)
+    weights = "transformer/diffusion_pytorch_model.safetensors"
+    before, mixed = load_file(base / weights), load_file(pipe / weights)
+    tuned = load_file(tmp_path / "run" / "ckpt" / "edit_tune.safetensors")
+    tuned = {k[len("transformer.") :]: v for k, v in tuned.items() if k.startswith("transformer.")}
+    assert before.keys() == mixed.keys() == tuned.keys()
+    assert max((tuned[k] - before[k]).abs().max().item() for k in before) > 0
+    for k in before:
+        assert torch.allclose(mixed[k], 0.5 * before[k] + 0.5 * tuned[k], atol=1e-6)
+    assert not (pipe / "unet").exists()
+    assert regionedit.load(str(pipe)).family == "flux"
 
 
 def test_a_stopped_run_resumes_to_the_same_weights(tmp_path, tiny_model_dir):

@@ -138,12 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     et = sub.add_parser(
         "tune-mini",
-        help="edit-aimed fine-tune of a mini model's UNet (the recipe's last stage), resumable",
-        description="Fine-tune BASE's UNet on LoMOE region-branch views of edit pairs, then write "
-        "OUT/pipeline with the UNet mixed (1 - mix)·base + mix·tuned.",
+        help="edit-aimed fine-tune of a mini model's denoiser (the recipe's last stage), resumable",
+        description="Fine-tune BASE's UNet or transformer on LoMOE region-branch views of edit pairs, "
+        "then write OUT/pipeline with it mixed (1 - mix)·base + mix·tuned.",
     )
     et.add_argument("--out", required=True)
-    et.add_argument("--base", default="mini", help="pipeline folder to start from (default: the shipped one)")
+    et.add_argument(
+        "--base", default="mini", help="pipeline folder to start from, or mini / mini-flow (default: mini)"
+    )
     et.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this long")
     from .shapes.edit_tune_config import EditTuneConfig
 

@@ -58,7 +58,10 @@ class DDIMSchedule:
         return self.scheduler.add_noise(x0, noise, t)
 
     def alpha_prod(self, t) -> torch.Tensor:
-        return self.scheduler.alphas_cumprod[int(t)]
+        """ᾱ at ``t``: a number, or ``(B, 1, 1, 1)`` for a batch of timesteps."""
+        t = torch.as_tensor(t)
+        a = self.scheduler.alphas_cumprod[t.long().cpu()]
+        return a if t.ndim == 0 else a.view(-1, 1, 1, 1)
 
     def to_epsilon(self, output, sample, t):
         return to_epsilon(output, sample, self.alpha_prod(t).to(sample), self.prediction_type)

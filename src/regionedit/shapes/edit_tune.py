@@ -1,17 +1,17 @@
-"""Edit-aimed fine-tune of the mini model's UNet: the last stage of its recipe.
+"""Edit-aimed fine-tune of a mini model's denoiser: the last stage of its recipe.
 
-A LoMOE region branch starts from the DDIM inversion of the source inside its mask and a
-noised random colour outside it (the bootstrap). The pretrained UNet holds the inverted old
-object there (a square asked to become a triangle often stays a square). This stage shows the
-UNet such views of edit pairs (a scene, one object given new attributes) at the first
-``max_step`` edit steps, with the region prompt, and regresses its predicted clean latent on
-the *target* object's latent in the box; ordinary v-prediction samples of the same scenes keep
-it a denoiser. Alone the tuned UNet draws shapes well and colours pale (docs/experiments.md);
-the shipped UNet is the weight-space mix ``(1 - mix)·base + mix·tuned``.
+A LoMOE region branch starts from the inversion of the source inside its mask and a noised
+random colour outside it (the bootstrap). The pretrained denoiser holds the inverted old object
+there (a square asked to become a triangle often stays a square). This stage shows it such
+views of edit pairs (a scene, one object given new attributes) at the first ``max_step`` edit
+steps, with the region prompt, and regresses its predicted clean latent on the *target*
+object's latent in the box; ordinary samples of the same scenes, with the model's own training
+loss (v-prediction for the UNet mini model, velocity for the flow one), keep it a denoiser.
+Alone the tuned UNet draws shapes well and colours pale (docs/experiments.md); the shipped
+denoiser is the weight-space mix ``(1 - mix)·base + mix·tuned``.
 
 Every random draw comes from a generator seeded by ``(seed, step)``, so a resumed run gives
-the same weights as one that is not stopped.
-"""
+the same weights as one that is not stopped."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from ..errors import InvalidOptionError
 from .edit_tune_config import EditTuneConfig
 from .train import _run_phase, min_snr_weights
+from .train_flow import shift_sigmas
 from .world import Scene, ShapeObject, box_mask, caption_for, new_attributes, random_scene, render
 
 
@@ -99,10 +100,47 @@ def _colour_pool(model, cfg: EditTuneConfig, size: int) -> torch.Tensor:
 def mix_weights(base: dict, tuned: dict, mix: float) -> dict:
     """``(1 - mix)·base + mix·tuned`` per tensor, in the base's dtypes."""
     if base.keys() != tuned.keys():
-        raise InvalidOptionError("the two UNets do not have the same parameters")
+        raise InvalidOptionError("the two denoisers do not have the same parameters")
     return {
         k: ((1 - mix) * base[k].float() + mix * tuned[k].float()).to(base[k].dtype).contiguous() for k in base
     }
+
+
+def denoiser_name(model) -> str:
+    """The pipeline folder of a model's denoiser: ``unet`` or ``transformer``."""
+    return next(m for m in model.modules if getattr(model, m) is model.denoiser)
+
+
+def _v_loss(model, sched, cfg: EditTuneConfig):
+    """The UNet mini model's denoising loss: v-prediction at a uniform training timestep, min-SNR
+    weighted (its recipe's)."""
+    train = sched.scheduler  # diffusers' DDIM holds the training-side formulas too
+    weight_t = min_snr_weights(train.alphas_cumprod, cfg.min_snr_gamma)
+
+    def loss(x0, cond, g):
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, 1000, (x0.shape[0],), generator=g)
+        pred = model.predict(train.add_noise(x0, noise, t), t, cond)
+        per = ((pred - train.get_velocity(x0, noise, t)) ** 2).mean(dim=(1, 2, 3))
+        return per, (per * weight_t[t]).mean()
+
+    return loss
+
+
+def _flow_loss(model, sched):
+    """The flow mini model's: velocity error at a logit-normal σ shifted as the model's sampler
+    shifts its sigmas (its recipe's ``train_shift``)."""
+    shift = float(sched.scheduler.config.get("shift", 1.0))
+
+    def loss(x0, cond, g):
+        noise = torch.randn(x0.shape, generator=g)
+        sigma = shift_sigmas(torch.sigmoid(torch.randn(x0.shape[0], generator=g)), shift)
+        s = sigma.view(-1, 1, 1, 1)
+        pred = model.predict((1 - s) * x0 + s * noise, sigma * 1000, cond)
+        per = ((pred - (noise - x0)) ** 2).mean(dim=(1, 2, 3))
+        return per, per.mean()
+
+    return loss
 
 
 def edit_tune(
@@ -111,16 +149,18 @@ def edit_tune(
     cfg: EditTuneConfig | None = None,
     max_minutes: float | None = None,
 ) -> Path | None:
-    """Fine-tune ``base``'s UNet in ``out`` (resumable); return ``out/pipeline`` with the mixed UNet.
+    """Fine-tune ``base``'s denoiser in ``out`` (resumable); return ``out/pipeline`` with the mixed one.
+
+    ``base``: a pipeline folder, or ``"mini"`` / ``"mini-flow"`` for the shipped models.
 
     Returns None when ``max_minutes`` ran out first; calling again resumes.
     """
-    from ..models.loading import MINI_DIR, load
+    from ..models.loading import MINI_DIR, MINI_FLOW_DIR, load
 
     cfg = cfg or EditTuneConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    base_dir = MINI_DIR if str(base) == "mini" else Path(base)
+    base_dir = {"mini": MINI_DIR, "mini-flow": MINI_FLOW_DIR}.get(str(base), Path(base))
     (out / "config.json").write_text(json.dumps({"edit_tune": asdict(cfg), "base": str(base_dir)}, indent=2))
     deadline = time.monotonic() + (max_minutes * 60 if max_minutes is not None else float("inf"))
     model = load(str(base_dir))
@@ -134,14 +174,12 @@ def edit_tune(
         (out / "meta.json").write_text(json.dumps(meta))
     pool = _colour_pool(model, cfg, size)
 
-    unet = model.denoiser
-    # the edit's timesteps; add_noise and get_velocity read the training schedule
-    sched = model.scheduler(cfg.num_steps).scheduler  # diffusers' DDIM: its training-side formulas too
-    acp = sched.alphas_cumprod
-    weight_t = min_snr_weights(acp, cfg.min_snr_gamma)
-    unet.train()
-    unet.requires_grad_(True)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.01)
+    denoiser, name = model.denoiser, denoiser_name(model)
+    sched = model.scheduler(cfg.num_steps)  # the edit's timesteps, noising and clean-latent formulas
+    plain_loss = _flow_loss(model, sched) if model.prediction_type == "flow" else _v_loss(model, sched, cfg)
+    denoiser.train()
+    denoiser.requires_grad_(True)
+    opt = torch.optim.AdamW(denoiser.parameters(), lr=cfg.lr, weight_decay=0.01)
     n = len(meta)
 
     def step_fn(step: int) -> dict:
@@ -158,11 +196,7 @@ def edit_tune(
             captions.append(
                 "" if u < cfg.caption_dropout else meta[i][key + "_plain"] if u < plain else meta[i][key]
             )
-        noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, 1000, (cfg.batch,), generator=g)
-        pred = model.predict(sched.add_noise(x0, noise, t), t, model.encode_prompt(captions))
-        per = ((pred - sched.get_velocity(x0, noise, t)) ** 2).mean(dim=(1, 2, 3))
-        loss_plain = (per * weight_t[t]).mean()
+        per, loss_plain = plain_loss(x0, model.encode_prompt(captions), g)
         # edit samples: a region branch's bootstrapped view at an early step, the region prompt
         idx = torch.randint(0, n, (cfg.batch,), generator=g)
         si = torch.randint(0, cfg.max_step, (cfg.batch,), generator=g)
@@ -173,37 +207,36 @@ def edit_tune(
         box = data["box"][idx]
         view = box * data["inv"][idx, si] + (1 - box) * background
         prompts = [meta[i]["region"] for i in idx.tolist()]
-        v = model.predict(view, te, model.encode_prompt(prompts))
-        ab = acp[te].view(-1, 1, 1, 1)
-        x0_pred = ab.sqrt() * view - (1 - ab).sqrt() * v
+        x0_pred = sched.to_x0(model.predict(view, te, model.encode_prompt(prompts)), view, te)
         err = ((x0_pred - data["z_tgt"][idx]) ** 2 * box).sum(dim=(1, 2, 3)) / (box.sum(dim=(1, 2, 3)) * 4)
         loss_edit = err.mean()
         opt.zero_grad(set_to_none=True)
         (loss_plain + cfg.edit_weight * loss_edit).backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(denoiser.parameters(), 1.0)
         opt.step()
         return {"plain": f"{per.mean().item():.4f}", "edit": f"{loss_edit.item():.4f}"}
 
     lr_at = lambda step: cfg.lr * min(1.0, (step + 1) / cfg.warmup)  # noqa: E731
     if not _run_phase(
-        "edit_tune", cfg.steps, step_fn, {"unet": unet}, opt, lr_at, out / "ckpt", cfg, deadline
+        "edit_tune", cfg.steps, step_fn, {name: denoiser}, opt, lr_at, out / "ckpt", cfg, deadline
     ):
         return None
     return export(out, base_dir, cfg.mix)
 
 
 def export(out: str | Path, base: str | Path, mix: float) -> Path:
-    """``out/pipeline``: ``base`` with its UNet mixed towards the run's tuned UNet by ``mix``."""
+    """``out/pipeline``: ``base`` with its denoiser mixed towards the run's tuned one by ``mix``."""
     out, base = Path(out), Path(base)
+    name = "unet" if (base / "unet").is_dir() else "transformer"
     tuned = {
-        k[len("unet.") :]: v
+        k[len(name) + 1 :]: v
         for k, v in load_file(out / "ckpt" / "edit_tune.safetensors").items()
-        if k.startswith("unet.")
+        if k.startswith(name + ".")
     }
     pipe = out / "pipeline"
     if pipe.exists():
         shutil.rmtree(pipe)
     shutil.copytree(base, pipe)
-    name = "unet/diffusion_pytorch_model.safetensors"
-    save_file(mix_weights(load_file(base / name), tuned, mix), pipe / name)
+    weights = f"{name}/diffusion_pytorch_model.safetensors"
+    save_file(mix_weights(load_file(base / weights), tuned, mix), pipe / weights)
     return pipe

@@ -19,7 +19,7 @@ class EditTuneConfig:
     lr: float = 1e-4  # AdamW, 20 warm-up steps, then constant
     warmup: int = 20
     edit_weight: float = 0.05  # of the edit loss beside the ordinary one
-    num_steps: int = 25  # the edit's DDIM steps (the mini model's LoMOE settings)
+    num_steps: int = 25  # the edit's steps (both mini models' LoMOE settings)
     max_step: int = 15  # edit samples at one of the first max_step of them
     min_snr_gamma: float = 5.0
     caption_dropout: float = 0.1
