@@ -1,6 +1,8 @@
 """Flow-matching transformers (FLUX, SD3) as families: inversion, both editors, the token grid,
 joint-attention capture and loading, on tiny random models."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -326,6 +328,9 @@ def test_the_shipped_mini_flow_model_loads_as_a_flux_pipeline_with_its_settings(
     model = regionedit.load("mini-flow")
     assert model.family == "flux" and model.native_size == 128 and model.guidance == "cfg"
     assert model.settings["lomoe"]["guidance_scale"] == 5.0
+    # export_flow copies the package's settings file into the folder: the two must not drift apart
+    shipped = json.loads((MINI_FLOW_DIR.parent / "mini_flow_settings.json").read_text())
+    assert json.loads((MINI_FLOW_DIR / "regionedit_settings.json").read_text()) == shipped
     from diffusers import FluxPipeline
 
     assert FluxPipeline.from_pretrained(str(MINI_FLOW_DIR)).transformer.config.guidance_embeds is False
