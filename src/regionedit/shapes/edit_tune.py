@@ -11,7 +11,8 @@ Alone the tuned UNet draws shapes well and colours pale (docs/experiments.md); t
 denoiser is the weight-space mix ``(1 - mix)·base + mix·tuned``.
 
 Every random draw comes from a generator seeded by ``(seed, step)``, so a resumed run gives
-the same weights as one that is not stopped."""
+the same weights as one that is not stopped.
+"""
 
 from __future__ import annotations
 
@@ -106,9 +107,9 @@ def mix_weights(base: dict, tuned: dict, mix: float) -> dict:
     }
 
 
-def denoiser_name(model) -> str:
-    """The pipeline folder of a model's denoiser: ``unet`` or ``transformer``."""
-    return next(m for m in model.modules if getattr(model, m) is model.denoiser)
+def denoiser_folder(pipeline: Path) -> str:
+    """The folder of a pipeline's denoiser, also its checkpoint prefix: ``unet`` or ``transformer``."""
+    return "unet" if (pipeline / "unet").is_dir() else "transformer"
 
 
 def _v_loss(model, sched, cfg: EditTuneConfig):
@@ -174,7 +175,7 @@ def edit_tune(
         (out / "meta.json").write_text(json.dumps(meta))
     pool = _colour_pool(model, cfg, size)
 
-    denoiser, name = model.denoiser, denoiser_name(model)
+    denoiser, name = model.denoiser, denoiser_folder(base_dir)
     sched = model.scheduler(cfg.num_steps)  # the edit's timesteps, noising and clean-latent formulas
     plain_loss = _flow_loss(model, sched) if model.prediction_type == "flow" else _v_loss(model, sched, cfg)
     denoiser.train()
@@ -227,7 +228,7 @@ def edit_tune(
 def export(out: str | Path, base: str | Path, mix: float) -> Path:
     """``out/pipeline``: ``base`` with its denoiser mixed towards the run's tuned one by ``mix``."""
     out, base = Path(out), Path(base)
-    name = "unet" if (base / "unet").is_dir() else "transformer"
+    name = denoiser_folder(base)
     tuned = {
         k[len(name) + 1 :]: v
         for k, v in load_file(out / "ckpt" / "edit_tune.safetensors").items()
