@@ -190,6 +190,7 @@ CASES = {
     "zero temperature": (_args(**{"--temperature": "0"}), "temperature"),
     "threshold above one": (_args(**{"--mask-threshold": "2"}), "mask_threshold"),
     "unknown overlap": (_args(**{"--overlap": "max"}), "overlap"),
+    "unknown mask resize": (_args(**{"--mask-resize": "bilinear"}), "mask_resize"),
     "flag not a boolean": (_args(**{"--paste-back": "maybe"}), "expected true or false"),
     "negative seed": (_args(**{"--seed": "-1"}), "seed"),
     "unknown method": (_args(**{"--method": "magic"}), "invalid choice"),

@@ -99,7 +99,7 @@ def test_every_lomoe_option_and_a_saved_inversion(model, image, tmp_path, caplog
         regions[1].mask | masks(3)[2], "a white square", negative_prompt="blurry"
     )  # overlaps 3
     opts = dataclasses.replace(FAST, feather=1.0, overlap="last", paste_back=True, background_blend=True,
-                               guidance_rescale=0.7)  # fmt: skip
+                               guidance_rescale=0.7, mask_resize="majority")  # fmt: skip
     execution = ExecutionOptions(chunk_size=2, gradient_checkpointing=True, reference_maps="device")
     res = regionedit.edit(model, image, regions, CAPTION, opts, progress=False, execution=execution)
     union = np.any(np.stack([r.mask for r in regions]), axis=0)

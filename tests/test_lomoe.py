@@ -187,6 +187,7 @@ def test_changed_guidance_recomputes_reference(tiny_model, inv):
         ("num_inference_steps", 0),
         ("bootstrap_steps", -2),
         ("overlap", "max"),
+        ("mask_resize", "area"),
         ("mask_threshold", 1.5),
         ("background_blend", "yes"),
         ("guidance_rescale", 1.5),

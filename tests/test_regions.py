@@ -78,3 +78,16 @@ def test_active_step_range_hands_area_back_to_background():
 
 def test_mask_to_array_scales_255():
     assert mask_to_array(np.full((2, 2), 255)).max() == 1.0
+
+
+def test_lomoe_prepares_its_masks_by_the_mask_resize_option():
+    mask = np.zeros((16, 16), bool)
+    mask[3:14, 3:14] = True  # 4-px cells: the edge cells are a quarter and a half covered
+    weights = {}
+    for rule in ("nearest", "majority"):
+        opts = LoMOEOptions(mask_resize=rule)
+        weights[rule] = prepare_lomoe(
+            Image.new("RGB", (16, 16)), [Region(mask, "x")], "bg", opts, 4
+        ).latent_masks
+        assert torch.equal(weights[rule], latent_masks([mask.astype(np.float32)], (4, 4), resize=rule))
+    assert not torch.equal(weights["nearest"], weights["majority"])

@@ -15,6 +15,7 @@ from .errors import InvalidMaskError
 from .io import load_image, to_rgb
 
 OVERLAP_POLICIES = ("average", "last")
+MASK_RESIZES = ("nearest", "majority")
 
 
 @dataclass
@@ -83,12 +84,14 @@ def latent_masks(
     feather: float = 0.0,
     overlap: str = "average",
     device=None,
+    resize: str = "nearest",
 ) -> torch.Tensor:
     """Binary image masks -> region weights at latent resolution, background first.
 
     Returns ``(N + 1, 1, h, w)`` float32: index 0 is the background ``clamp(1 - Σ M_i, 0, 1)``,
-    then one weight map per region. Resizing is nearest-neighbour (spec); ``feather`` > 0
-    blurs each region map with a Gaussian of that many latent pixels (soft edges).
+    then one weight map per region. ``resize="nearest"`` samples each cell's top-left pixel (the
+    spec's nearest neighbour); ``"majority"`` takes a cell when at least half its pixels are
+    masked (a mask under half of every cell keeps its best-covered cells). ``feather`` > 0 blurs each region map with a Gaussian of that many latent pixels (soft edges).
     ``overlap="last"`` gives a pixel covered by several masks to the last one; ``"average"``
     (the paper's fusion) lets the editors average the branches there.
     """
@@ -98,7 +101,14 @@ def latent_masks(
     if not masks:
         return torch.ones((1, 1, h, w), device=device)
     stack = torch.from_numpy(np.stack(masks).astype(np.float32))[:, None]
-    small = F.interpolate(stack, size=(h, w), mode="nearest")
+    if resize not in MASK_RESIZES:
+        raise InvalidMaskError(f"mask resize must be one of {MASK_RESIZES}, got {resize!r}")
+    if resize == "nearest":
+        small = F.interpolate(stack, size=(h, w), mode="nearest")
+    else:
+        area = F.interpolate(stack, size=(h, w), mode="area")
+        top = area.amax(dim=(1, 2, 3), keepdim=True)
+        small = ((area >= torch.clamp(top, max=0.5)) & (area > 0)).float()
     for i, m in enumerate(small, start=1):
         if m.sum() == 0:
             raise InvalidMaskError(

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import InvalidOptionError, require_bools
-from ..regions import OVERLAP_POLICIES
+from ..regions import MASK_RESIZES, OVERLAP_POLICIES
 
 DEFAULT_REGION_NEGATIVE = (
     "artifacts, blurry, smooth texture, bad quality, distortions, unrealistic, distorted image"
@@ -27,6 +27,8 @@ class LoMOEOptions:
     mask_threshold: float = 0.5  # on [0, 1] grey
     feather: float = 0.0  # Gaussian soft mask edges, latent pixels; 0 = the paper's hard masks
     overlap: str = "average"  # "average" (paper) or "last" (last mask wins)
+    mask_resize: str = "nearest"  # masks to the latent/token grid: "nearest" (official code) or
+    # "majority" (ours: a cell is edited when at least half its pixels are masked)
     region_negative_prompt: str = DEFAULT_REGION_NEGATIVE  # official README's negative prompt
     paste_back: bool = False  # copy original pixels outside the masks after decoding
     background_blend: bool = False  # ours: after every step, reset the fused latent outside the
@@ -62,4 +64,6 @@ class LoMOEOptions:
             raise InvalidOptionError(f"mask_threshold must be in (0, 1], got {self.mask_threshold!r}")
         if self.overlap not in OVERLAP_POLICIES:
             raise InvalidOptionError(f"overlap must be one of {OVERLAP_POLICIES}, got {self.overlap!r}")
+        if self.mask_resize not in MASK_RESIZES:
+            raise InvalidOptionError(f"mask_resize must be one of {MASK_RESIZES}, got {self.mask_resize!r}")
         require_bools(self, ("paste_back", "background_blend", "regularize_inversion"))

@@ -76,7 +76,9 @@ def prepare_lomoe(
                 f"mask {i} is empty (no pixel >= {options.mask_threshold}); paint the region to edit"
             )
     f = vae_scale_factor * patch_size
-    weights = latent_masks(masks, (size[0] // f, size[1] // f), options.feather, options.overlap)
+    weights = latent_masks(
+        masks, (size[0] // f, size[1] // f), options.feather, options.overlap, resize=options.mask_resize
+    )
     weights = weights.repeat_interleave(patch_size, -2).repeat_interleave(patch_size, -1)
     prepared = [replace(r, mask=m) for r, m in zip(regions, masks, strict=True)]
     return PreparedEdit("lomoe", pixels, size, tuple(prepared), background_prompt, options, weights,
