@@ -1,9 +1,5 @@
 """The mini model's edit-aimed fine-tune, on a tiny random pipeline."""
 
-from dataclasses import replace
-from types import SimpleNamespace
-
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -11,8 +7,7 @@ from safetensors.torch import load_file
 import regionedit
 from regionedit.cli import main
 from regionedit.errors import InvalidOptionError
-from regionedit.regions import latent_masks
-from regionedit.shapes.edit_tune import EditTuneConfig, edit_tune, export, grid_boxes, make_pairs, mix_weights
+from regionedit.shapes.edit_tune import EditTuneConfig, edit_tune, export, mix_weights
 
 from .conftest import build_flux_components
 
@@ -48,7 +43,7 @@ def test_the_flow_family_tunes_its_transformer(tmp_path):
     FluxPipeline(**build_flux_components(guidance_embeds=False)).save_pretrained(
         base, safe_serialization=True
     )
-    pipe = edit_tune(tmp_path / "run", base, replace(CFG, box_resize="majority"))
+    pipe = edit_tune(tmp_path / "run", base, CFG)
     weights = "transformer/diffusion_pytorch_model.safetensors"
     before, mixed = load_file(base / weights), load_file(pipe / weights)
     tuned = load_file(tmp_path / "run" / "ckpt" / "edit_tune.safetensors")
@@ -59,20 +54,6 @@ def test_the_flow_family_tunes_its_transformer(tmp_path):
         assert torch.allclose(mixed[k], 0.5 * before[k] + 0.5 * tuned[k], atol=1e-6)
     assert not (pipe / "unet").exists()
     assert regionedit.load(str(pipe)).family == "flux"
-
-
-def test_edit_boxes_on_the_token_grid_are_lomoes_masks():
-    cfg = EditTuneConfig(pairs=6, box_resize="majority")
-    flow = SimpleNamespace(patch_size=2, size_factor=8)  # 4-px latent cells, 2x2-cell tokens
-    boxes = grid_boxes(flow, cfg, 64)
-    assert boxes.shape == (6, 1, 16, 16)
-    assert torch.equal(boxes, boxes[..., ::2, ::2].repeat_interleave(2, -2).repeat_interleave(2, -1))
-    _, _, pixel_boxes, _ = make_pairs(cfg, 64)
-    for b, px in zip(boxes, pixel_boxes, strict=True):
-        tokens = latent_masks([px.astype(np.float32)], (8, 8), resize="majority")[1]
-        assert torch.equal(b[:, ::2, ::2], tokens)
-    nearest = grid_boxes(flow, replace(cfg, box_resize="nearest"), 64)
-    assert not torch.equal(boxes, nearest)  # the two rules differ on some box edge
 
 
 def test_a_stopped_run_resumes_to_the_same_weights(tmp_path, tiny_model_dir):
@@ -92,8 +73,6 @@ def test_bad_options_and_mismatched_unets_are_refused(tmp_path, capsys):
         EditTuneConfig(max_step=30, num_steps=25)
     with pytest.raises(InvalidOptionError, match="mix"):
         EditTuneConfig(mix=1.5)
-    with pytest.raises(InvalidOptionError, match="box_resize"):
-        EditTuneConfig(box_resize="area")
     with pytest.raises(InvalidOptionError, match="same parameters"):
         mix_weights({"a": torch.zeros(1)}, {"b": torch.zeros(1)}, 0.5)
     assert main(["tune-mini", "--out", str(tmp_path / "x"), "--mix", "2"]) == 2

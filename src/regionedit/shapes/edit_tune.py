@@ -28,57 +28,37 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..errors import InvalidOptionError
-from ..regions import latent_masks
 from .edit_tune_config import EditTuneConfig
 from .train import _run_phase, min_snr_weights
 from .train_flow import shift_sigmas
 from .world import Scene, ShapeObject, box_mask, caption_for, new_attributes, random_scene, render
 
 
-def _pair(cfg: EditTuneConfig, i: int, size: int) -> tuple[Scene, Scene, int]:
-    """Pair ``i``: a scene, the same scene with object ``k`` given new attributes, and ``k``."""
-    rng = np.random.default_rng([cfg.seed, i])
-    scene = random_scene(rng, int(rng.integers(1, cfg.max_objects + 1)), size=size)
-    k = int(rng.integers(0, len(scene.objects)))
-    obj = scene.objects[k]
-    colour, shape = new_attributes(rng, obj)  # ShapesBench's rule
-    objects = list(scene.objects)
-    objects[k] = ShapeObject(shape=shape, colour=colour, bbox=obj.bbox)
-    return scene, Scene(size=scene.size, background=scene.background, objects=objects), k
-
-
 def make_pairs(cfg: EditTuneConfig, size: int):
     """Source and target images, the edited object's box, and captions of each pair."""
     sources, targets, boxes, meta = [], [], [], []
     for i in range(cfg.pairs):
-        scene, target, k = _pair(cfg, i, size)
+        rng = np.random.default_rng([cfg.seed, i])
+        scene = random_scene(rng, int(rng.integers(1, cfg.max_objects + 1)), size=size)
+        k = int(rng.integers(0, len(scene.objects)))
+        obj = scene.objects[k]
+        colour, shape = new_attributes(rng, obj)  # ShapesBench's rule
+        objects = list(scene.objects)
+        objects[k] = ShapeObject(shape=shape, colour=colour, bbox=obj.bbox)
+        target = Scene(size=scene.size, background=scene.background, objects=objects)
         sources.append(render(scene)[0])
         targets.append(render(target)[0])
-        boxes.append(box_mask(scene.objects[k], size, margin=1))
-        new = target.objects[k]
+        boxes.append(box_mask(obj, size, margin=1))
         meta.append(
             {
                 "src": scene.caption,
-                "tgt": target.caption,
+                "tgt": caption_for(objects, scene.background),
                 "src_plain": caption_for(list(scene.objects), None),
-                "tgt_plain": caption_for(list(target.objects), None),
-                "region": f"a {new.colour} {new.shape}",
+                "tgt_plain": caption_for(objects, None),
+                "region": f"a {colour} {shape}",
             }
         )
     return sources, targets, boxes, meta
-
-
-def grid_boxes(model, cfg: EditTuneConfig, size: int) -> torch.Tensor:
-    """The pairs' boxes as LoMOE's masks on the model's grid (``cfg.box_resize``), at latent size."""
-    p = model.patch_size
-    cells = (size // model.size_factor,) * 2
-    boxes = []
-    for i in range(cfg.pairs):
-        scene, _, k = _pair(cfg, i, size)
-        boxes.append(
-            latent_masks([box_mask(scene.objects[k], size, margin=1)], cells, resize=cfg.box_resize)[1:]
-        )
-    return torch.cat(boxes).repeat_interleave(p, -2).repeat_interleave(p, -1)
 
 
 @torch.no_grad()
@@ -193,8 +173,6 @@ def edit_tune(
         data, meta = build_data(model, cfg, size)
         save_file(data, data_path)
         (out / "meta.json").write_text(json.dumps(meta))
-    if cfg.box_resize != "latent":
-        data["box"] = grid_boxes(model, cfg, size)
     pool = _colour_pool(model, cfg, size)
 
     denoiser, name = model.denoiser, denoiser_folder(base_dir)

@@ -7,7 +7,6 @@ import math
 from dataclasses import dataclass
 
 from ..errors import InvalidOptionError
-from ..regions import MASK_RESIZES
 
 
 @dataclass(frozen=True)
@@ -27,8 +26,6 @@ class EditTuneConfig:
     no_background_caption: float = 0.2
     mix: float = 0.45  # shipped UNet = (1 - mix)·base + mix·tuned (0.45 measured best)
     ckpt_every: int = 50
-    box_resize: str = "latent"  # edit samples' boxes: "latent" (pixel boxes to latent cells, nearest),
-    # or LoMOE's masks on the model's token grid by its mask_resize rule, "nearest" or "majority"
 
     def __post_init__(self):
         for name in (
@@ -49,9 +46,5 @@ class EditTuneConfig:
         for name in ("mix", "caption_dropout", "no_background_caption"):
             if not 0 <= getattr(self, name) <= 1:
                 raise InvalidOptionError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.box_resize not in ("latent", *MASK_RESIZES):
-            raise InvalidOptionError(
-                f"box_resize must be latent, nearest or majority, got {self.box_resize!r}"
-            )
         if not (math.isfinite(self.lr) and self.lr > 0 and self.edit_weight >= 0):
             raise InvalidOptionError("lr must be > 0 and edit_weight >= 0")
