@@ -9,12 +9,13 @@ full captions. Shows where in σ a recipe change (e.g. ``--flow-train-shift``) m
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from regionedit.models.sd import token_ids
-from regionedit.shapes.train_flow import _latents, trained_components, velocity_error
+from regionedit.shapes.train_flow import _latents, flow_prediction, trained_components, velocity_error
 from regionedit.shapes.world import caption_for
 
 SIGMAS = (0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -41,9 +42,8 @@ def main() -> None:
             losses = []
             for i in range(0, len(idx), 64):
                 sl = slice(i, i + 64)
-                err = velocity_error(
-                    comps["transformer"], x0[sl], noise[sl], sigma[sl], embeds[sl], pooled[sl]
-                )
+                predict = partial(flow_prediction, comps["transformer"], embeds=embeds[sl], pooled=pooled[sl])
+                err = velocity_error(predict, x0[sl], noise[sl], sigma[sl])
                 losses.append(err.mean(dim=(1, 2, 3)))
             result["loss"][str(s)] = round(torch.cat(losses).mean().item(), 5)
     print(json.dumps(result))

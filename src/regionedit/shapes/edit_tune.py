@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ..errors import InvalidOptionError
 from .edit_tune_config import EditTuneConfig
 from .train import _run_phase, min_snr_weights
-from .train_flow import shift_sigmas
+from .train_flow import shift_sigmas, velocity_error
 from .world import Scene, ShapeObject, box_mask, caption_for, new_attributes, random_scene, render
 
 
@@ -136,9 +136,8 @@ def _flow_loss(model, sched):
     def loss(x0, cond, g):
         noise = torch.randn(x0.shape, generator=g)
         sigma = shift_sigmas(torch.sigmoid(torch.randn(x0.shape[0], generator=g)), shift)
-        s = sigma.view(-1, 1, 1, 1)
-        pred = model.predict((1 - s) * x0 + s * noise, sigma * 1000, cond)
-        per = ((pred - (noise - x0)) ** 2).mean(dim=(1, 2, 3))
+        err = velocity_error(lambda x, sig: model.predict(x, sig * 1000, cond), x0, noise, sigma)
+        per = err.mean(dim=(1, 2, 3))
         return per, per.mean()
 
     return loss

@@ -147,11 +147,11 @@ def flow_prediction(transformer, latents, sigma, embeds, pooled) -> torch.Tensor
     return unpack(out, latents.shape[-2:])
 
 
-def velocity_error(transformer, x0, noise, sigma, embeds, pooled) -> torch.Tensor:
-    """Squared error of the predicted velocity at ``x_σ = (1 − σ)·x0 + σ·noise``, per element."""
+def velocity_error(predict, x0, noise, sigma) -> torch.Tensor:
+    """Squared error, per element, of ``predict(x_σ, σ)``, a velocity, at ``x_σ = (1 − σ)·x0 + σ·noise``
+    (σ of shape ``(B,)``, in [0, 1]): the rectified-flow loss of training and of the edit tune."""
     s = sigma.view(-1, 1, 1, 1)
-    pred = flow_prediction(transformer, (1 - s) * x0 + s * noise, sigma, embeds, pooled)
-    return (pred - (noise - x0)) ** 2
+    return (predict((1 - s) * x0 + s * noise, sigma) - (noise - x0)) ** 2
 
 
 def train_flow(
@@ -186,7 +186,10 @@ def train_flow(
         sigma = shift_sigmas(torch.sigmoid(torch.randn(cfg.batch, generator=g)), cfg.train_shift)
         with torch.no_grad():
             pooled = text_1(ids).pooler_output
-        loss = velocity_error(transformer, x0, noise, sigma, text_2(ids)[0], pooled).mean()
+        embeds = text_2(ids)[0]
+        loss = velocity_error(
+            lambda x, sig: flow_prediction(transformer, x, sig, embeds, pooled), x0, noise, sigma
+        ).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
