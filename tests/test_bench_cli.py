@@ -183,3 +183,20 @@ def test_silhouette_masks_are_a_pinned_setting(tiny_model_dir, tmp_path):
     assert main([*base, "--mask", "silhouette"]) == 0
     assert json.loads((out / "config.json").read_text())["mask"] == "silhouette"
     assert main(base) == 2  # box masks into the same folder would mix two benchmarks
+
+
+def test_report_into_a_closed_pipe_stops_quietly(tmp_path, monkeypatch, capsys):
+    import os
+
+    run = tmp_path / "run"
+    run.mkdir()
+    record = {"item": "a", "method": "lomoe", "n_masks": 2, "accuracy": 1.0, "bg_psnr": 30.0, "seconds": 1.0}
+    (run / "results.jsonl").write_text(json.dumps(record) + "\n" + json.dumps({**record, "item": "b"}) + "\n")
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone, as `| head` does
+    with os.fdopen(write, "w", buffering=1) as stream:
+        monkeypatch.setattr("sys.stdout", stream)
+        assert main(["bench", "report", str(run)]) == 141
+    monkeypatch.undo()
+    assert "Traceback" not in capsys.readouterr().err
+    assert (run / "summary.json").exists()  # the report's files were written before printing

@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -468,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("regionedit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (``regionedit bench report RUN | head``): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141  # what a shell reports for a writer killed by SIGPIPE
 
 
 if __name__ == "__main__":

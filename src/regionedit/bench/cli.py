@@ -348,10 +348,11 @@ def run_report(args) -> int:
     out = Path(args.dir)
     path = out / "summary.json"
     records = load_results(out)
+    counted = None
     if records:  # recompute: shards or an interrupted run may have left it behind
         kept = records if args.all_items else complete_items(records)
         n_items = len({r["item"] for r in kept})
-        print(f"{n_items} items{'' if args.all_items else ' finished by every method'}")
+        counted = f"{n_items} items{'' if args.all_items else ' finished by every method'}"
         summary = summarise(kept, recomputes_reference(out))
         path.write_text(json.dumps(summary, indent=2))
     elif path.is_file():
@@ -362,8 +363,11 @@ def run_report(args) -> int:
         raise InvalidInputError(
             f"no {RESULTS} or summary.json in {out}; run a benchmark with --out {out} first"
         )
+    written = write_report(summary, args.dir)  # files first: a reader that leaves early loses only lines
+    if counted:
+        print(counted)
     print(markdown_table(summary))
-    print(f"wrote {write_report(summary, args.dir)}")
+    print(f"wrote {written}")
     return 0
 
 
