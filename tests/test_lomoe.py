@@ -103,6 +103,49 @@ def test_chunked_gradient_matches_single_batch(tiny_model, inv):
     assert chunked.timings["unet_calls"] > full.timings["unet_calls"]
 
 
+@pytest.mark.parametrize("chunk_size", [None, 2])
+def test_blended_edits_skip_the_background_branch_and_keep_the_result(
+    tiny_model, inv, monkeypatch, chunk_size
+):
+    from regionedit.lomoe import editor
+
+    opts = dataclasses.replace(OPTS, background_blend=True, bootstrap_steps=2)
+    execution = ExecutionOptions(chunk_size=chunk_size)
+
+    def run():
+        g = torch.Generator().manual_seed(1)
+        return R.edit(
+            tiny_model, inv, two_regions(), options=opts, generator=g, progress=False, execution=execution
+        )
+
+    skipped = run()
+    monkeypatch.setattr(editor, "_background_needed", lambda options, weights: True)
+    full = run()
+    assert torch.allclose(skipped.latents, full.latents, atol=1e-4)  # batch sizes differ: rounding only
+    steps, k = inv.num_steps, tiny_model.guidance_batches
+    assert (
+        full.timings["unet_backward_latent_evals"] - skipped.timings["unet_backward_latent_evals"]
+        == steps * k
+    )
+    # one latent less in the gradient pass and in the step; chunked, no pre-pass of all 3 branches
+    assert full.timings["unet_latent_evals"] - skipped.timings["unet_latent_evals"] == steps * k * (
+        5 if chunk_size else 2
+    )
+
+
+def test_soft_masks_keep_the_background_branch():
+    from regionedit.lomoe import editor
+
+    hard = torch.zeros(3, 1, 4, 4)
+    hard[0, :, :2], hard[1, :, 2:] = 1, 1
+    soft = hard.clone()
+    soft[0, 0, 1, 1] = 0.5
+    blend = R.LoMOEOptions(background_blend=True)
+    assert not editor._background_needed(blend, hard)
+    assert editor._background_needed(blend, soft)
+    assert editor._background_needed(R.LoMOEOptions(), hard)
+
+
 def test_gradient_checkpointing_gives_the_same_edit(tiny_model, inv):
     full = R.edit(tiny_model, inv, two_regions(), options=OPTS, progress=False)
     checkpointed = R.edit(tiny_model, inv, two_regions(), options=OPTS, progress=False,

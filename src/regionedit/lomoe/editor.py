@@ -275,6 +275,7 @@ def _denoise(model, inv, regions, weights, options, execution, generator, counte
                 bg = sched.add_noise(pool[pick.to(pool.device)], z_T.expand(n_branch - 1, -1, -1, -1), tt)
                 views[1:] = views[1:] * w_i[1:] + bg * (1 - w_i[1:])
             info = {"step": i, "timestep": int(t), "cross_attention": 0.0, "background": 0.0, "total": 0.0}
+            background = _background_needed(options, w_i)
             if optimise:
                 grad, parts = _gradient(
                     views,
@@ -288,11 +289,17 @@ def _denoise(model, inv, regions, weights, options, execution, generator, counte
                     store,
                     options,
                     counter,
+                    background,
                 )
                 views = views - options.learning_rate * grad
                 info.update(parts)
             with torch.no_grad():
-                z_next = torch.cat([step_branches(views[c], t, c, offset) for c in chunks])
+                if background:
+                    z_next = torch.cat([step_branches(views[c], t, c, offset) for c in chunks])
+                else:  # the blend below replaces the background branch's share by ref_latent
+                    z_next = torch.cat(
+                        [ref_latent, *(step_branches(views[c], t, c, offset) for c in _regions(chunks))]
+                    )
                 z = fuse(z_next, w_i)
                 if options.background_blend:
                     z = w_i[:1] * ref_latent + (1 - w_i[:1]) * z
@@ -302,21 +309,39 @@ def _denoise(model, inv, regions, weights, options, execution, generator, counte
     return z, losses
 
 
+def _background_needed(options, weights: torch.Tensor) -> bool:
+    """Whether the background branch can change this step's result: not when the background blend
+    resets every cell it has a share in (hard masks), so its DDIM result, and L_b, which moves only
+    that share, are left out."""
+    m = weights[0]
+    return not options.background_blend or bool(((m > 0) & (m < 1)).any())
+
+
+def _regions(chunks: list[list[int]]) -> list[list[int]]:
+    """The chunks without the background branch (index 0)."""
+    return [c for c in ([b for b in chunk if b > 0] for chunk in chunks) if c]
+
+
 def _gradient(
-    views, t, weights, offset, ref_latent, ref_maps, step_branches, chunks, store, options, counter
-):
+    views, t, weights, offset, ref_latent, ref_maps, step_branches, chunks, store, options, counter,
+    background=True,
+):  # fmt: skip
     """∂L/∂views for L = λ_xa·L_xa + λ_b·L_b, exactly, in chunks of branches.
 
     With several chunks, every branch's DDIM result is first computed without a graph;
     each chunk then recomputes its own with one, the others entering the fusion as constants.
     Every ``z'_b`` depends only on its own view, so the gradient is the same as in one batch.
+    ``background=False`` (see :func:`_background_needed`) leaves the background branch out: its
+    gradient is zero, L_b is not computed and L_xa sums over the region branches.
     """
     n = views.shape[0]
     use_xa = options.cross_attention_weight > 0
-    if len(chunks) > 1:
+    if not background:
+        chunks = _regions(chunks) if use_xa else []
+    if background and len(chunks) > 1:
         with torch.no_grad():
             z_all = torch.cat([step_branches(views[c], t, c, offset) for c in chunks])
-    grads, l_xa_total, l_b_val = [], 0.0, 0.0
+    grad, l_xa_total, l_b_val = torch.zeros_like(views), 0.0, 0.0
     for c in chunks:
         leaf = views[c].detach().requires_grad_(True)
         with torch.enable_grad():
@@ -325,21 +350,22 @@ def _gradient(
             store.capture = use_xa
             z_c = step_branches(leaf, t, c, offset)
             counter.backward_evals += counter.batches * len(c)
-            z_full = z_c if len(chunks) == 1 else torch.cat([z_all[: c[0]], z_c, z_all[c[-1] + 1 :]])
-            l_b = background_loss(fuse(z_full, weights), ref_latent, weights[:1])
-            loss = options.background_weight * l_b
+            loss = 0.0
+            if background:
+                z_full = z_c if len(chunks) == 1 else torch.cat([z_all[: c[0]], z_c, z_all[c[-1] + 1 :]])
+                l_b = background_loss(fuse(z_full, weights), ref_latent, weights[:1])
+                loss = options.background_weight * l_b
+                l_b_val = float(l_b.detach())
             if use_xa:
                 l_xa = cross_attention_loss(store.maps, ref_maps, num_total=n)
                 loss = loss + options.cross_attention_weight * l_xa
                 l_xa_total += float(l_xa.detach())
-            (g,) = torch.autograd.grad(loss, leaf)
+            (grad[c],) = torch.autograd.grad(loss, leaf)
             store.capture = False
             store.clear()
-        grads.append(g)
-        l_b_val = float(l_b.detach())
     parts = {
         "cross_attention": l_xa_total,
         "background": l_b_val,
         "total": options.cross_attention_weight * l_xa_total + options.background_weight * l_b_val,
     }
-    return torch.cat(grads), parts
+    return grad, parts
