@@ -66,6 +66,12 @@ def test_bench_edit_and_speed_print_rows(tiny_model_dir, tmp_path, capsys):
     assert res["ratios"][1]["unet_work_ratio"] == res["ratios"][1]["expected_work_ratio"]
     assert res["repeats"] == 2
     assert "21N/(8N+13)" in capsys.readouterr().out
+    # the background blend leaves LoMOE's background branch out, and the analytic count follows
+    assert main(["bench", "speed", "--model", str(tiny_model_dir), "--size", "64", "--steps", "1",
+                 "--masks", "2", "--background-blend", "--out", str(speed_path)]) == 0  # fmt: skip
+    (ratio,) = json.loads(speed_path.read_text())["ratios"]
+    assert ratio["unet_work_ratio"] == pytest.approx(ratio["expected_work_ratio"]) == pytest.approx(26 / 21)
+    assert "13N/(8N+5)" in capsys.readouterr().out
 
 
 def test_bench_flags_reach_the_method_config():

@@ -343,7 +343,14 @@ def run_edit_scaling(args) -> int:
 
 def run_report(args) -> int:
     from .report import markdown_table, write_report
-    from .runner import RESULTS, complete_items, load_results, recomputes_reference, summarise
+    from .runner import (
+        RESULTS,
+        complete_items,
+        computes_background,
+        load_results,
+        recomputes_reference,
+        summarise,
+    )
 
     out = Path(args.dir)
     path = out / "summary.json"
@@ -353,7 +360,7 @@ def run_report(args) -> int:
         kept = records if args.all_items else complete_items(records)
         n_items = len({r["item"] for r in kept})
         counted = f"{n_items} items{'' if args.all_items else ' finished by every method'}"
-        summary = summarise(kept, recomputes_reference(out))
+        summary = summarise(kept, recomputes_reference(out), computes_background(out))
         path.write_text(json.dumps(summary, indent=2))
     elif path.is_file():
         from ..io import read_json

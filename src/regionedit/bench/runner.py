@@ -54,22 +54,32 @@ _PER_EDIT = {
 }
 
 
-def work_ratio(n: int, recompute: bool = True, k: int = 2) -> float:
+def work_ratio(n: int, recompute: bool = True, k: int = 2, background: bool = True) -> float:
     """UNet work of N single-region LoMOE passes over one N-region pass, per step.
 
     With ``k`` denoiser batches per branch (2 for CFG, 1 where guidance is distilled), one pass is
     forward + backward (≈ 3 forwards) and a re-evaluation on k(N+1) latents, i.e. 4k(N+1), plus
     inversion (1), reference pass (k) and, when the reference maps are recomputed rather than held,
     one forward on k latents: with k = 2, 8(N+1)+5 (held: 8(N+1)+3) against 21N (19N) for N passes.
+    ``background=False``: the background branch is left out (:func:`background_branch`), 4kN
+    latents instead of 4k(N+1): 13N/(8N+5) with k = 2.
     """
     extra = k if recompute else 0
-    one = 4 * k * (n + 1) + 1 + k + extra
-    return n * (8 * k + 1 + k + extra) / one
+    b = 1 if background else 0
+    one = 4 * k * (n + b) + 1 + k + extra
+    return n * (4 * k * (1 + b) + 1 + k + extra) / one
 
 
-def work_formula(recompute: bool = True, k: int = 2) -> str:
+def work_formula(recompute: bool = True, k: int = 2, background: bool = True) -> str:
     extra = k if recompute else 0
-    return f"{9 * k + 1 + extra}N/({4 * k}N+{4 * k + 1 + k + extra})"
+    b = 1 if background else 0
+    return f"{4 * k * (1 + b) + 1 + k + extra}N/({4 * k}N+{4 * k * b + 1 + k + extra})"
+
+
+def background_branch(lomoe: dict) -> bool:
+    """Whether LoMOE with these options (``asdict`` of LoMOEOptions) computes its background branch:
+    not with the background blend on and hard masks (no feather), where the blend resets its share."""
+    return not (lomoe.get("background_blend", False) and lomoe.get("feather", 0.0) == 0)
 
 
 def item_seed(seed: int, item_id: str, method: str) -> int:
@@ -129,6 +139,13 @@ def _with_new_defaults(old: dict) -> dict:
         if isinstance(value, dict) and isinstance(mc[key], dict):
             mc[key] = {**value, **mc[key]}
     return {**old, "method_config": mc}
+
+
+def computes_background(out_dir: Path) -> bool:
+    """Did LoMOE in the run in ``out_dir`` compute its background branch (:func:`background_branch`)?"""
+    path = out_dir / CONFIG
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    return background_branch(config.get("method_config", {}).get("lomoe", {}))
 
 
 def recomputes_reference(out_dir: Path) -> bool:
@@ -204,7 +221,11 @@ def run_benchmark(
         record.pop("_image", None)
         _append(out_dir / RESULTS, record)
     records = [r for r in load_results(out_dir) if r["method"] in methods]
-    summary = summarise(records, config.execution.reference_maps == "recompute")
+    summary = summarise(
+        records,
+        config.execution.reference_maps == "recompute",
+        background_branch(dataclasses.asdict(config.lomoe_options())),
+    )
     (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -285,12 +306,13 @@ def paired(records: list[dict], a: str, b: str, resamples: int = 10_000, seed: i
     return out
 
 
-def summarise(records: list[dict], recompute: bool = True) -> dict:
+def summarise(records: list[dict], recompute: bool = True, background: bool = True) -> dict:
     """``{"methods": {name: means}, "by_masks": {name: {N: means}}, "speed": [...], "paired": [...]}``.
 
     ``speed`` compares LoMOE with the iterative baseline per mask count: measured time and
     UNet-work ratios next to the analytic work ratio (:func:`work_ratio`; ``recompute`` says
-    whether the run recomputed LoMOE's reference maps). ``paired`` compares LoMOE with every other
+    whether the run recomputed LoMOE's reference maps, ``background`` whether LoMOE computed its
+    background branch). ``paired`` compares LoMOE with every other
     method item by item (:func:`paired`).
     """
     names = list(dict.fromkeys(r["method"] for r in records))
@@ -299,7 +321,7 @@ def summarise(records: list[dict], recompute: bool = True) -> dict:
         "by_masks": {},
         "speed": [],
         "paired": [],
-        "work_formula": work_formula(recompute),
+        "work_formula": work_formula(recompute, background=background),
     }
     for name in names:
         rs = [r for r in records if r["method"] == name]
@@ -309,7 +331,7 @@ def summarise(records: list[dict], recompute: bool = True) -> dict:
     if "lomoe" in names and "iterative" in names:
         for n in sorted(set(summary["by_masks"]["lomoe"]) & set(summary["by_masks"]["iterative"]), key=int):
             lo, it = summary["by_masks"]["lomoe"][n], summary["by_masks"]["iterative"][n]
-            expected = work_ratio(int(n), recompute)
+            expected = work_ratio(int(n), recompute, background=background)
             time_ratio = it["seconds_per_edit"] / lo["seconds_per_edit"]
             summary["speed"].append(
                 {

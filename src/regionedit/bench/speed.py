@@ -21,7 +21,7 @@ from ..models.interface import Model
 from .datasets import BenchItem
 from .measure import measure
 from .methods import MethodConfig, run_iterative, run_lomoe
-from .runner import work_formula, work_ratio
+from .runner import background_branch, work_formula, work_ratio
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ def speed_bench(
     cfg = cfg or MethodConfig()
     steps = cfg.num_inference_steps
     recompute = cfg.execution.reference_maps == "recompute"
+    background = background_branch(dataclasses.asdict(cfg.lomoe_options()))
     f = model.vae_scale_factor
     flops = unet_flops_per_eval(model, (size // f, size // f))
     # warm-up: first-call costs (allocator, kernels) are not the algorithm's
@@ -108,8 +109,9 @@ def speed_bench(
                 "n_masks": n,
                 "time_ratio": measured,
                 "unet_work_ratio": res["iterative"].unet_work / res["lomoe"].unet_work,
-                "expected_work_ratio": work_ratio(n, recompute, model.guidance_batches),
-                "time_ratio_fraction": measured / work_ratio(n, recompute, model.guidance_batches),
+                "expected_work_ratio": work_ratio(n, recompute, model.guidance_batches, background),
+                "time_ratio_fraction": measured
+                / work_ratio(n, recompute, model.guidance_batches, background),
             }
         )
     return {
@@ -121,7 +123,7 @@ def speed_bench(
         "unet_flops_per_eval": flops,
         "rows": rows,
         "ratios": ratios,
-        "work_formula": work_formula(recompute, model.guidance_batches),
+        "work_formula": work_formula(recompute, model.guidance_batches, background),
     }
 
 
