@@ -91,3 +91,20 @@ def test_lomoe_prepares_its_masks_by_the_mask_resize_option():
         ).latent_masks
         assert torch.equal(weights[rule], latent_masks([mask.astype(np.float32)], (4, 4), resize=rule))
     assert not torch.equal(weights["nearest"], weights["majority"])
+
+
+def test_majority_resize_takes_cells_at_least_half_covered():
+    # 64 px -> 16 cells of 4 px; the box covers pixels 3..13: its first cell a quarter, its last a half
+    m = box(3, 14, 3, 14)
+    near = latent_masks([m], (16, 16))[1, 0]
+    major = latent_masks([m], (16, 16), resize="majority")[1, 0]
+    assert near[0, 0] == 0 and near[3, 3] == 1  # top-left pixels 0 (outside) and 12 (inside)
+    assert major[1:3, 1:3].all() and major[0].sum() == 0 and major[:, 0].sum() == 0
+    assert major[3, 1] == 1 and major[3, 3] == 0  # half an edge cell in, a quarter corner out
+
+
+def test_majority_resize_keeps_a_small_mask_on_its_best_cell():
+    major = latent_masks([box(5, 7, 5, 7)], (16, 16), resize="majority")[1, 0]
+    assert major.sum() == 1 and major[1, 1] == 1
+    with pytest.raises(InvalidMaskError, match="mask resize"):
+        latent_masks([box(5, 7, 5, 7)], (16, 16), resize="bilinear")
