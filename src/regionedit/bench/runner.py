@@ -22,6 +22,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import InvalidInputError
+from ..lomoe.editor import background_branch
 from .measure import measure
 from .methods import MethodConfig, base_name
 from .metrics import attribute_accuracy, image_metrics
@@ -61,7 +62,7 @@ def work_ratio(n: int, recompute: bool = True, k: int = 2, background: bool = Tr
     forward + backward (≈ 3 forwards) and a re-evaluation on k(N+1) latents, i.e. 4k(N+1), plus
     inversion (1), reference pass (k) and, when the reference maps are recomputed rather than held,
     one forward on k latents: with k = 2, 8(N+1)+5 (held: 8(N+1)+3) against 21N (19N) for N passes.
-    ``background=False``: the background branch is left out (:func:`background_branch`), 4kN
+    ``background=False``: the background branch is left out (:func:`~regionedit.lomoe.editor.background_branch`), 4kN
     latents instead of 4k(N+1): 13N/(8N+5) with k = 2.
     """
     extra = k if recompute else 0
@@ -74,12 +75,6 @@ def work_formula(recompute: bool = True, k: int = 2, background: bool = True) ->
     extra = k if recompute else 0
     b = 1 if background else 0
     return f"{4 * k * (1 + b) + 1 + k + extra}N/({4 * k}N+{4 * k * b + 1 + k + extra})"
-
-
-def background_branch(lomoe: dict) -> bool:
-    """Whether LoMOE with these options (``asdict`` of LoMOEOptions) computes its background branch:
-    not with the background blend on and hard masks (no feather), where the blend resets its share."""
-    return not (lomoe.get("background_blend", False) and lomoe.get("feather", 0.0) == 0)
 
 
 def item_seed(seed: int, item_id: str, method: str) -> int:
@@ -142,7 +137,7 @@ def _with_new_defaults(old: dict) -> dict:
 
 
 def computes_background(out_dir: Path) -> bool:
-    """Did LoMOE in the run in ``out_dir`` compute its background branch (:func:`background_branch`)?"""
+    """Did LoMOE in the run in ``out_dir`` compute its background branch?"""
     path = out_dir / CONFIG
     config = json.loads(path.read_text()) if path.is_file() else {}
     return background_branch(config.get("method_config", {}).get("lomoe", {}))

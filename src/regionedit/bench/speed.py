@@ -17,11 +17,12 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
+from ..lomoe.editor import background_branch
 from ..models.interface import Model
 from .datasets import BenchItem
 from .measure import measure
 from .methods import MethodConfig, run_iterative, run_lomoe
-from .runner import background_branch, work_formula, work_ratio
+from .runner import work_formula, work_ratio
 
 log = logging.getLogger(__name__)
 

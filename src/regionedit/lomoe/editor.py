@@ -317,6 +317,12 @@ def _background_needed(options, weights: torch.Tensor) -> bool:
     return not options.background_blend or bool(((m > 0) & (m < 1)).any())
 
 
+def background_branch(options: dict) -> bool:
+    """:func:`_background_needed` before the masks are known, from ``asdict`` of LoMOEOptions
+    (or a saved copy): masks are hard exactly when they are not feathered."""
+    return not (options.get("background_blend", False) and options.get("feather", 0.0) == 0)
+
+
 def _regions(chunks: list[list[int]]) -> list[list[int]]:
     """The chunks without the background branch (index 0)."""
     return [c for c in ([b for b in chunk if b > 0] for chunk in chunks) if c]
