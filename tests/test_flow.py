@@ -132,6 +132,22 @@ def test_a_mask_on_one_token_edits_exactly_that_token(model, image):
         assert torch.equal(changed, token)
 
 
+def test_on_the_latent_grid_a_mask_edits_latent_cells(model, image):
+    """``mask_grid="latent"`` fuses the branches per latent cell: one cell of a token, not all four."""
+    options = LoMOEOptions(num_inference_steps=3, bootstrap_steps=0, learning_rate=0.0, background_blend=True,
+                           mask_grid="latent")  # fmt: skip
+    mask = np.zeros((64, 96), bool)
+    mask[16:20, 40:44] = True  # one latent cell of the token at pixels 16..24 x 40..48
+    result = regionedit.edit(
+        model, image, [Region(mask, "a green triangle")], CAPTION, options, progress=False
+    )
+    cell = torch.zeros(16, 24, dtype=torch.bool)
+    cell[4, 10] = True
+    assert torch.equal(result.masks[1] > 0, cell)
+    changed = (result.latents[0] != result.inversion.latents[0]).any(0)
+    assert torch.equal(changed, cell)
+
+
 def test_joint_attention_capture_is_exact_and_restored(model):
     z = torch.randn(2, 4, 8, 8)
     cond = model.encode_prompt(["a red square", "a blue circle"])

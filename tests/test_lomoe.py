@@ -231,6 +231,7 @@ def test_changed_guidance_recomputes_reference(tiny_model, inv):
         ("bootstrap_steps", -2),
         ("overlap", "max"),
         ("mask_resize", "area"),
+        ("mask_grid", "pixel"),
         ("mask_threshold", 1.5),
         ("background_blend", "yes"),
         ("guidance_rescale", 1.5),

@@ -93,6 +93,25 @@ def test_lomoe_prepares_its_masks_by_the_mask_resize_option():
     assert not torch.equal(weights["nearest"], weights["majority"])
 
 
+def test_lomoe_masks_on_the_token_or_the_latent_grid():
+    # 16 px, VAE factor 4, 2x2-cell tokens: a mask on one latent cell takes its whole token on the
+    # token grid, and only that cell on the latent grid
+    mask = np.zeros((16, 16), bool)
+    mask[8:12, 4:8] = True
+    weights = {}
+    for grid in ("token", "latent"):
+        opts = LoMOEOptions(mask_grid=grid, mask_resize="majority")
+        prepared = prepare_lomoe(Image.new("RGB", (16, 16)), [Region(mask, "x")], "bg", opts, 4, patch_size=2)
+        weights[grid] = prepared.latent_masks[1, 0]
+        assert prepared.latent_masks.shape == (2, 1, 4, 4)
+    token = torch.zeros(4, 4)
+    token[2:4, 0:2] = 1
+    cell = torch.zeros(4, 4)
+    cell[2, 1] = 1
+    assert torch.equal(weights["token"], token)
+    assert torch.equal(weights["latent"], cell)
+
+
 def test_majority_resize_takes_cells_at_least_half_covered():
     # 64 px -> 16 cells of 4 px; the box covers pixels 3..13: its first cell a quarter, its last a half
     m = box(3, 14, 3, 14)

@@ -16,6 +16,7 @@ from .io import load_image, to_rgb
 
 OVERLAP_POLICIES = ("average", "last")
 MASK_RESIZES = ("nearest", "majority")
+MASK_GRIDS = ("token", "latent")
 
 
 @dataclass

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import InvalidOptionError, require_bools
-from ..regions import MASK_RESIZES, OVERLAP_POLICIES
+from ..regions import MASK_GRIDS, MASK_RESIZES, OVERLAP_POLICIES
 
 DEFAULT_REGION_NEGATIVE = (
     "artifacts, blurry, smooth texture, bad quality, distortions, unrealistic, distorted image"
@@ -29,6 +29,8 @@ class LoMOEOptions:
     overlap: str = "average"  # "average" (paper) or "last" (last mask wins)
     mask_resize: str = "nearest"  # masks to the latent/token grid: "nearest" (official code) or
     # "majority" (ours: a cell is edited when at least half its pixels are masked)
+    mask_grid: str = "token"  # on a flow transformer, fuse on its 2x2-cell "token" grid or on the
+    # finer "latent" cells (ours); one and the same on a UNet
     region_negative_prompt: str = DEFAULT_REGION_NEGATIVE  # official README's negative prompt
     paste_back: bool = False  # copy original pixels outside the masks after decoding
     background_blend: bool = False  # ours: after every step, reset the fused latent outside the
@@ -66,4 +68,6 @@ class LoMOEOptions:
             raise InvalidOptionError(f"overlap must be one of {OVERLAP_POLICIES}, got {self.overlap!r}")
         if self.mask_resize not in MASK_RESIZES:
             raise InvalidOptionError(f"mask_resize must be one of {MASK_RESIZES}, got {self.mask_resize!r}")
+        if self.mask_grid not in MASK_GRIDS:
+            raise InvalidOptionError(f"mask_grid must be one of {MASK_GRIDS}, got {self.mask_grid!r}")
         require_bools(self, ("paste_back", "background_blend", "regularize_inversion"))

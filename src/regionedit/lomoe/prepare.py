@@ -33,7 +33,8 @@ def prepare_lomoe(
         vae_scale_factor: the model's (``Model.vae_scale_factor`` or ``ModelInfo``'s).
         resize: None (sizes must fit), ``"pad"`` or ``"crop"``.
         patch_size: latent cells per token side (2 for flow transformers): sides must be
-            multiples of ``vae_scale_factor · patch_size`` and masks are made on the token grid.
+            multiples of ``vae_scale_factor · patch_size``; masks are made on the token grid, or
+            on the latent cells with ``options.mask_grid="latent"``.
     """
     if not isinstance(options, LoMOEOptions):
         raise InvalidOptionError(f"LoMOE takes LoMOEOptions, got {type(options).__name__}")
@@ -75,11 +76,12 @@ def prepare_lomoe(
             raise InvalidMaskError(
                 f"mask {i} is empty (no pixel >= {options.mask_threshold}); paint the region to edit"
             )
-    f = vae_scale_factor * patch_size
+    cell = patch_size if options.mask_grid == "token" else 1  # latent cells per mask cell side
+    f = vae_scale_factor * cell
     weights = latent_masks(
         masks, (size[0] // f, size[1] // f), options.feather, options.overlap, resize=options.mask_resize
     )
-    weights = weights.repeat_interleave(patch_size, -2).repeat_interleave(patch_size, -1)
+    weights = weights.repeat_interleave(cell, -2).repeat_interleave(cell, -1)
     prepared = [replace(r, mask=m) for r, m in zip(regions, masks, strict=True)]
     return PreparedEdit("lomoe", pixels, size, tuple(prepared), background_prompt, options, weights,
                         seed=seed, crop_box=box)  # fmt: skip
