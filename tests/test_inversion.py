@@ -131,3 +131,31 @@ def test_batched_inversion_equals_one_item_at_a_time(tiny_model, image64):
     g = torch.Generator().manual_seed(3)
     single = ddim_invert(tiny_model, z0[:1], prompts[0], opts, torch.Generator().manual_seed(3), False)
     assert torch.equal(single, invert_batch(tiny_model, z0[:1], prompts[:1], opts, lambda s: g, False)[:, 0])
+
+
+def test_a_scheduler_config_without_clip_sample_is_not_clipped(tiny_components, image64):
+    """DDIM's own default clamps ẑ0 to ±1 (``clip_sample=True``) when a config lacks the key, as
+    Euler and DPM-Solver configs do; the inversion and the edit must not inherit that clamp."""
+    from diffusers import DDIMScheduler
+
+    from regionedit.models.schedule import DDIMSchedule
+
+    unclipped = from_components(dict(tiny_components), name="unclipped")
+    config = dict(unclipped.scheduler_config, prediction_type="epsilon", timestep_spacing="leading")
+    unclipped.scheduler_config = config
+    lacking = from_components(dict(tiny_components), name="lacking")
+    lacking.scheduler_config = {k: v for k, v in config.items() if k not in ("clip_sample", "thresholding")}
+    z0 = unclipped.encode(unclipped.image_to_tensor(image64))
+    opts = R.InversionOptions(num_inference_steps=4, regularize=False)
+    g = torch.Generator().manual_seed(0)
+    expected = ddim_invert(unclipped, z0, "a gray background", opts, g, progress=False)
+    got = ddim_invert(lacking, z0, "a gray background", opts, g, progress=False)
+    assert torch.equal(got, expected)
+    # the premise: diffusers' DDIM built from that config as it is would clamp on this trajectory
+    t = DDIMSchedule(lacking.scheduler_config, 4).timesteps[0]
+    out = lacking.predict(expected[-1:], t, lacking.encode_prompt(["a gray background"]))
+    raw = DDIMScheduler.from_config(lacking.scheduler_config)
+    raw.set_timesteps(4)
+    assert raw.config.clip_sample
+    ours = DDIMSchedule(lacking.scheduler_config, 4).step(out, t, expected[-1:])
+    assert not torch.allclose(raw.step(out, t, expected[-1:]).prev_sample, ours, atol=1e-3)

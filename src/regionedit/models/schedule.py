@@ -41,11 +41,21 @@ def to_x0(output: torch.Tensor, sample: torch.Tensor, alpha_prod: torch.Tensor, 
     raise InvalidOptionError(f"unsupported prediction_type {prediction_type!r}")
 
 
+def ddim_config(config: dict) -> dict:
+    """A model's scheduler config for DDIM with the clamps of ẑ0 off, whatever the config says.
+
+    DDIM defaults to ``clip_sample=True``: a config that lacks the key (an Euler or DPM-Solver
+    config, as many fine-tunes ship) would clamp the clean-latent estimate to ±1 at every step,
+    and the inversion would no longer retrace the image. SD's own configs say ``false``.
+    """
+    return {**config, "clip_sample": False, "thresholding": False}
+
+
 class DDIMSchedule:
     """diffusers' DDIM sampler (η = 0) at ``steps`` steps, from a model's scheduler config."""
 
     def __init__(self, config: dict, steps: int, device=None):
-        self.scheduler = DDIMScheduler.from_config(config)
+        self.scheduler = DDIMScheduler.from_config(ddim_config(config))
         self.scheduler.set_timesteps(steps, device=device)
         self.timesteps = self.scheduler.timesteps
         self.prediction_type = self.scheduler.config.prediction_type
@@ -78,7 +88,7 @@ class DDIMInverse:
     """
 
     def __init__(self, config: dict, steps: int, device=None):
-        self.scheduler = DDIMInverseScheduler.from_config({**config, "prediction_type": "epsilon"})
+        self.scheduler = DDIMInverseScheduler.from_config({**ddim_config(config), "prediction_type": "epsilon"})
         self.scheduler.set_timesteps(steps, device=device)
         self.timesteps = self.scheduler.timesteps
         self.prediction_type = config.get("prediction_type", "epsilon")
