@@ -170,5 +170,5 @@ def test_single_files_need_a_config_offline(tmp_path, capsys, image, monkeypatch
     flux = tmp_path / "flux.safetensors"
     save_file({"double_blocks.0.img_attn.norm.key_norm.scale": torch.zeros(4)}, flux)
     assert regionedit.describe(flux).family == "flux"  # a FLUX transformer file: configs and encoders needed
-    with pytest.raises(ModelLoadError, match="single-file FLUX checkpoint.*--model-config"):
+    with pytest.raises(ModelLoadError, match="single-file FLUX.1 checkpoint.*--model-config"):
         regionedit.load(flux)

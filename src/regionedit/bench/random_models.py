@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ..models.loading import family_class, from_components
+from ..models.families import family_of_components
+from ..models.loading import from_components
 
 
 class _NoFiniteCheck:
@@ -22,7 +23,7 @@ class _NoFiniteCheck:
 
 def timing_model(components: dict, device="cpu", dtype=torch.float32, name="random"):
     """A model of the components' family that skips the decoder's finiteness check."""
-    base = family_class(components)
+    base = family_of_components(components)
     cls = type(f"Timing{base.__name__}", (_NoFiniteCheck, base), {})
     return from_components(components, name=name, device=device, dtype=dtype, cls=cls)
 

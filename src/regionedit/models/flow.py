@@ -41,8 +41,7 @@ class FlowTransformer(Model):
     max_sequence_length: int | None = None  # T5 tokens per prompt (None: the pipeline default)
 
     patch_size = 2
-    pipeline_kwargs = {}
-    config_fields = ()  # pipeline config entries the family reads
+    denoiser_name = "transformer"
     euler_sigmas = False  # FLUX's pipeline passes linspace(1, 1/n, n) sigmas; SD3 the scheduler's own
 
     default_sequence_length = 256  # as the family's pipeline
@@ -73,11 +72,6 @@ class FlowTransformer(Model):
     @property
     def prediction_type(self) -> str:
         return "flow"
-
-    @property
-    def native_size(self) -> int:
-        """The VAE's sample size (FLUX's transformer config has none; both families' VAEs say 1024)."""
-        return int(self.vae.config.sample_size)
 
     def _mu(self, size) -> float | None:
         """FLUX's resolution-dependent shift of the sigmas (``use_dynamic_shifting``)."""
@@ -143,9 +137,13 @@ class Flux(FlowTransformer):
     """A ``FluxPipeline``'s components: ``FluxTransformer2DModel``, CLIP (pooled) and T5."""
 
     family = "flux"
+    display_name = "FLUX.1"
     pipeline = "FluxPipeline"
+    denoiser_class = "FluxTransformer2DModel"
     modules = ("vae", "transformer", "text_encoder", "text_encoder_2")
     objects = ("tokenizer", "tokenizer_2")
+    single_file_prefixes = ("double_blocks.",)
+    single_file_holds = "denoiser"  # FLUX files hold the transformer alone
     euler_sigmas = True
     default_sequence_length = 512
 
@@ -262,9 +260,13 @@ class StableDiffusion3(FlowTransformer):
     tokenizer_3: object = None
 
     family = "sd3"
+    display_name = "SD3"
     pipeline = "StableDiffusion3Pipeline"
+    denoiser_class = "SD3Transformer2DModel"
     modules = ("vae", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
     objects = ("tokenizer", "tokenizer_2", "tokenizer_3")
+    optional_components = ("text_encoder_3", "tokenizer_3")  # SD3 without its T5, as diffusers allows
+    single_file_prefixes = ("joint_blocks.",)
 
     def _text_encoders(self) -> list:
         return [self.text_encoder_2] + ([self.text_encoder_3] if self.text_encoder_3 is not None else [])

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -85,7 +86,39 @@ class Model:
     settings: dict = field(default_factory=dict)
     _prompt_cache: dict = field(default_factory=dict, repr=False)
 
-    family = "base"
+    # --- what a family declares (see :mod:`regionedit.models.families`) -------------------------
+    family = "base"  # the registry's key, also ``ModelInfo.family``
+    display_name = ""  # in messages: "SDXL (base)"
+    pipeline = ""  # the diffusers pipeline class that loads this family
+    pipeline_classes: ClassVar[
+        tuple[str, ...]
+    ] = ()  # if given, a folder's model_index ``_class_name`` is one of these
+    denoiser_name = ""  # the denoiser's component name ("unet", "transformer") ...
+    denoiser_class = ""  # ... and its diffusers class, by which a folder is recognised
+    modules: ClassVar[tuple[str, ...]] = ()  # components moved to the model's device and dtype
+    objects: ClassVar[tuple[str, ...]] = ()  # components taken as they are (tokenizers)
+    optional_components: ClassVar[tuple[str, ...]] = ()  # components a folder may leave out (SD3's T5)
+    pipeline_kwargs: ClassVar[dict] = {}  # extra keywords of the pipeline's from_pretrained
+    config_fields: ClassVar[tuple[str, ...]] = ()  # pipeline config entries the family reads
+    single_file_prefixes: ClassVar[tuple[str, ...]] = ()  # tensor-name prefixes of its original single files
+    single_file_holds = "pipeline"  # "denoiser": its single files hold the denoiser alone (FLUX)
+
+    @classmethod
+    def recognises(cls, classes: dict) -> bool:
+        """Do components of these classes (name -> class name, None where absent; ``_class_name``: a
+        folder's pipeline class) make this family?"""
+        if cls.pipeline_classes and classes.get("_class_name") not in cls.pipeline_classes:
+            return False
+        needed = set(cls.modules) - set(cls.optional_components)
+        return classes.get(cls.denoiser_name) == cls.denoiser_class and all(classes.get(k) for k in needed)
+
+    @classmethod
+    def load_kwargs(cls, folder) -> dict:
+        """Keywords that load ``folder`` (a path, or None for a hub id) with the pipeline: None for
+        each optional component the folder leaves out, as diffusers requires."""
+        if folder is None:
+            return {}
+        return {k: None for k in cls.optional_components if not (folder / k).is_dir()}
 
     def __post_init__(self):
         for m in (self.vae, self.denoiser, self.text_encoder):
@@ -114,10 +147,8 @@ class Model:
 
     @property
     def native_size(self) -> int:
-        """The image side the model was trained at (its latent sample size times the VAE factor)."""
-        size = getattr(self.denoiser.config, "sample_size", 64) or 64
-        size = size[0] if isinstance(size, (list, tuple)) else size
-        return int(size) * self.vae_scale_factor
+        """The image side the model was trained at (the VAE's sample size)."""
+        return int(self.vae.config.sample_size)
 
     patch_size = 1  # latent cells per token side (2 where a transformer packs 2x2 patches)
 
@@ -253,56 +284,37 @@ class Model:
 
     # --- ControlNets ------------------------------------------------------------------------
 
-    controlnet_class = "ControlNetModel"  # the diffusers class of the family's ControlNets
+    controlnet_class: ClassVar[str | None] = None  # the diffusers class of the family's ControlNets, if any
 
     def _check_controlnet_class(self, net, index: int) -> None:
         import diffusers
 
+        if self.controlnet_class is None:
+            raise InvalidInputError(
+                f"regionedit has no ControlNet support for {self.display_name} models yet"
+            )
         if not isinstance(net, getattr(diffusers, self.controlnet_class)):
             raise InvalidInputError(
                 f"ControlNet {index} is a {type(net).__name__}; {self.family} models take a {self.controlnet_class}"
             )
 
     def check_controlnet(self, net, index: int) -> None:
-        """One-line error unless ``net`` was made for this model (class, VAE factor, text width)."""
+        """One-line error unless ``net`` was made for this model."""
         self._check_controlnet_class(net, index)
-        factor = 2 ** (len(net.config.conditioning_embedding_out_channels) - 1)
-        if factor != self.vae_scale_factor:
-            raise InvalidInputError(
-                f"ControlNet {index} downsamples its control image by {factor} but the model's VAE by "
-                f"{self.vae_scale_factor}; use a ControlNet made for this model"
-            )
-        width = self.denoiser.config.cross_attention_dim
-        if net.config.cross_attention_dim != width:
-            raise InvalidInputError(
-                f"ControlNet {index} has cross_attention_dim {net.config.cross_attention_dim}, the model's "
-                f"denoiser {width}; use a ControlNet made for this model"
-            )
 
     def control_input(self, net, image: torch.Tensor) -> torch.Tensor:
-        """What ``net`` reads for a control image ``(1, 3, H, W)`` in [0, 1]: a UNet ControlNet,
-        the image itself."""
-        return image.to(self.dtype)
+        """What ``net`` reads for a control image ``(1, 3, H, W)`` in [0, 1]."""
+        raise NotImplementedError
 
     def control_residuals(self, nets, inputs, scales, latents, t, cond: Conditioning) -> dict:
         """``predict``'s keyword residuals from ``nets`` reading ``inputs`` (batched like ``latents``)
-        at ``scales``; several nets' residuals add up (diffusers' ``MultiControlNetModel``)."""
-        from diffusers.models.controlnets import MultiControlNetModel
+        at ``scales``; several nets' residuals add up."""
+        raise NotImplementedError
 
-        kwargs = self.denoiser_inputs(latents, cond)
-        if len(nets) == 1:
-            out = nets[0](latents, t, controlnet_cond=inputs[0], conditioning_scale=scales[0], return_dict=False,
-                          **kwargs)  # fmt: skip
-        else:
-            out = MultiControlNetModel(list(nets))(
-                latents,
-                t,
-                controlnet_cond=list(inputs),
-                conditioning_scale=scales,
-                return_dict=False,
-                **kwargs,
-            )
-        return dict(down_block_additional_residuals=out[0], mid_block_additional_residual=out[1])
+    def cross_attention_geometry(self, latent_hw: tuple[int, int]) -> list[tuple[str, int, int, int]]:
+        """``(layer, heads, image positions, text tokens)`` of each captured attention layer for a
+        latent of ``latent_hw`` (the reference maps' memory, :mod:`regionedit.lomoe.memory`)."""
+        raise NotImplementedError
 
     def cross_attention_layers(self) -> list[str]:
         raise NotImplementedError

@@ -17,10 +17,8 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelLoadError
-from .flow import Flux, StableDiffusion3
+from . import families
 from .interface import Model
-from .sd import StableDiffusion
-from .sdxl import StableDiffusionXL
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +27,6 @@ DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 MINI_DIR = DATA_DIR / "mini"  # the bundled shapes-world model
 MINI_FLOW_DIR = DATA_DIR / "mini_flow"  # its FLUX-architecture sibling
 SETTINGS_FILE = "regionedit_settings.json"  # beside model_index.json: recommended edit settings
-FAMILIES = {"sd": StableDiffusion, "sdxl": StableDiffusionXL, "flux": Flux, "sd3": StableDiffusion3}
-SUPPORTED = "Stable Diffusion 1.x/2.x, SDXL (base), FLUX.1 and SD3 architecture models"
 
 
 @dataclass(frozen=True)
@@ -40,7 +36,8 @@ class ModelInfo:
     Attributes:
         name: as given (``"mini"``, a folder, a file, a hub id).
         path: the local folder, when there is one.
-        family: ``"sd"`` or ``"sdxl"``; None when it can only be told by loading (an uncached hub id).
+        family: the family's registry name (``"sd"``, ``"flux"``, ...); None when it can only be told
+            by loading (an uncached hub id).
         vae_scale_factor: pixels per latent cell; None when unknown before loading.
         patch_size: latent cells per token side (2 for FLUX and SD3 transformers, else 1).
         settings: recommended settings per method (``regionedit_settings.json``), else empty;
@@ -55,37 +52,7 @@ class ModelInfo:
     patch_size: int = 1
 
 
-def _family(index: dict, where: str) -> str:
-    """The family of a ``model_index.json``, from the components it lists."""
-    parts = set(index)
-    if "transformer" in parts:
-        kind_of = str((index.get("transformer") or [None, ""])[-1])
-        if kind_of == "FluxTransformer2DModel" and {"vae", "text_encoder", "text_encoder_2"} <= parts:
-            return "flux"
-        if kind_of == "SD3Transformer2DModel" and {"vae", "text_encoder", "text_encoder_2"} <= parts:
-            return "sd3"
-        kind = f"a transformer model ({kind_of or 'unknown class'})"
-    elif {"unet", "vae", "text_encoder", "text_encoder_2"} <= parts:
-        return "sdxl"
-    elif "text_encoder_2" in parts:
-        kind = "an SDXL refiner (one text encoder, aesthetic-score conditioning)"
-    elif {"unet", "vae", "text_encoder"} <= parts:
-        return "sd"
-    else:
-        kind = f"a {index.get('_class_name', 'pipeline')} folder"
-    raise ModelLoadError(f"{where} is {kind}; regionedit supports {SUPPORTED} so far")
-
-
-# Weight-name prefixes of original-format single-file checkpoints, per family.
-SINGLE_FILE_KEYS = (
-    ("joint_blocks.", "sd3", ""),
-    ("double_blocks.", "flux", ""),
-    ("conditioner.embedders.1.", "sdxl", ""),
-    ("cond_stage_model.", "sd", ""),
-)
-
-
-def _single_file_family(path: Path) -> str:
+def _single_file_family(path: Path) -> type[Model]:
     """The family of a single-file ``.safetensors`` checkpoint, from its tensor names alone."""
     from safetensors import SafetensorError, safe_open
 
@@ -94,15 +61,7 @@ def _single_file_family(path: Path) -> str:
             keys = list(fh.keys())
     except (OSError, SafetensorError) as exc:
         raise ModelLoadError(f"cannot read {path} as safetensors: {exc}") from None
-    for prefix, family, kind in SINGLE_FILE_KEYS:
-        if any(k.startswith(prefix) or k.startswith("model.diffusion_model." + prefix) for k in keys):
-            if family is None:
-                raise ModelLoadError(f"{path} is {kind}; regionedit supports {SUPPORTED} so far")
-            return family
-    raise ModelLoadError(
-        f"{path}: not a checkpoint regionedit recognises (no SD or SDXL text-encoder weights); "
-        f"regionedit supports {SUPPORTED}"
-    )
+    return families.family_of_keys(keys, str(path))
 
 
 def _read(path: Path, what: str) -> dict:
@@ -118,7 +77,7 @@ def _read(path: Path, what: str) -> dict:
 def _describe_folder(name: str, path: Path) -> ModelInfo:
     if not (path / "model_index.json").exists():
         raise ModelLoadError(f"{path} is not a diffusers model folder (no model_index.json)")
-    family = _family(_read(path / "model_index.json", "model index"), str(path))
+    family = families.family_of_index(_read(path / "model_index.json", "model index"), str(path))
     factor = None
     vae_config = path / "vae" / "config.json"
     if vae_config.is_file():
@@ -126,7 +85,7 @@ def _describe_folder(name: str, path: Path) -> ModelInfo:
     settings = _read(path / SETTINGS_FILE, "settings file") if (path / SETTINGS_FILE).is_file() else {}
     if isinstance(settings.get("controlnets"), dict):  # folders relative to the model's
         settings["controlnets"] = {k: str((path / v).resolve()) for k, v in settings["controlnets"].items()}
-    return ModelInfo(name, path, family, factor, settings, FAMILIES[family].patch_size)
+    return ModelInfo(name, path, family.family, factor, settings, family.patch_size)
 
 
 def describe(model: str | os.PathLike = "mini") -> ModelInfo:
@@ -148,7 +107,7 @@ def describe(model: str | os.PathLike = "mini") -> ModelInfo:
         return _describe_folder(spec, path)
     if path.exists():
         if path.suffix == ".safetensors":
-            return ModelInfo(spec, family=_single_file_family(path))
+            return ModelInfo(spec, family=_single_file_family(path).family)
         if path.suffix in PICKLE_SUFFIXES:
             return ModelInfo(spec)
         raise ModelLoadError(f"{path}: unknown model file type; expected .safetensors or a folder")
@@ -244,11 +203,9 @@ def load(
     spec = info.name
     if config is not None and (info.path is not None or not Path(spec).expanduser().is_file()):
         raise ModelLoadError(f"--model-config is for single-file checkpoints; {spec} is a folder or a hub id")
-    cls = FAMILIES[info.family or "sd"]
+    cls = families.get(info.family or "sd")  # an uncached hub id: the most common family, or its load fails
     pipeline = getattr(diffusers, cls.pipeline)
-    kwargs = dict(**dtype_argument(dtype), **cls.pipeline_kwargs)
-    if info.family == "sd3" and info.path is not None and not (info.path / "text_encoder_3").is_dir():
-        kwargs.update(text_encoder_3=None, tokenizer_3=None)  # SD3 without its T5, as diffusers allows
+    kwargs = dict(**dtype_argument(dtype), **cls.pipeline_kwargs, **cls.load_kwargs(info.path))
     try:
         if info.path is not None:
             pickled = any(p.suffix == ".bin" for p in info.path.rglob("*.bin"))
@@ -260,7 +217,7 @@ def load(
                 )
             pipe = pipeline.from_pretrained(str(info.path), use_safetensors=safe, **kwargs)
         elif Path(spec).expanduser().exists():
-            pipe = _from_single_file(pipeline, Path(spec).expanduser(), info, allow_pickle, config, kwargs)
+            pipe = _from_single_file(pipeline, cls, Path(spec).expanduser(), allow_pickle, config, kwargs)
         else:
             pipe = pipeline.from_pretrained(spec, local_files_only=_offline(), **kwargs)
     except ModelLoadError:
@@ -274,7 +231,7 @@ def load(
     )
 
 
-def _from_single_file(pipeline, path: Path, info: ModelInfo, allow_pickle: bool, config, kwargs):
+def _from_single_file(pipeline, cls: type[Model], path: Path, allow_pickle: bool, config, kwargs):
     """A single-file checkpoint through diffusers, its configs from ``config`` (a folder or a cached
     hub id) or, without it, from the hub's copy of the family's reference model when reachable."""
     if path.suffix in PICKLE_SUFFIXES and not allow_pickle:
@@ -288,40 +245,27 @@ def _from_single_file(pipeline, path: Path, info: ModelInfo, allow_pickle: bool,
             raise ModelLoadError(
                 f"--model-config {config}: not a diffusers model folder (no model_index.json)"
             )
-        if info.family == "flux":  # FLUX files hold the transformer alone: the rest comes from the config
-            from diffusers import FluxTransformer2DModel
+        if cls.single_file_holds == "denoiser":  # the file holds the denoiser alone: the rest from the config
+            import diffusers
 
-            transformer = FluxTransformer2DModel.from_single_file(
-                str(path), config=str(config), subfolder="transformer", local_files_only=_offline(),
+            denoiser = getattr(diffusers, cls.denoiser_class).from_single_file(
+                str(path), config=str(config), subfolder=cls.denoiser_name, local_files_only=_offline(),
                 **dtype_argument(kwargs.get("dtype", kwargs.get("torch_dtype"))),
             )  # fmt: skip
             return pipeline.from_pretrained(
-                str(config), transformer=transformer, local_files_only=_offline(), **kwargs
+                str(config), **{cls.denoiser_name: denoiser}, local_files_only=_offline(), **kwargs
             )
         return pipeline.from_single_file(str(path), config=str(config), local_files_only=_offline(), **kwargs)
     try:
-        if info.family == "flux":
-            raise ModelLoadError("a FLUX file holds only the transformer")
+        if cls.single_file_holds == "denoiser":
+            raise ModelLoadError(f"a {cls.display_name} file holds only the {cls.denoiser_name}")
         return pipeline.from_single_file(str(path), local_files_only=_offline(), **kwargs)
     except Exception:  # the reference configs are not cached here: the user must give them
-        family = {"sd": "Stable Diffusion", "sdxl": "SDXL", "flux": "FLUX", "sd3": "SD3"}.get(
-            info.family, "Stable Diffusion"
-        )
         raise ModelLoadError(
-            f"{path} is a single-file {family} checkpoint whose configs are not available offline; "
+            f"{path} is a single-file {cls.display_name} checkpoint whose configs are not available offline; "
             "give them with --model-config DIR (a diffusers folder of the same architecture) or a cached "
             "hub id (Python: load(..., config=...))"
         ) from None
-
-
-def family_class(components: dict) -> type[Model]:
-    """The family of in-memory components: by their transformer's class, else SDXL when there is a
-    second text encoder, else Stable Diffusion."""
-    network = type(components.get("transformer")).__name__
-    cls = {"FluxTransformer2DModel": Flux, "SD3Transformer2DModel": StableDiffusion3}.get(network)
-    if cls is None:
-        cls = StableDiffusionXL if components.get("text_encoder_2") is not None else StableDiffusion
-    return cls
 
 
 def from_components(
@@ -336,12 +280,13 @@ def from_components(
 ) -> Model:
     """Wrap in-memory components (as built in tests, keyed like a diffusers pipeline) into a model.
 
-    ``cls`` is the family's class; by default :func:`family_class` of the components. The modules are moved to ``device``/``dtype`` in place (``nn.Module.to``),
+    ``cls`` is the family's class; by default the family the components make
+    (:func:`~regionedit.models.families.family_of_components`). The modules are moved to ``device``/``dtype`` in place (``nn.Module.to``),
     as diffusers does; ``move=False`` moves them to the device only (they already have their dtype).
     ``extra`` are family fields (SDXL's ``force_zeros_for_empty_prompt``).
     """
     device, dtype = resolve_device(device, dtype)
-    cls = cls or family_class(components)
+    cls = cls or families.family_of_components(components)
     fields = {
         k: components[k].to(device, dtype) if move else components[k].to(device)
         for k in cls.modules

@@ -8,10 +8,41 @@ the model's prediction to ε or to the clean latent there.
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
 from ..errors import InvalidOptionError
+
+
+@runtime_checkable
+class Schedule(Protocol):
+    """What a family's ``Model.scheduler(steps, size)`` returns."""
+
+    timesteps: torch.Tensor  # decreasing
+
+    def step(self, output: torch.Tensor, t, sample: torch.Tensor) -> torch.Tensor:
+        """The latent one step after ``t``."""
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
+        """A clean latent noised to ``t``."""
+
+    def to_epsilon(self, output: torch.Tensor, sample: torch.Tensor, t) -> torch.Tensor:
+        """The model's output at ``t`` as a noise estimate."""
+
+    def to_x0(self, output: torch.Tensor, sample: torch.Tensor, t) -> torch.Tensor:
+        """The model's output at ``t`` as a clean-latent estimate ẑ0."""
+
+
+@runtime_checkable
+class InverseSchedule(Protocol):
+    """What a family's ``Model.inverse_scheduler(steps, size)`` returns."""
+
+    timesteps: torch.Tensor  # increasing
+
+    def step(self, output: torch.Tensor, t, sample: torch.Tensor, regularize=None) -> torch.Tensor:
+        """The latent one step above ``t``; ``regularize`` may adjust a noise estimate first."""
 
 
 def to_epsilon(output: torch.Tensor, sample: torch.Tensor, alpha_prod: torch.Tensor, prediction_type: str):
@@ -88,7 +119,9 @@ class DDIMInverse:
     """
 
     def __init__(self, config: dict, steps: int, device=None):
-        self.scheduler = DDIMInverseScheduler.from_config({**ddim_config(config), "prediction_type": "epsilon"})
+        self.scheduler = DDIMInverseScheduler.from_config(
+            {**ddim_config(config), "prediction_type": "epsilon"}
+        )
         self.scheduler.set_timesteps(steps, device=device)
         self.timesteps = self.scheduler.timesteps
         self.prediction_type = config.get("prediction_type", "epsilon")

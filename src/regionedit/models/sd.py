@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InvalidInputError
 from .interface import Conditioning, Model
 from .schedule import DDIMInverse, DDIMSchedule
 
@@ -28,15 +29,25 @@ class StableDiffusion(Model):
     unet: torch.nn.Module
 
     family = "sd"
-    pipeline = "StableDiffusionPipeline"  # the diffusers pipeline class that loads this family
-    modules = ("vae", "unet", "text_encoder")  # components moved to the model's device and dtype
-    objects = ("tokenizer",)  # components taken as they are
+    display_name = "Stable Diffusion 1.x/2.x"
+    pipeline = "StableDiffusionPipeline"
+    denoiser_name, denoiser_class = "unet", "UNet2DConditionModel"
+    modules = ("vae", "unet", "text_encoder")
+    objects = ("tokenizer",)
     pipeline_kwargs = {"safety_checker": None, "requires_safety_checker": False}
-    config_fields: tuple = ()  # pipeline config entries the family reads
+    single_file_prefixes = ("cond_stage_model.",)
+    controlnet_class = "ControlNetModel"
 
     @property
     def denoiser(self) -> torch.nn.Module:
         return self.unet
+
+    @property
+    def native_size(self) -> int:
+        """The image side the model was trained at (its latent sample size times the VAE factor)."""
+        size = getattr(self.unet.config, "sample_size", 64) or 64
+        size = size[0] if isinstance(size, (list, tuple)) else size
+        return int(size) * self.vae_scale_factor
 
     @torch.no_grad()
     def _encode_text(self, prompts: list[str]) -> Conditioning:
@@ -71,3 +82,46 @@ class StableDiffusion(Model):
             heads = self.unet.get_submodule(name.removesuffix(".processor")).heads
             out.append((name, heads, h * w, tokens))
         return out
+
+    # --- ControlNets (ControlNetModel: the UNet's encoder copy, on the control image) ------------
+
+    def check_controlnet(self, net, index: int) -> None:
+        """One-line error unless ``net`` was made for this model (class, VAE factor, text width)."""
+        self._check_controlnet_class(net, index)
+        factor = 2 ** (len(net.config.conditioning_embedding_out_channels) - 1)
+        if factor != self.vae_scale_factor:
+            raise InvalidInputError(
+                f"ControlNet {index} downsamples its control image by {factor} but the model's VAE by "
+                f"{self.vae_scale_factor}; use a ControlNet made for this model"
+            )
+        width = self.denoiser.config.cross_attention_dim
+        if net.config.cross_attention_dim != width:
+            raise InvalidInputError(
+                f"ControlNet {index} has cross_attention_dim {net.config.cross_attention_dim}, the model's "
+                f"denoiser {width}; use a ControlNet made for this model"
+            )
+
+    def control_input(self, net, image: torch.Tensor) -> torch.Tensor:
+        """What ``net`` reads for a control image ``(1, 3, H, W)`` in [0, 1]: a UNet ControlNet,
+        the image itself."""
+        return image.to(self.dtype)
+
+    def control_residuals(self, nets, inputs, scales, latents, t, cond: Conditioning) -> dict:
+        """``predict``'s keyword residuals from ``nets`` reading ``inputs`` (batched like ``latents``)
+        at ``scales``; several nets' residuals add up (diffusers' ``MultiControlNetModel``)."""
+        from diffusers.models.controlnets import MultiControlNetModel
+
+        kwargs = self.denoiser_inputs(latents, cond)
+        if len(nets) == 1:
+            out = nets[0](latents, t, controlnet_cond=inputs[0], conditioning_scale=scales[0], return_dict=False,
+                          **kwargs)  # fmt: skip
+        else:
+            out = MultiControlNetModel(list(nets))(
+                latents,
+                t,
+                controlnet_cond=list(inputs),
+                conditioning_scale=scales,
+                return_dict=False,
+                **kwargs,
+            )
+        return dict(down_block_additional_residuals=out[0], mid_block_additional_residual=out[1])

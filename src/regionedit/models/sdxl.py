@@ -29,11 +29,13 @@ class StableDiffusionXL(StableDiffusion):
     force_zeros_for_empty_prompt: bool = True
 
     family = "sdxl"
+    display_name = "SDXL (base)"
     pipeline = "StableDiffusionXLPipeline"
     modules = ("vae", "unet", "text_encoder", "text_encoder_2")
     objects = ("tokenizer", "tokenizer_2")
     pipeline_kwargs = {}
     config_fields = ("force_zeros_for_empty_prompt",)
+    single_file_prefixes = ("conditioner.embedders.1.",)
 
     def __post_init__(self):
         super().__post_init__()
