@@ -66,7 +66,7 @@ def base_args(ws, model_dir, **over):
     argv = ["edit"]
     for key, value in args.items():
         for v in value if isinstance(value, list) else [value]:
-            argv += [key, v]
+            argv += [key] if v is None else [key, v]  # None: a flag alone
     return argv
 
 
@@ -189,9 +189,12 @@ CASES = {
     "inf learning rate": (_args(**{"--learning-rate": "inf"}), "learning_rate"),
     "zero temperature": (_args(**{"--temperature": "0"}), "temperature"),
     "threshold above one": (_args(**{"--mask-threshold": "2"}), "mask_threshold"),
-    "unknown overlap": (_args(**{"--overlap": "max"}), "overlap"),
-    "unknown mask resize": (_args(**{"--mask-resize": "bilinear"}), "mask_resize"),
-    "flag not a boolean": (_args(**{"--paste-back": "maybe"}), "expected true or false"),
+    "unknown overlap": (_args(**{"--overlap": "max"}), "argument --overlap: invalid choice: 'max'"),
+    "unknown mask resize": (_args(**{"--mask-resize": "bilinear"}), "argument --mask-resize: invalid choice"),
+    "flag not a boolean": (
+        _args(**{"--paste-back=maybe": None}),
+        "argument --paste-back/--no-paste-back: ignored explicit",
+    ),
     "negative seed": (_args(**{"--seed": "-1"}), "seed"),
     "unknown method": (_args(**{"--method": "magic"}), "invalid choice"),
     "unknown resize": (_args(**{"--resize": "stretch"}), "invalid choice"),
@@ -319,7 +322,7 @@ BAD_MULTIMODAL_REQUESTS = {
     "two prompts": (dict(MM, prompts=["a", "b"]), "exactly one prompt"),
     "two masks": (dict(MM, masks=[box(8, 24, 8, 24)] * 2), "at most one mask"),
     "mask of another size": (dict(MM, masks=[box(0, 8, 0, 8, size=32)]), "image's size"),
-    "negative prompts": (dict(MM, negative_prompts=["x"]), "no negative prompts"),
+    "negative prompts": (dict(MM, negative_prompts=["x"]), "negative_prompts: need the lomoe method"),
     "LoMOE options": (dict(MM, options=regionedit.LoMOEOptions()), "takes MultimodalOptions"),
     "controls for LoMOE": ({"controls": ["edge=auto"]}, "need the multimodal method"),
     "malformed control": (dict(MM, controls=["edge"]), "KIND=VALUE"),

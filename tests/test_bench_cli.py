@@ -85,7 +85,7 @@ def test_bench_flags_reach_the_method_config():
         ["bench", "shapes", "--out", "x", "--bootstrap-steps", "25", "--region-negative-prompt", "",
          "--lambda", "0.2", "--multimodal-control", "none", "--steps", "25", "--background-weight", "10",
          "--cross-attention-weight", "0", "--background-blend", "--temperature", "1.5",
-         "--regularize-inversion", "false", "--feather", "1",
+         "--no-regularize-inversion", "--feather", "1",
          "--main-pass-control-scale", "0.5", "--main-pass-prompt", "source", "--loss-space", "noisy", "--grad-steps", "3",
          "--solver", "closed_form", "--mask-estimate-num-maps", "4",
          "--multimodal-learning-rate", "300", "--learning-rate", "0.2", "--chunk-size", "2"]

@@ -9,7 +9,6 @@ import pytest
 from PIL import Image
 
 from regionedit.bench import methods
-from regionedit.bench.datasets import shapes_bench
 from regionedit.bench.methods import METHODS, MethodConfig, MethodOutput, get_methods
 from regionedit.bench.report import markdown_table, sweep_points, write_report
 from regionedit.bench.runner import (
@@ -25,6 +24,7 @@ from regionedit.errors import InvalidInputError
 from regionedit.execution import ExecutionOptions
 from regionedit.lomoe.options import LoMOEOptions
 from regionedit.multimodal.options import MultimodalOptions
+from regionedit.shapes.items import shapes_bench
 from regionedit.shapes.judge import Judge
 
 T = 2
@@ -310,8 +310,8 @@ def test_work_ratio_formula():
 
 
 def test_metrics_read_the_eval_masks_not_the_edit_masks(tiny_model):
-    from regionedit.bench.datasets import shapes_item
     from regionedit.bench.runner import evaluate_one
+    from regionedit.shapes.items import shapes_item
 
     item = shapes_item(0, 1, which="shape", mask_kind="silhouette")
     box, edit = item.eval_masks[0], item.masks[0]

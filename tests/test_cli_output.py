@@ -75,7 +75,10 @@ def test_flags_that_do_not_apply_are_refused(tiny_model_dir, image64, tmp_path, 
             ],  # fmt: skip
             "device",
         ),
-        "chunks for multimodal": (["--method", "multimodal", "--chunk-size", "2"], "LoMOE execution"),
+        "chunks for multimodal": (
+            ["--method", "multimodal", "--chunk-size", "2"],
+            "--chunk-size: not used by the multimodal",
+        ),
         "config for a folder": (
             ["--method", "multimodal", "--model-config", str(tiny_model_dir), "--model", str(tiny_model_dir)],
             "single-file",

@@ -12,18 +12,28 @@ import regionedit
 
 PACKAGE = Path(regionedit.__file__).parent
 FRONT_ENDS = ("regionedit.cli", "regionedit.flags", "regionedit.demo", "regionedit.ui", "regionedit.batch",
-              "regionedit.bench")  # fmt: skip
+              "regionedit.bench", "regionedit.shapes.cli")  # fmt: skip
 SHAPES = ("regionedit.shapes",)
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+def module_name(path: Path, root: Path) -> str:
+    parts = path.relative_to(root.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def import_graph() -> dict[str, set[str]]:
-    """Module -> the package modules it imports anywhere in its body (lazy imports too)."""
-    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+def _packages_run(target: str, importer: str, files: dict) -> set[str]:
+    """The modules importing ``target`` from ``importer`` runs: the target and the ``__init__`` of
+    every package above it that is not already running above ``importer`` itself."""
+    parts = target.split(".")
+    above = {".".join(importer.split(".")[:i]) for i in range(1, importer.count(".") + 2)}
+    run = {".".join(parts[:i]) for i in range(1, len(parts) + 1)} - above
+    return {m for m in run if m in files}
+
+
+def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
+    """Module -> the package modules importing it runs, from imports anywhere in its body (lazy
+    imports inside functions too) and the package ``__init__`` files they pass through."""
+    files = {module_name(p, root): p for p in root.rglob("*.py")}
     graph = {}
     for name, path in files.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
@@ -40,8 +50,9 @@ def import_graph() -> dict[str, set[str]]:
                 targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names]
             elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "import_module":
                 targets = [a.value for a in node.args if isinstance(a, ast.Constant)]
-            edges |= {t for t in targets if t in files and t != name}
-        graph[name] = edges
+            for t in targets:
+                edges |= _packages_run(t, name, files)
+        graph[name] = edges - {name}
     return graph
 
 
@@ -107,3 +118,23 @@ def test_the_core_is_what_the_library_exports():
             seen.add(name)
             todo += graph[name]
     assert seen and all(layer(name) == 0 for name in seen), sorted(n for n in seen if layer(n))
+
+
+LOOP = {  # the shape of a loop the package once had, through a package __init__ and a lazy import
+    "pkg/__init__.py": "",
+    "pkg/options.py": "from .lomoe.options import LoMOEOptions\n",
+    "pkg/lomoe/__init__.py": "from .editor import edit\n",
+    "pkg/lomoe/options.py": "X = 1\n",
+    "pkg/lomoe/editor.py": "def edit():\n    from ..options import make_options\n",
+}
+
+
+def test_the_graph_follows_package_inits_and_lazy_imports(tmp_path):
+    for rel, text in LOOP.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    graph = import_graph(tmp_path / "pkg")
+    assert graph["pkg.options"] == {"pkg.lomoe", "pkg.lomoe.options"}  # the package's __init__ runs first
+    assert cycles(graph) == [["pkg.lomoe", "pkg.lomoe.editor", "pkg.options"]]
+    (tmp_path / "pkg/lomoe/__init__.py").write_text("")  # without the __init__'s import: no loop
+    assert cycles(import_graph(tmp_path / "pkg")) == []

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from regionedit.bench.metrics import background_of, background_psnr
 from regionedit.cli import main
 from regionedit.edit_api import read_metadata
+from regionedit.metrics import background_of, background_psnr
 from regionedit.models.loading import MINI_DIR
 from regionedit.shapes.judge import load_judge
 from regionedit.shapes.world import make_scene, render, write_scene
@@ -45,7 +45,6 @@ def test_cli_edit_three_masks_is_deterministic_and_keeps_the_background(tmp_path
         "--guidance-scale",
         "20",
         "--background-blend",
-        "true",
         "--guidance-rescale",
         "0.9",
         "--seed",

@@ -123,11 +123,11 @@ def test_spec_file_with_relative_paths_equals_the_flags(files, tiny_model_dir, c
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--method", "multimodal", "--negative-prompt", "blurry"], "no negative prompts"),
+        (["--method", "multimodal", "--negative-prompt", "blurry"], "--negative-prompt: need the lomoe method"),
         (["--method", "multimodal", "--control", "edge=MISSING.png"], "control image file not found"),
         (["--method", "multimodal", "--control", "edge=auto", "--controlnet", "edge=NOWHERE"], "no ControlNet"),
         (["--background-prompt", "b", "--mask", "MASK", "--control", "edge=auto"], "need the multimodal method"),
-        (["--background-prompt", "b", "--mask", "MASK", "--lambda", "0.2"], "preservation_weight"),
+        (["--background-prompt", "b", "--mask", "MASK", "--lambda", "0.2"], "--lambda: need the multimodal method"),
     ],
 )  # fmt: skip
 def test_misplaced_or_bad_inputs_fail_before_the_model_loads(files, capsys, tmp_path, argv, message):

@@ -4,7 +4,7 @@ import pytest
 
 from regionedit import ExecutionOptions, LoMOEOptions, MultimodalOptions, make_options
 from regionedit.errors import InvalidOptionError
-from regionedit.options import make_execution
+from regionedit.execution import make_execution
 
 MINI_LIKE = {"num_inference_steps": 20, "optimize_steps": 15, "loss_space": "noisy"}
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from regionedit.bench.datasets import shapes_bench, shapes_item
 from regionedit.bench.realdata import decode_pie_mask, load_lomoe_bench, load_pie_bench, split_quoted
 from regionedit.errors import InvalidInputError
+from regionedit.shapes.items import shapes_bench, shapes_item
 
 
 def _same(a, b):

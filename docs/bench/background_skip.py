@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import regionedit
-from regionedit.bench.datasets import shapes_bench
+from regionedit.shapes.items import shapes_bench
 from regionedit.lomoe import editor
 
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from regionedit import load, make_options
-from regionedit.bench.datasets import shapes_bench
+from regionedit.shapes.items import shapes_bench
 from regionedit.models.controlnet import load_controlnet
 from regionedit.multimodal import Condition, canny_edges, edit
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from regionedit.bench.datasets import shapes_bench
+from regionedit.shapes.items import shapes_bench
 from regionedit.regions import latent_masks
 
 

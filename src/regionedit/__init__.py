@@ -2,12 +2,15 @@
 
 Three layers, each importing only the ones before it (tests/test_layers.py checks this):
 
-- the library core: ``models`` (the model-family interface and loading), ``inversion``,
-  ``regions``, ``attention``, ``cfg``, the two editors ``lomoe`` and ``multimodal`` (each:
-  options, ``prepare`` = every input check, ``editor`` = the method), ``options``
-  (``make_options``: defaults, then the model's settings, then the user's values) and
-  ``edit_api`` (a request from plain data to a written PNG);
-- ``shapes``: the procedural shapes world, the mini models' training recipes and the judge;
+- the library core: ``models`` (the model-family interface, the family registry
+  ``models.families`` and loading), ``inversion``, ``regions``, ``attention``, ``cfg``,
+  ``metrics``, the two editors ``lomoe`` and ``multimodal`` (each: options, ``prepare`` = every
+  input check, ``editor`` = the method, ``method`` = what the front ends see), the method registry
+  ``methods`` (``make_options``: defaults, then the model's settings, then the user's values),
+  ``options`` (options that document themselves) and ``edit_api`` (a request from plain data to a
+  written PNG);
+- ``shapes``: the procedural shapes world, its benchmark items, the mini models' training recipes,
+  the judge and their commands (``shapes.cli``, a front end);
 - the front ends, thin adapters over the above: ``cli``, ``ui`` (web page), ``batch`` (and
   Ray), ``bench``, ``demo``.
 
@@ -28,13 +31,14 @@ from .errors import (
     RegionEditError,
 )
 from .execution import ExecutionOptions
-from .inversion import Inversion, InversionOptions, invert
+from .inversion import InversionOptions
 from .lomoe import EditResult, LoMOEOptions
 from .lomoe import edit as edit
+from .lomoe.reference import Inversion, invert
+from .methods import make_options
 from .models.interface import Model
 from .models.loading import describe, load
 from .multimodal import MultimodalOptions
-from .options import make_options
 from .regions import Region
 from .version import __version__
 

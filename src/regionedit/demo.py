@@ -11,13 +11,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .bench.datasets import shapes_item
-from .bench.metrics import attribute_accuracy, image_metrics
 from .io import save_image, write_text_atomic
 from .lomoe import LoMOEOptions
 from .lomoe import edit as lomoe_edit
-from .options import make_options
+from .methods import make_options
+from .metrics import attribute_accuracy, image_metrics
 from .regions import Region
+from .shapes.items import shapes_item
 
 OUTLINE = [(255, 80, 80), (80, 255, 80), (80, 160, 255)]
 

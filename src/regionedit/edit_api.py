@@ -3,8 +3,9 @@
 A front end builds an :class:`EditRequest` (paths or images, prompts, option values as a
 mapping), calls :meth:`EditRequest.prepare` once (every file read and every check, before the
 model loads where the model's folder tells its VAE factor), then :func:`run` and
-:func:`save_result`. Options come from :func:`regionedit.options.make_options`: the method's
-defaults, the model's recommended settings, then the request's values.
+:func:`save_result`. The request's method (:mod:`regionedit.methods`) checks, prepares and runs
+it; its options are the method's defaults, the model's recommended settings, then the request's
+values.
 """
 
 from __future__ import annotations
@@ -21,23 +22,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .errors import (
-    InvalidInputError,
-    InvalidOptionError,
-    NonFiniteError,
-    OutputExistsError,
-    PromptCountError,
-    RegionEditError,
-)
-from .execution import ExecutionOptions
+from . import methods
+from .errors import InvalidInputError, InvalidOptionError, NonFiniteError, OutputExistsError, RegionEditError
+from .execution import ExecutionOptions, make_execution
 from .io import save_image
-from .lomoe.prepare import prepare_lomoe
 from .models.loading import ModelInfo, describe
-from .multimodal.prepare import prepare_multimodal
-from .multimodal.request import check_counts, conditions_from, control_names, controlnet_folders
-from .options import METHODS, check_option_names, make_execution, make_options
 from .prepared import PreparedEdit
-from .regions import Region
 
 
 @dataclass
@@ -47,7 +37,8 @@ class EditRequest:
     ``options`` is a mapping of option values over the model's recommended settings (``steps``
     is accepted for ``num_inference_steps``), or an options object used as it is. For the
     multimodal method ``prompts`` holds the one target prompt, ``background_prompt`` the source
-    caption and ``masks`` at most one mask (none: estimated).
+    caption and ``masks`` at most one mask (none: estimated). The fields after ``model`` are
+    taken by some methods only (``Method.request_fields``); setting another's is an error.
     """
 
     image: object
@@ -59,7 +50,7 @@ class EditRequest:
     seed: int = 0
     options: Mapping | object | None = None
     model: str = "mini"
-    resize: str | None = None  # None: sizes must fit the model; "pad" or "crop" (LoMOE)
+    resize: str | None = None  # None: sizes must fit the model; "pad" or "crop"
     controls: list = field(default_factory=list)  # multimodal: "KIND=PATH|auto" or Condition
     control_scales: list[float] = field(default_factory=list)  # the first controls' scales
     controlnets: dict = field(default_factory=dict)  # kind -> diffusers folder (default: the model's)
@@ -73,15 +64,22 @@ class EditRequest:
             raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
         return out
 
-    def _check_fields(self) -> None:
-        if self.method not in METHODS:
-            raise InvalidInputError(f"unknown method {self.method!r}; choose one of {METHODS}")
-        if self.method != "multimodal" and (self.controls or self.control_scales or self.controlnets):
-            raise InvalidInputError("controls, control scales and ControlNets need the multimodal method")
+    def given_fields(self) -> list[str]:
+        """The method-specific fields this request sets."""
+        return [f for f in sorted(methods.optional_fields()) if getattr(self, f) not in (None, [], {}, ())]
+
+    def _check_fields(self):
+        try:
+            method = methods.get(self.method)
+        except InvalidOptionError as exc:
+            raise InvalidInputError(str(exc)) from None
+        methods.check_fields(method, self.given_fields())
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
             raise InvalidInputError(f"seed must be a non-negative integer, got {self.seed!r}")
         if not isinstance(self.background_prompt, str):
             raise InvalidInputError("background_prompt must be a string")
+        method.check_request(self)
+        return method
 
     def prepare(self, model) -> PreparedEdit:
         """Read and check everything: image, masks, prompts, options, controls.
@@ -90,42 +88,16 @@ class EditRequest:
             model: a loaded model or a :class:`~regionedit.models.loading.ModelInfo` (from
                 ``describe``): its VAE factor and recommended settings are used.
         """
-        self._check_fields()
+        method = self._check_fields()
         factor = model.vae_scale_factor
         if factor is None:
             raise InvalidInputError(f"the VAE factor of {self.model!r} is known only once it is loaded")
         patch = getattr(model, "patch_size", 1)  # latent cells per token side (flow transformers: 2)
-        settings = model.settings or {}  # None: the model is unknown (only the inputs are checked)
-        options = make_options(self.method, self.options, settings.get(self.method))
+        settings = model.settings  # None: the model is unknown (only the inputs are checked)
+        options = method.options(self.options, method.model_settings(settings))
         execution = make_execution(self.execution)
-        if self.method == "multimodal":
-            check_counts(self)
-            conditions = conditions_from(self.controls, self.control_scales)
-            mask = self.masks[0] if self.masks else None
-            prepared = prepare_multimodal(self.image, self.prompts[0], self.background_prompt, mask, conditions,
-                                          options, factor, seed=self.seed, patch_size=patch)  # fmt: skip
-            shipped = None if model.settings is None else settings.get("controlnets", {})
-            nets = controlnet_folders(conditions, self.controlnets, shipped)
-            prepared = dataclasses.replace(prepared, controlnets=nets)
-        else:
-            prepared = prepare_lomoe(self.image, self._regions(), self.background_prompt, options, factor,
-                                     resize=self.resize, seed=self.seed, patch_size=patch)  # fmt: skip
+        prepared = method.prepare(self, options, factor, patch, settings)
         return dataclasses.replace(prepared, execution=execution)
-
-    def _regions(self) -> list[Region]:
-        if len(self.masks) != len(self.prompts):
-            raise PromptCountError(
-                f"got {len(self.masks)} mask(s) and {len(self.prompts)} prompt(s); give one prompt per mask"
-            )
-        n = len(self.masks)
-        if len(self.negative_prompts) not in (0, 1, n):
-            raise PromptCountError(
-                f"got {len(self.negative_prompts)} negative prompts for {n} masks; "
-                "give none, one for all, or one per mask"
-            )
-        negs = (self.negative_prompts * n) if len(self.negative_prompts) == 1 else self.negative_prompts
-        pairs = enumerate(zip(self.masks, self.prompts, strict=True))
-        return [Region(m, p, negs[i] if negs else None) for i, (m, p) in pairs]
 
     def metadata(self, model_name: str, prepared: PreparedEdit) -> dict:
         """What a written PNG records: the request and the options actually used."""
@@ -151,11 +123,7 @@ class EditRequest:
                 "transformers": transformers.__version__,
             },
         }
-        if self.method == "multimodal":
-            meta["controls"] = control_names(self.controls)
-            meta["control_scales"] = list(self.control_scales)
-            meta["controlnets"] = {k: str(v) for k, v in prepared.controlnets.items()}
-        return meta
+        return {**meta, **methods.get(self.method).metadata(self, prepared)}
 
 
 # Keys of a spec file (CLI --spec) and of a batch manifest line, with their JSON types.
@@ -213,13 +181,17 @@ def check_spec(spec, where: str, fields: dict = SPEC_FIELDS) -> dict:
             )
         if key == "seed" and not 0 <= value < 2**63:
             raise InvalidInputError(f"{where}: 'seed' must be a non-negative integer, got {value}")
-    method = spec.get("method", "lomoe")
-    given = [k for k in ("controls", "control_scales", "controlnets") if k in spec]
-    if given and method != "multimodal":
-        raise InvalidInputError(f'{where}: {", ".join(given)} need "method": "multimodal"')
+    try:
+        method = methods.get(spec.get("method"))
+    except InvalidOptionError as exc:
+        raise InvalidInputError(f"{where}: {exc}") from None
+    try:
+        methods.check_fields(method, [k for k in spec if k in methods.optional_fields()], repr)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f'{where}: {exc} (set "method")') from None
     try:
         if "options" in spec:
-            check_option_names(method, spec["options"])
+            methods.check_option_names(method.name, spec["options"])
         make_execution(spec.get("execution"))
     except InvalidOptionError as exc:
         raise InvalidOptionError(f"{where}: {exc}") from None
@@ -305,39 +277,13 @@ def run(model, prepared: PreparedEdit, progress: bool = True, callback=None, inv
     method's result: :class:`~regionedit.lomoe.EditResult` or ``MultimodalResult``.
     """
     generator = torch.Generator().manual_seed(prepared.seed)
-    if prepared.method == "multimodal":
-        from .models.controlnet import cached_controlnet
-        from .multimodal.editor import run as run_multimodal
-
-        if inversion is not None:
-            raise InvalidInputError("reusing an inversion is supported by the LoMOE method only")
-        nets = {kind: cached_controlnet(path, model, kind) for kind, path in prepared.controlnets.items()}
-        with quiet_libraries(), _finite_or_error(model):
-            return run_multimodal(
-                model, prepared, nets, generator=generator, progress=progress, callback=callback
-            )
-    from .lomoe.editor import run as run_lomoe
-
     with quiet_libraries(), _finite_or_error(model):
-        result = run_lomoe(model, prepared, inversion=inversion, generator=generator, progress=progress,
-                           callback=callback)  # fmt: skip
-    box = prepared.crop_box
-    if box is not None:
-        result.image = result.image.crop(box)
-        result.reconstruction = result.reconstruction.crop(box)
-        result.mask_images = [m.crop(box) for m in result.mask_images]
-    return result
+        return methods.get(prepared.method).run(model, prepared, generator, progress, callback, inversion)
 
 
 def side_images(result, prepared: PreparedEdit) -> dict:
     """Name suffix -> image written beside the edit by ``save_masks``."""
-    if prepared.method != "multimodal":
-        return {f"_mask_{i}": m for i, m in enumerate(result.mask_images, start=1)}
-    out = {"_mask": result.mask_image, "_guidance": result.guidance_image}
-    for kind, im in zip([c.kind for c in prepared.conditions], result.control_images, strict=True):
-        name = f"_control_{kind}"
-        out[name if name not in out else f"{name}_{len(out)}"] = im  # two of a kind: keep both
-    return out
+    return methods.get(prepared.method).side_images(result, prepared)
 
 
 def save_result(

@@ -6,17 +6,27 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .errors import InvalidOptionError, require_bools
+from .options import build, documented, option
 
 REFERENCE_MAPS = ("recompute", "device", "cpu")
 
 
+@documented
 @dataclass(frozen=True)
 class ExecutionOptions:
-    chunk_size: int | None = None  # LoMOE: branches per gradient chunk (exact); None = all at once
-    gradient_checkpointing: bool = False  # recompute activations in backward passes (both editors)
-    reference_maps: str = "recompute"  # LoMOE's reference cross-attention maps: recomputed each step
-    # from the stored latent trajectory (nothing held across steps), or all steps held on the
-    # model's device, or on the CPU and moved per step (docs/models.md, BENCHMARKS.md)
+    """How an edit runs: memory and time, never the result (docs/models.md)."""
+
+    chunk_size: int | None = option(
+        None, help="LoMOE: regions per gradient chunk (the gradient stays exact); None = all at once"
+    )
+    gradient_checkpointing: bool = option(
+        False, help="recompute the denoiser's activations in backward passes (both methods)"
+    )
+    reference_maps: str = option(
+        "recompute", choices=REFERENCE_MAPS,
+        help="LoMOE's reference cross-attention maps: recomputed each step (nothing held across steps), "
+        "or all steps held on the model's device, or on the CPU",
+    )  # fmt: skip
 
     def __post_init__(self):
         if self.chunk_size is not None and (
@@ -30,6 +40,11 @@ class ExecutionOptions:
             raise InvalidOptionError(
                 f"reference_maps must be one of {REFERENCE_MAPS}, got {self.reference_maps!r}"
             )
+
+
+def make_execution(values=None) -> ExecutionOptions:
+    """:class:`ExecutionOptions` from a mapping (or as given)."""
+    return build(ExecutionOptions, values, what="execution")
 
 
 @contextmanager

@@ -1,30 +1,25 @@
 """Command-line flags made from the options dataclasses, for every command that edits.
 
-One flag per field (nested options get their field's name as a prefix), the field's type and
-default in ``--help``; :func:`option_values` gives back only the flags a user actually set, as
-the mapping :func:`regionedit.options.make_options` takes.
+One flag per field (nested options get their field's name as a prefix) with the field's own help,
+its allowed values and its default; booleans as ``--flag/--no-flag``. :func:`option_values` gives
+back only the flags a user actually set, as the mapping the options are built from.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import typing
 
-from .options import field_types
-
-# Flags whose names differ from the option field.
-FLAG_NAMES = {
-    "num_inference_steps": "steps",
-    "preservation_weight": "lambda",
-    "control_scale": "default-control-scale",
-}
+from . import methods
+from .options import default_of, flag_name, leaf_fields, shown
 
 
 def add_model_flags(parser, default: str | None = "mini") -> None:
     """``--model`` and how to load it: the same flags on every command that loads a model."""
     parser.add_argument(
-        "--model", default=default, help="mini (default), a diffusers folder, a .safetensors file or a hub id"
+        "--model",
+        default=default,
+        help="mini (default), mini-flow, a diffusers folder, a .safetensors file or a hub id",
     )
     parser.add_argument(
         "--model-config",
@@ -47,75 +42,101 @@ def load_arguments(args) -> dict:
     )
 
 
-def parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _parser_of(kind):
-    kinds = [k for k in (typing.get_args(kind) or (kind,)) if k is not type(None)]
-    first = kinds[0] if kinds else str
-    return {bool: parse_bool, int: int, float: float}.get(first, str)
-
-
-def _fields(cls, prefix: str = ""):
-    """(dotted name, field, type) of every leaf field, nested options flattened."""
-    types = field_types(cls)
-    for f in dataclasses.fields(cls):
-        kind = types[f.name]
-        if dataclasses.is_dataclass(kind):
-            yield from _fields(kind, f"{prefix}{f.name}.")
-        else:
-            yield f"{prefix}{f.name}", f, kind
-
-
-def _flag(name: str, rename: dict) -> str:
-    if name in rename:
-        return "--" + rename[name]
-    return "--" + "-".join(FLAG_NAMES.get(part, part) for part in name.split(".")).replace("_", "-")
+def _kinds(kind) -> list:
+    return [k for k in (typing.get_args(kind) or (kind,)) if k is not type(None)]
 
 
 def _dest(name: str, dest_prefix: str) -> str:
     return f"{dest_prefix}opt_{name.replace('.', '__')}"
 
 
-def add_option_flags(parser, cls, title: str, skip=(), rename: dict | None = None, dest_prefix: str = ""):
-    """Add a flag per field of ``cls`` (except ``skip``) in a group titled ``title``.
+def _argument(group, cls, name: str, f, kind, default_text: str, dest_prefix: str, help_text=None,
+              flag=None) -> None:  # fmt: skip
+    """One flag (``flag``, by default the field's own) for field ``name`` of ``cls``."""
+    first = (_kinds(kind) or [str])[0]
+    meta = f.metadata
+    text = (help_text or meta.get("help") or name.replace("_", " ")).replace("%", "%%")
+    kwargs = dict(dest=_dest(name, dest_prefix), default=None, help=f"{text} (default: {default_text})")
+    if first is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    else:
+        kwargs["type"] = {int: int, float: float}.get(first, str)
+        if meta.get("choices"):
+            kwargs["choices"] = meta["choices"]
+        else:
+            kwargs["metavar"] = {int: "N", float: "X"}.get(first, "TEXT")
+    group.add_argument(flag or flag_name(cls, name), **kwargs)
 
-    A flag already on the parser (a field of the same name in another method's options) is
-    shared: it keeps one meaning and one destination. A bare boolean flag means true
-    (``--paste-back``); ``--paste-back false`` also works.
+
+def add_option_flags(parser, cls, title: str, skip=(), dest_prefix: str = "", defaults=None,
+                     rename: dict | None = None) -> None:  # fmt: skip
+    """A group titled ``title`` with a flag per field of ``cls`` (except ``skip``).
+
+    ``defaults`` (an object of ``cls``) gives the defaults shown; by default the class's own.
+    ``rename`` maps a field to another flag name (where two classes' flags would collide).
     """
-    rename = rename or {}
     group = parser.add_argument_group(title)
-    taken = dict(parser._option_string_actions)
-    for name, f, kind in _fields(cls):
-        flag = _flag(name, rename)
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    for name, f, kind in leaf_fields(cls):
         if name in skip:
             continue
-        if flag in taken:  # shared with another options class: say both defaults
-            taken[flag].help += f"; {cls.__name__}: {default!r}"
-            continue
-        kind_parser = _parser_of(kind)
-        group.add_argument(
-            flag,
-            dest=_dest(name, dest_prefix),
-            type=kind_parser,
-            default=None,
-            metavar=name.split(".")[-1].upper(),
-            help=f"default: {cls.__name__}: {default!r}",
-            **({"nargs": "?", "const": True} if kind_parser is parse_bool else {}),
-        )
+        value = _value_at(defaults, name) if defaults is not None else default_of(f)
+        flag = f"--{rename[name]}" if rename and name in rename else None
+        _argument(group, cls, name, f, kind, shown(value, quote=False), dest_prefix, flag=flag)
+
+
+def _value_at(options, dotted: str):
+    for part in dotted.split("."):
+        options = getattr(options, part)
+    return options
+
+
+def add_method_flags(parser, settings: dict | None = None) -> dict:
+    """Every registered method's option flags, for ``regionedit edit`` and the bench.
+
+    An option that several methods have (same name and flag) is added once, in a group of shared
+    options, and means the same field in each; the rest go into one group per method. The
+    defaults shown are ``settings``' (a model's recommended settings), else the methods' own.
+
+    Returns method name -> its argument group (for the method's own request flags).
+    """
+    found: dict[str, list] = {}  # dotted name -> [(method, field, kind)]
+    for method in methods.METHODS.values():
+        for name, f, kind in leaf_fields(method.options_class):
+            found.setdefault(name, []).append((method, f, kind))
+    defaults = {}
+    for method in methods.METHODS.values():
+        try:
+            defaults[method.name] = method.options({}, method.model_settings(settings))
+        except Exception:  # unreadable settings: show the method's own defaults
+            defaults[method.name] = method.options_class()
+    shared = parser.add_argument_group(
+        "options of every method (default: the model's settings, else the method's)"
+    )
+    groups = {
+        m.name: parser.add_argument_group(f"{m.name} options (--method {m.name})", m.title)
+        for m in methods.METHODS.values()
+    }
+    for name, owners in found.items():
+        method, f, kind = owners[0]
+        if len(owners) > 1:
+            values = ", ".join(
+                f"{m.name} {shown(_value_at(defaults[m.name], name), quote=False)}" for m, _, _ in owners
+            )
+            helps = dict.fromkeys(g.metadata.get("help") for _, g, _ in owners)
+            text = helps.popitem()[0] if len(helps) == 1 else "; ".join(
+                f"{m.name}: {g.metadata.get('help')}" for m, g, _ in owners
+            )  # fmt: skip
+            _argument(shared, method.options_class, name, f, kind, values, "", text)
+        else:
+            _argument(groups[method.name], method.options_class, name, f, kind,
+                      shown(_value_at(defaults[method.name], name), quote=False), "")  # fmt: skip
+    return groups
 
 
 def option_values(cls, args, dest_prefix: str = "") -> dict:
     """The fields of ``cls`` set on the command line, as a (nested) mapping."""
     values: dict = {}
-    for name, _, _ in _fields(cls):
+    for name, _, _ in leaf_fields(cls):
         v = getattr(args, _dest(name, dest_prefix), None)
         if v is None:
             continue
@@ -127,9 +148,12 @@ def option_values(cls, args, dest_prefix: str = "") -> dict:
     return values
 
 
-def flag_names(values: dict, prefix: str = "") -> list[str]:
-    """The dotted names of a nested mapping's leaves (for messages)."""
-    out = []
-    for k, v in values.items():
-        out += flag_names(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+def foreign_flags(method, args) -> dict[str, list[str]]:
+    """Flags set on the command line that are options of other methods only -> those methods."""
+    own = {name for name, _, _ in leaf_fields(method.options_class)}
+    out: dict[str, list[str]] = {}
+    for other in methods.METHODS.values():
+        for name, _, _ in leaf_fields(other.options_class):
+            if name not in own and getattr(args, _dest(name, ""), None) is not None:
+                out.setdefault(flag_name(other.options_class, name), []).append(other.name)
     return out

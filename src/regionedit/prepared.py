@@ -25,23 +25,20 @@ from .regions import Region, mask_to_array
 
 @dataclass(frozen=True)
 class PreparedEdit:
-    """One validated edit.
+    """One validated edit; each method's ``prepare`` returns a subclass with its own fields.
 
     Attributes:
-        method: ``"lomoe"`` or ``"multimodal"``.
+        method: the registered method's name (:mod:`regionedit.methods`).
         image: the input, RGB, at a size the model takes; None when LoMOE edits an
-            :class:`Inversion` without the original pixels.
+            :class:`~regionedit.lomoe.reference.Inversion` without the original pixels.
         image_size: ``(H, W)``.
         regions: LoMOE: one per mask, ``mask`` a bool ``(H, W)`` array; multimodal: exactly one,
             the target prompt with the user's mask or ``mask=None`` (estimate one).
-        background_prompt: LoMOE: the input's caption; multimodal: the source caption.
+        background_prompt: the input's caption.
         options: the method's options.
-        latent_masks: LoMOE: ``(N + 1, 1, h, w)`` float branch weights, background first;
-            multimodal: bool ``(h, w)`` user mask on the latent grid, or None.
-        conditions / control_images: multimodal layout conditions and their RGB maps.
-        controlnets: multimodal: condition kind -> ControlNet folder (the request layer's).
+        latent_masks: the masks on the latent grid: LoMOE ``(N + 1, 1, h, w)`` float branch
+            weights, background first; multimodal a bool ``(h, w)`` mask, or None.
         seed: the request's seed (callers of the library pass their own generator).
-        crop_box: ``(left, top, right, bottom)`` to crop the result back to after padding.
         execution: how to run it (chunking, checkpointing); never changes the result.
     """
 
@@ -50,13 +47,9 @@ class PreparedEdit:
     image_size: tuple[int, int]
     regions: tuple[Region, ...]
     background_prompt: str
-    options: object  # LoMOEOptions or MultimodalOptions
+    options: object
     latent_masks: torch.Tensor | None = None
-    conditions: tuple = ()  # multimodal Condition objects
-    control_images: tuple[Image.Image, ...] = ()
-    controlnets: dict = field(default_factory=dict)
     seed: int = 0
-    crop_box: tuple[int, int, int, int] | None = None
     execution: ExecutionOptions = field(default_factory=ExecutionOptions)
 
 

@@ -91,7 +91,7 @@ def latent_masks(
 
     Returns ``(N + 1, 1, h, w)`` float32: index 0 is the background ``clamp(1 - Σ M_i, 0, 1)``,
     then one weight map per region. ``resize="nearest"`` samples each cell's top-left pixel (the
-    spec's nearest neighbour); ``"majority"`` takes a cell when at least half its pixels are
+    official code's nearest neighbour); ``"majority"`` takes a cell when at least half its pixels are
     masked (a mask under half of every cell keeps its best-covered cells). ``feather`` > 0 blurs
     each region map with a Gaussian of that many latent pixels (soft edges).
     ``overlap="last"`` gives a pixel covered by several masks to the last one; ``"average"``

@@ -12,6 +12,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .. import methods
 from ..edit_api import SPEC_FIELDS, EditRequest, check_spec
 from ..errors import InvalidInputError
 
@@ -94,18 +95,12 @@ def _net_folder(base: Path, value: str, where: str, kind: str) -> str:
     return value if Path(value).is_absolute() else _inside(base, value, where, f"{kind} ControlNet")
 
 
-def _check_multimodal(job: Job, where: str) -> None:
-    """The checks that need no file: counts and controls (the rest when the job runs)."""
+def _check_counts(job: Job, where: str) -> None:
+    """The method's checks that need no file: counts and controls (the rest when the job runs)."""
     from ..errors import RegionEditError
-    from ..multimodal.request import check_counts, conditions_from
 
-    request = job.request("")
     try:
-        check_counts(request)
-        kinds = {c.kind for c in conditions_from(request.controls, request.control_scales)}
-        for kind in request.controlnets:
-            if kind not in kinds:
-                raise InvalidInputError(f"a ControlNet is given for {kind} but there is no {kind} control")
+        methods.get(job.method).check_request(job.request(""))
     except RegionEditError as exc:
         raise type(exc)(f"{where}: {exc}") from None
 
@@ -113,7 +108,8 @@ def _check_multimodal(job: Job, where: str) -> None:
 def parse_job(obj, base: Path, where: str) -> Job:
     """Check one manifest object and resolve its paths against ``base`` (already resolved)."""
     check_spec(obj, where, MANIFEST_FIELDS)
-    required = [k for k in REQUIRED if not (k == "masks" and obj.get("method") == "multimodal")]
+    optional = () if methods.get(obj.get("method")).masks_required else ("masks",)  # none: estimated
+    required = [k for k in REQUIRED if k not in optional]
     missing = [k for k in required if k not in obj]
     if missing:
         raise InvalidInputError(
@@ -124,7 +120,7 @@ def parse_job(obj, base: Path, where: str) -> Job:
             f"{where}: id {obj['id']!r} must be 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit (it names the output file)"
         )
-    masks = obj.get("masks", [])  # multimodal: none estimates the mask
+    masks = obj.get("masks", [])
     masks = [masks] if isinstance(masks, str) else masks
     prompts = [obj["prompts"]] if isinstance(obj["prompts"], str) else obj["prompts"]
     negatives = obj.get("negative_prompts", [])
@@ -138,7 +134,7 @@ def parse_job(obj, base: Path, where: str) -> Job:
         prompts=list(prompts),
         background_prompt=obj["background_prompt"],
         negative_prompts=list(negatives),
-        method=obj.get("method", "lomoe"),
+        method=methods.get(obj.get("method")).name,
         seed=obj.get("seed", 0),
         options=dict(obj.get("options", {})),
         execution=dict(obj.get("execution", {})),
@@ -149,8 +145,7 @@ def parse_job(obj, base: Path, where: str) -> Job:
         line=0,
         fingerprint=hashlib.sha256(canonical.encode()).hexdigest(),
     )
-    if job.method == "multimodal":
-        _check_multimodal(job, where)
+    _check_counts(job, where)
     return job
 
 

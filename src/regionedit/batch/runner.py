@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import edit_api
+from .. import edit_api, methods
 from ..errors import InvalidInputError, RegionEditError
 from ..io import write_text_atomic
 from .job import run_job
@@ -103,7 +103,6 @@ def _check_options(jobs: list[Job], model: str) -> None:
     """Every job's options against the model's recommended settings, before the first job runs."""
     from ..errors import InvalidOptionError
     from ..models.loading import describe
-    from ..options import make_options
 
     try:
         settings = describe(model).settings or {}
@@ -111,7 +110,8 @@ def _check_options(jobs: list[Job], model: str) -> None:
         return  # the model's own error comes when it loads
     for job in jobs:
         try:
-            make_options(job.method, job.options, settings.get(job.method))
+            method = methods.get(job.method)
+            method.options(job.options, method.model_settings(settings))
         except InvalidOptionError as exc:
             raise InvalidOptionError(f"manifest line {job.line}: {exc}") from None
 

@@ -11,9 +11,12 @@ import json
 import logging
 from pathlib import Path
 
+from .. import methods
 from ..errors import InvalidInputError, RegionEditError
 from ..flags import add_model_flags, add_option_flags, load_arguments, option_values
 from ..lomoe.options import LoMOEOptions
+
+LOMOE, MULTIMODAL = methods.get("lomoe"), methods.get("multimodal")  # the editors the bench runs
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +97,7 @@ def _run_args(p, methods="lomoe,iterative,blended,diffedit,sdedit,multimodal"):
         default=None,
         help="ControlNet folder of --multimodal-control's kind (default: the model's)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the items and of every edit (default 0)")
     p.add_argument("--out", required=True, help="output folder (resumed when it exists)")
     p.add_argument("--clip", default=None, help="local CLIPModel folder for CLIP scores (else skipped)")
     p.add_argument("--no-images", action="store_true", help="do not save edited images")
@@ -127,8 +130,8 @@ def add_parser(subparsers):
         help="edit masks: object boxes grown by 1 px, or the old objects' outlines (too tight for a "
         "new shape; metrics still read the boxes)",
     )
-    s.add_argument("--min-masks", type=int, default=2)
-    s.add_argument("--max-masks", type=int, default=7)
+    s.add_argument("--min-masks", type=int, default=2, help="fewest objects edited per scene (default 2)")
+    s.add_argument("--max-masks", type=int, default=7, help="most objects edited per scene (default 7)")
     s.add_argument("--size", type=int, default=None, help="scene size in pixels (default: the model's)")
     s.add_argument("--judge", default=None, help="judge weights (default: the shipped judge)")
     s.add_argument("--no-judge", action="store_true", help="skip judge accuracy")
@@ -136,14 +139,14 @@ def add_parser(subparsers):
 
     lb = sub.add_parser("lomoe-bench", help="LoMOE-Bench / LoSOE-Bench from their JSON file")
     lb.add_argument("--json", required=True, help="LoMOE.json (paths relative to its folder)")
-    lb.add_argument("--size", type=int, default=512)
-    lb.add_argument("--limit", type=int, default=None)
+    lb.add_argument("--size", type=int, default=512, help="image side the items are resized to (default 512)")
+    lb.add_argument("--limit", type=int, default=None, help="run the first N items only")
     _run_args(lb)
 
     pb = sub.add_parser("pie-bench", help="PIE-Bench from mapping_file.json + annotation_images/")
-    pb.add_argument("--root", required=True)
-    pb.add_argument("--size", type=int, default=512)
-    pb.add_argument("--limit", type=int, default=None)
+    pb.add_argument("--root", required=True, help="PIE-Bench folder (mapping_file.json, annotation_images/)")
+    pb.add_argument("--size", type=int, default=512, help="image side the items are resized to (default 512)")
+    pb.add_argument("--limit", type=int, default=None, help="run the first N items only")
     pb.add_argument("--categories", default=None, help="editing_type_id values, comma-separated")
     _run_args(pb, methods="lomoe,blended,diffedit,sdedit")
 
@@ -152,18 +155,21 @@ def add_parser(subparsers):
     )
     _model_args(sp, default_model="sd2-base-random")
     sp.add_argument("--size", type=int, default=512, help="image side (default 512)")
-    sp.add_argument("--masks", type=_ints, default=[1, 2, 4, 7])
+    sp.add_argument(
+        "--masks", type=_ints, default=[1, 2, 4, 7], help="region counts, comma-separated (default 1,2,4,7)"
+    )
     sp.add_argument("--repeats", type=int, default=1, help="time each run this often, keep the fastest")
     sp.add_argument("--out", default=None, help="write the result JSON here")
 
     e = sub.add_parser("edit", help="seconds, UNet evaluations and peak memory per region count")
     _model_args(e)
     e.add_argument("--size", type=int, default=None, help="image side (default: the model's)")
-    e.add_argument("--regions", type=_ints, default=[1, 2, 4, 8, 16])
+    e.add_argument("--regions", type=_ints, default=[1, 2, 4, 8, 16],
+                   help="region counts, comma-separated (default 1,2,4,8,16)")  # fmt: skip
     e.add_argument("--out", default=None, help="write the rows as JSON here")
 
     r = sub.add_parser("report", help="(re)write summary.json, report.md and plots from DIR's results")
-    r.add_argument("dir")
+    r.add_argument("dir", help="a run's output folder (its --out)")
     r.add_argument(
         "--all-items", action="store_true", help="also count items that some methods have not finished"
     )
@@ -173,20 +179,19 @@ def add_parser(subparsers):
 def _options(args, settings: dict):
     """The bench's :class:`MethodConfig`: each method's options from the model's ``settings``
     and the flags; ``--steps`` and ``--guidance-scale`` apply to every method."""
-    from ..execution import ExecutionOptions
+    from ..execution import ExecutionOptions, make_execution
     from ..multimodal.options import MultimodalOptions
-    from ..options import make_execution, make_options
     from .methods import MethodConfig
 
     shared = {
         k: v for k, v in (("steps", args.steps), ("guidance_scale", args.guidance_scale)) if v is not None
     }
-    lomoe = make_options("lomoe", {**shared, **option_values(LoMOEOptions, args)}, settings.get("lomoe"))
+    lomoe = LOMOE.options({**shared, **option_values(LoMOEOptions, args)}, LOMOE.model_settings(settings))
     extra = {}
     if hasattr(args, "multimodal_control"):
         given = option_values(MultimodalOptions, args, dest_prefix="mm_")
         extra = dict(
-            multimodal=make_options("multimodal", {**shared, **given}, settings.get("multimodal")),
+            multimodal=MULTIMODAL.options({**shared, **given}, MULTIMODAL.model_settings(settings)),
             multimodal_control=args.multimodal_control,
             controlnet=args.controlnet or settings.get("controlnets", {}).get(args.multimodal_control),
         )
@@ -255,7 +260,7 @@ def _run_quality(args, items, settings, judge=None) -> int:
 
 
 def run_shapes(args) -> int:
-    from .datasets import shapes_bench
+    from ..shapes.items import shapes_bench
 
     if not 1 <= args.min_masks <= args.max_masks <= 7:
         raise InvalidInputError(

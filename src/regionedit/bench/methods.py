@@ -35,15 +35,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .. import methods
 from ..errors import InvalidInputError, InvalidOptionError
 from ..execution import ExecutionOptions
 from ..inversion import InversionOptions, ddim_invert
 from ..lomoe.options import LoMOEOptions
 from ..models.interface import Model, to_pil
 from ..multimodal.options import MultimodalOptions
-from ..options import make_options, option_class, typed_changes
 from ..regions import Region, latent_masks
-from .datasets import BenchItem
+from ..shapes.items import BenchItem
 
 MULTIMODAL_CONTROLS = ("edge", "scribble", "none")  # the target scene's map drawn for the editor
 
@@ -271,10 +271,12 @@ METHODS = {
     "sdedit": run_sdedit,
     "multimodal": run_multimodal,
 }
+ONE_PASS, ITERATIVE = "lomoe", "iterative"  # the pair behind "one pass against one object at a time"
 SWEEPABLE = {"multimodal": "lam"}  # "multimodal@0.4": the method with that λ
 # "lomoe[guidance_rescale=0]", "multimodal[solver=closed_form]": the method with those options
 # changed (values as JSON, else strings), so variants are compared in one run on the same seeds
-VARIANT_FIELDS = {"lomoe": "lomoe", "iterative": "lomoe", "multimodal": "multimodal"}
+VARIANT_FIELDS = {"lomoe": "lomoe", "iterative": "lomoe", "multimodal": "multimodal"}  # -> MethodConfig field
+EDITORS = {"lomoe": "lomoe", "multimodal": "multimodal"}  # MethodConfig field -> the editing method it holds
 NAME = re.compile(r"(?P<base>[\w-]+)(?:\[(?P<changes>[^\]]*)\])?(?:@(?P<value>.*))?")
 
 
@@ -303,16 +305,18 @@ def _changes(name: str, text: str) -> dict:
 
 def _with_options(fn, field: str, changes: dict):
     """``fn`` run with ``cfg.<field>`` changed by ``changes`` (checked now, on the defaults)."""
-    method = "lomoe" if field == "lomoe" else "multimodal"
+    method = methods.get(EDITORS[field])
     try:  # names and types now; values against the model's settings when it runs
-        typed_changes(option_class(method), option_class(method)(), changes)
+        methods.check_option_names(method.name, changes)
     except InvalidOptionError as exc:
         raise ValueError(str(exc)) from None
 
     def run(model, item, cfg, generator, **kw):
-        opts = make_options(method, changes, dataclasses.asdict(getattr(cfg, field)))
+        opts = method.options(changes, dataclasses.asdict(getattr(cfg, field)))
         changed = {field: opts}
-        if field == "lomoe":  # lomoe_options() takes steps and CFG from the config's shared fields
+        if isinstance(
+            opts, LoMOEOptions
+        ):  # lomoe_options() takes steps and CFG from the config's shared fields
             changed.update(num_inference_steps=opts.num_inference_steps, guidance_scale=opts.guidance_scale)
         return fn(model, item, replace(cfg, **changed), generator, **kw)
 

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InvalidInputError
-from .datasets import BenchItem
+from ..shapes.items import BenchItem
 
 PIE_SIZE = 512
 

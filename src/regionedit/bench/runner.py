@@ -23,9 +23,9 @@ from tqdm.auto import tqdm
 
 from ..errors import InvalidInputError
 from ..lomoe.editor import background_branch
+from ..metrics import attribute_accuracy, image_metrics
 from .measure import measure
-from .methods import MethodConfig, base_name
-from .metrics import attribute_accuracy, image_metrics
+from .methods import ITERATIVE, ONE_PASS, MethodConfig, base_name
 
 log = logging.getLogger(__name__)
 
@@ -323,9 +323,10 @@ def summarise(records: list[dict], recompute: bool = True, background: bool = Tr
         summary["methods"][name] = _means(rs)
         counts = sorted({r["n_masks"] for r in rs})
         summary["by_masks"][name] = {str(n): _means([r for r in rs if r["n_masks"] == n]) for n in counts}
-    if "lomoe" in names and "iterative" in names:
-        for n in sorted(set(summary["by_masks"]["lomoe"]) & set(summary["by_masks"]["iterative"]), key=int):
-            lo, it = summary["by_masks"]["lomoe"][n], summary["by_masks"]["iterative"][n]
+    if ONE_PASS in names and ITERATIVE in names:
+        by = summary["by_masks"]
+        for n in sorted(set(by[ONE_PASS]) & set(by[ITERATIVE]), key=int):
+            lo, it = by[ONE_PASS][n], by[ITERATIVE][n]
             expected = work_ratio(int(n), recompute, background=background)
             time_ratio = it["seconds_per_edit"] / lo["seconds_per_edit"]
             summary["speed"].append(
@@ -337,7 +338,7 @@ def summarise(records: list[dict], recompute: bool = True, background: bool = Tr
                     "time_ratio_fraction": time_ratio / expected,
                 }
             )
-    if "lomoe" in names:
-        comparisons = (paired(records, "lomoe", other) for other in names if other != "lomoe")
+    if ONE_PASS in names:  # every other method paired against the one-pass method
+        comparisons = (paired(records, ONE_PASS, other) for other in names if other != ONE_PASS)
         summary["paired"] = [c for c in comparisons if c is not None]
     return summary

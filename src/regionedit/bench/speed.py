@@ -19,9 +19,9 @@ import torch
 from ..errors import InvalidInputError
 from ..lomoe.editor import background_branch
 from ..models.interface import Model
-from .datasets import BenchItem
+from ..shapes.items import BenchItem
 from .measure import measure
-from .methods import MethodConfig, run_iterative, run_lomoe
+from .methods import ITERATIVE, ONE_PASS, MethodConfig, run_iterative, run_lomoe
 from .runner import work_formula, work_ratio
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def speed_bench(
     for n in masks:
         item = grid_item(n, size, seed=n, factor=f)
         res = {}
-        for name, fn in (("lomoe", run_lomoe), ("iterative", run_iterative)):
+        for name, fn in ((ONE_PASS, run_lomoe), (ITERATIVE, run_iterative)):
             runs = []
             for _ in range(repeats):  # the fastest of several: least disturbed by other load
                 with measure(model) as m:
@@ -104,13 +104,13 @@ def speed_bench(
             res[name] = m
             rows.append(_row(name, n, m, flops))
             log.info("%s N=%d: %.2f s", name, n, m.seconds)
-        measured = res["iterative"].seconds / res["lomoe"].seconds
+        measured = res[ITERATIVE].seconds / res[ONE_PASS].seconds
         expected = work_ratio(n, recompute, model.guidance_batches, background)
         ratios.append(
             {
                 "n_masks": n,
                 "time_ratio": measured,
-                "unet_work_ratio": res["iterative"].unet_work / res["lomoe"].unet_work,
+                "unet_work_ratio": res[ITERATIVE].unet_work / res[ONE_PASS].unet_work,
                 "expected_work_ratio": expected,
                 "time_ratio_fraction": measured / expected,
             }
@@ -152,7 +152,7 @@ def edit_scaling(
             out = run_lomoe(model, item, cfg, torch.Generator().manual_seed(n))
         m.unet_backward_evals = out.unet_backward_evals
         mode = cfg.execution.reference_maps
-        rows.append({**_row("lomoe", n, m, flops), "chunk_size": cfg.execution.chunk_size, "reference_maps": mode,
+        rows.append({**_row(ONE_PASS, n, m, flops), "chunk_size": cfg.execution.chunk_size, "reference_maps": mode,
                      "reference_mb_on_device": _reference_mb(model, size, cfg.num_inference_steps, mode)})  # fmt: skip
     return rows
 

@@ -1,4 +1,4 @@
-"""The LoMOE edit loop (spec Stage 3): one multi-diffusion pass over all regions at once."""
+"""The LoMOE edit loop (docs/lomoe.md, step 3): one multi-diffusion pass over all regions at once."""
 
 from __future__ import annotations
 
@@ -14,13 +14,15 @@ from tqdm.auto import tqdm
 
 from ..errors import InvalidInputError
 from ..execution import ExecutionOptions, gradient_checkpointing
-from ..inversion import Inversion, InversionOptions, captured_maps, invert_checked, reference_pass
+from ..inversion import InversionOptions
 from ..models.interface import Model, to_pil
-from ..prepared import PreparedEdit, read_image
+from ..options import build
+from ..prepared import read_image
 from ..regions import Region, active_weights
 from .losses import background_loss, cross_attention_loss, fuse
 from .options import LoMOEOptions
-from .prepare import prepare_lomoe
+from .prepare import PreparedLoMOE, prepare_lomoe
+from .reference import Inversion, captured_maps, invert_checked, reference_pass
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ def _constant_colour_pool(model: Model, size: tuple[int, int], generator: torch.
     return torch.cat([model.encode(images[i : i + 10]) for i in range(0, BOOTSTRAP_POOL, 10)])
 
 
-def _inversion_for(model: Model, edit: PreparedEdit, inversion: Inversion | None, progress) -> Inversion:
+def _inversion_for(model: Model, edit: PreparedLoMOE, inversion: Inversion | None, progress) -> Inversion:
     """The edit's inversion: a new one of ``edit.image``, or the given one on the model's device,
     its reference pass redone when the guidance scale or temperature changed or when the edit
     holds the reference maps (``ExecutionOptions.reference_maps``) and the inversion has none."""
@@ -130,9 +132,7 @@ def edit(
         original: the input image for ``paste_back`` when ``image`` is an Inversion.
         execution: :class:`ExecutionOptions` (chunked gradients, checkpointing); same result.
     """
-    from ..options import make_options
-
-    options = options if options is not None else make_options("lomoe", {}, model.settings.get("lomoe"))
+    options = options if options is not None else build(LoMOEOptions, {}, model.settings.get("lomoe"))
     inversion = image if isinstance(image, Inversion) else None
     prepared = prepare_lomoe(image, regions, background_prompt, options, model.vae_scale_factor,
                              patch_size=model.patch_size)  # fmt: skip
@@ -156,7 +156,7 @@ def edit(
 
 def run(
     model: Model,
-    edit: PreparedEdit,
+    edit: PreparedLoMOE,
     inversion: Inversion | None = None,
     generator: torch.Generator | None = None,
     progress: bool = True,
@@ -213,7 +213,7 @@ def run(
 
 
 def _denoise(model, inv, regions, weights, options, execution, generator, counter, progress, callback):
-    """Spec Stage 3: views, bootstrapping, gradient step, re-evaluation, for every timestep."""
+    """Step 3 of docs/lomoe.md: views, bootstrapping, gradient step, re-evaluation, for every timestep."""
     steps = inv.num_steps
     sched = model.scheduler(steps, inv.latents.shape[-2:])
     n_branch = len(regions) + 1

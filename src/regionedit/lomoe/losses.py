@@ -1,4 +1,4 @@
-"""LoMOE's fusion and losses as small pure functions (spec Stage 3, step 2)."""
+"""LoMOE's fusion and losses as small pure functions (docs/lomoe.md, step 3: the gradient step)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""LoMOE options; defaults are the paper's and the official code's (docs/lomoe.md)."""
+"""LoMOE's options: each field says what it does, its allowed values and where its default comes from."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import InvalidOptionError, require_bools
+from ..options import documented, option
 from ..regions import MASK_GRIDS, MASK_RESIZES, OVERLAP_POLICIES
 
 DEFAULT_REGION_NEGATIVE = (
@@ -13,29 +14,74 @@ DEFAULT_REGION_NEGATIVE = (
 )
 
 
+@documented
 @dataclass(frozen=True)
 class LoMOEOptions:
-    num_inference_steps: int = 50  # T: inversion and edit must match
-    guidance_scale: float = 7.5  # classifier-free guidance s
-    guidance_rescale: float = 0.0  # ours: φ of Lin et al. 2023 (diffusers' guidance_rescale) on the
-    # region branches only, against over-saturation at high s; 0 = plain CFG (paper)
-    cross_attention_weight: float = 1.0  # λ_xa in the paper, ca_coef in the official code
-    background_weight: float = 1.75  # λ_b, official seg_coef (its function default 0.25 is unused)
-    learning_rate: float = 0.1  # one SGD step on the views per timestep
-    temperature: float = 1.25  # τ divides cross-attention scores before the softmax
-    bootstrap_steps: int = 20  # steps with random constant backgrounds outside each mask; 0 = off
-    mask_threshold: float = 0.5  # on [0, 1] grey
-    feather: float = 0.0  # Gaussian soft mask edges, latent pixels; 0 = the paper's hard masks
-    overlap: str = "average"  # "average" (paper) or "last" (last mask wins)
-    mask_resize: str = "nearest"  # masks to the latent/token grid: "nearest" (official code) or
-    # "majority" (ours: a cell is edited when at least half its pixels are masked)
-    mask_grid: str = "token"  # on a flow transformer, fuse on its 2x2-cell "token" grid or on the
-    # finer "latent" cells (ours); one and the same on a UNet
-    region_negative_prompt: str = DEFAULT_REGION_NEGATIVE  # official README's negative prompt
-    paste_back: bool = False  # copy original pixels outside the masks after decoding
-    background_blend: bool = False  # ours: after every step, reset the fused latent outside the
-    # masks to the inversion trajectory (Blended Latent Diffusion's rule; L_b alone lets it drift)
-    regularize_inversion: bool = True  # pix2pix-zero noise regularisation in the inversion
+    """Settings of a LoMOE edit (:func:`regionedit.edit`); defaults are the paper's and the
+    official code's, and a model's recommended settings override them (docs/lomoe.md)."""
+
+    num_inference_steps: int = option(
+        50, flag="steps", origin="paper", help="denoising steps T; the inversion and the edit use the same T"
+    )
+    guidance_scale: float = option(7.5, origin="paper", help="classifier-free guidance scale s")
+    guidance_rescale: float = option(
+        0.0, origin="ours",
+        help="φ of Lin et al. (diffusers' guidance_rescale) on the region branches, in [0, 1], against "
+        "over-saturation at a high guidance scale; 0 is plain CFG",
+    )  # fmt: skip
+    cross_attention_weight: float = option(
+        1.0, origin="official code: ca_coef",
+        help="λ_xa, weight of the cross-attention loss that keeps each region's layout",
+    )  # fmt: skip
+    background_weight: float = option(
+        1.75, origin="official code: seg_coef",
+        help="λ_b, weight of the background latent loss (no effect while background_blend is on)",
+    )  # fmt: skip
+    learning_rate: float = option(
+        0.1, origin="official code", help="η of the one SGD step on the branches' latents per step"
+    )
+    temperature: float = option(
+        1.25, origin="official code", help="τ, divides cross-attention scores before the softmax"
+    )
+    bootstrap_steps: int = option(
+        20, origin="official code",
+        help="first steps in which each region branch sees random constant colours outside its mask; 0 = off",
+    )  # fmt: skip
+    mask_threshold: float = option(
+        0.5, origin="ours", help="grey masks are binarised at this level, in (0, 1]"
+    )
+    feather: float = option(
+        0.0, origin="ours", help="Gaussian soft mask edges, in latent pixels; 0 = the paper's hard masks"
+    )
+    overlap: str = option(
+        "average", choices=OVERLAP_POLICIES, origin="paper: average",
+        help="where masks overlap: average the branches, or give the pixel to the last mask",
+    )  # fmt: skip
+    mask_resize: str = option(
+        "nearest", choices=MASK_RESIZES, origin="official code: nearest",
+        help="how masks reach the latent (or token) grid: each cell takes its top-left pixel, or a cell "
+        "is edited when at least half its pixels are masked",
+    )  # fmt: skip
+    mask_grid: str = option(
+        "token", choices=MASK_GRIDS, origin="ours",
+        help="flow transformers: make masks on the 2x2-cell token grid, or on the finer latent cells "
+        "(the same on a UNet)",
+    )  # fmt: skip
+    region_negative_prompt: str = option(
+        DEFAULT_REGION_NEGATIVE, origin="official README",
+        help="negative prompt of every region without its own",
+    )  # fmt: skip
+    paste_back: bool = option(
+        False, origin="ours", help="copy the input's pixels outside the masks after decoding"
+    )
+    background_blend: bool = option(
+        False, origin="ours: Blended Latent Diffusion's rule",
+        help="after every step, reset the fused latent outside the masks to the inversion trajectory",
+    )  # fmt: skip
+    regularize_inversion: bool = option(
+        True, origin="official code: pix2pix-zero",
+        help="push each predicted noise of the inversion towards white noise",
+    )  # fmt: skip
 
     def __post_init__(self):
         if not isinstance(self.num_inference_steps, int) or not 1 <= self.num_inference_steps <= 1000:

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from ..errors import InvalidInputError, InvalidMaskError, InvalidOptionError, PromptCountError
-from ..inversion import Inversion
 from ..models.interface import check_image_size
 from ..prepared import PreparedEdit, check_text, fit, read_image, sized_mask
 from ..regions import Region, latent_masks
 from .options import LoMOEOptions
+from .reference import Inversion
+
+
+@dataclass(frozen=True)
+class PreparedLoMOE(PreparedEdit):
+    """A checked LoMOE edit. ``crop_box``: ``(left, top, right, bottom)`` to crop the result back
+    to after padding the input (``resize="pad"``), else None."""
+
+    crop_box: tuple[int, int, int, int] | None = None
 
 
 def prepare_lomoe(
@@ -21,7 +29,7 @@ def prepare_lomoe(
     resize: str | None = None,
     seed: int = 0,
     patch_size: int = 1,
-) -> PreparedEdit:
+) -> PreparedLoMOE:
     """Check a LoMOE edit and bring its masks to the latent grid.
 
     Args:
@@ -83,5 +91,6 @@ def prepare_lomoe(
     )
     weights = weights.repeat_interleave(cell, -2).repeat_interleave(cell, -1)
     prepared = [replace(r, mask=m) for r, m in zip(regions, masks, strict=True)]
-    return PreparedEdit("lomoe", pixels, size, tuple(prepared), background_prompt, options, weights,
-                        seed=seed, crop_box=box)  # fmt: skip
+    return PreparedLoMOE(method="lomoe", image=pixels, image_size=size, regions=tuple(prepared),
+                         background_prompt=background_prompt, options=options, latent_masks=weights, seed=seed,
+                         crop_box=box)  # fmt: skip

@@ -1,4 +1,4 @@
-"""Layout conditions (spec §3): control images for ControlNet, and the nets that read them.
+"""Layout conditions (docs/multimodal.md, "Layout conditions"): control images for ControlNet, and the nets that read them.
 
 A :class:`Condition` names a kind (edge, scribble, pose, seg) and its source. Control images
 are RGB in [0, 1] at the input image's size, not normalised to [-1, 1] (the SD-1.5 v1.1
@@ -285,7 +285,7 @@ def image_to_control_tensor(image: Image.Image, device, dtype) -> torch.Tensor:
 
 
 def layout_box(image: Image.Image, factor: int, threshold: int = 16) -> torch.Tensor:
-    """§1.4 M_layout: the bounding box of a control image's non-black pixels on the latent grid.
+    """Step 3's layout mask: the bounding box of a control image's non-black pixels on the latent grid.
 
     Returns a bool ``(h, w)`` tensor (all False when the image is black).
     """

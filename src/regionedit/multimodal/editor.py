@@ -1,9 +1,9 @@
 """Optimisation-based multi-modal editing (arXiv 2311.16882; docs/multimodal.md).
 
-Stages (§0 h): DDIM inversion → guidance image (random-noise encoding, L_pres only) → mask
+Steps (docs/multimodal.md): DDIM inversion → guidance image (random-noise encoding, L_pres only) → mask
 (user or estimated) → main pass optimising z_t against λ·L_pres + (1−λ)·L_guid for the first
 t_u steps, plain DDIM after. Text reaches the UNet and every ControlNet; layout conditions enter
-only through the ControlNet residuals, so the optimisation itself is condition-agnostic (§3).
+only through the ControlNet residuals, so the optimisation itself is condition-agnostic.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from ..errors import InvalidInputError
 from ..execution import ExecutionOptions, gradient_checkpointing
 from ..inversion import InversionOptions, ddim_invert
 from ..models.interface import Model, to_pil
-from ..prepared import PreparedEdit
+from ..options import build
 from .conditions import Condition, image_to_control_tensor, layout_box
 from .guidance import (
     ControlStack,
@@ -34,14 +34,14 @@ from .guidance import (
 )
 from .mask import diffedit_mask, difference_mask, estimate_mask, mask_to_image, to_token_grid
 from .options import MultimodalOptions
-from .prepare import prepare_multimodal
+from .prepare import PreparedMultimodal, prepare_multimodal
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class GuidancePass:
-    """The guidance pass of an edit (§1.3). It does not depend on λ or on blending after t_u,
+    """The guidance pass of an edit (step 2). It does not depend on λ or on blending after t_u,
     so edits that differ only in those can share it (a λ sweep computes it once).
 
     Attributes:
@@ -106,11 +106,11 @@ class MultimodalResult:
 
     Attributes:
         image: the edited image.
-        guidance_image: x^g, the guidance pass's output (§1.3).
+        guidance_image: x^g, the guidance pass's output (step 2).
         reconstruction: the VAE round trip of the input (the best a null edit can give).
         mask: bool ``(h, w)`` latent-grid mask used, True = may change.
         mask_image: the same at image resolution ("L", white = may change).
-        mask_estimated: True when no mask was given and ``mask`` is the §1.4 estimate.
+        mask_estimated: True when no mask was given and ``mask`` is the step-3 estimate.
         mask_parts: the estimate's parts ("text", "diff", "layout"), bool ``(h, w)`` each.
         control_images: the RGB control images given to the ControlNets, in order.
         latents / guidance_latents: ``(1, C, h, w)`` float32 final latents.
@@ -148,16 +148,14 @@ def invert_image(
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """§1.2: DDIM inversion with the source prompt, CFG 1, no ControlNet, no regulariser.
+    """Step 1: DDIM inversion with the source prompt, CFG 1, no ControlNet, no regulariser.
 
     Returns the trajectory ``(N + 1, C, h, w)``; one serves every edit of the same image and
     source prompt (pass it as ``inversion=``). The steps default to the model's multimodal setting.
     """
     if num_inference_steps is None:
-        from ..options import make_options
-
-        num_inference_steps = make_options(
-            "multimodal", {}, model.settings.get("multimodal")
+        num_inference_steps = build(
+            MultimodalOptions, {}, model.settings.get("multimodal")
         ).num_inference_steps
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     z0 = model.encode(model.image_to_tensor(image))
@@ -192,7 +190,7 @@ def _as_nets(controlnets, conditions: list[Condition]) -> list:
 
 def _guidance_pass(denoiser, sched, z0, inv_traj, given_mask, options, has_layout, generator, bar, callback,
                    key) -> GuidancePass:  # fmt: skip
-    """§1.3: from a seeded random-noise start, optimise L_pres only (λ = 1) with the user mask."""
+    """Step 2: from a seeded random-noise start, optimise L_pres only (λ = 1) with the user mask."""
     t0, before_f, before_b = time.perf_counter(), denoiser.counter.forward, denoiser.counter.backward
     n = options.num_inference_steps
     i0, z_start, before = guidance_start_latent(sched, z0, options.strength_for(has_layout), generator)
@@ -237,7 +235,7 @@ def edit(
         prompt: the target prompt (equal to ``source_prompt`` for layout-only edits).
         source_prompt: caption of the input, used by the inversion and the mask estimate.
         mask: the image-size edit mask (path, PIL or array; white = may change); None
-            estimates one (§1.4), returned in the result for inspection.
+            estimates one (step 3), returned in the result for inspection.
         controlnets: ``ControlNetModel`` list in the order of ``conditions``, a dict by
             condition kind, or a ``MultiControlNetModel``. The nets are frozen and moved to the
             model's device and dtype.
@@ -254,10 +252,8 @@ def edit(
         callback: ``callback(step, info)`` after every denoising step of both passes.
         execution: :class:`ExecutionOptions` (gradient checkpointing); same result.
     """
-    from ..options import make_options
-
     options = (
-        options if options is not None else make_options("multimodal", {}, model.settings.get("multimodal"))
+        options if options is not None else build(MultimodalOptions, {}, model.settings.get("multimodal"))
     )
     prepared = prepare_multimodal(image, prompt, source_prompt, mask, conditions, options, model.vae_scale_factor,
                                   negative_prompt=negative_prompt, patch_size=model.patch_size)  # fmt: skip
@@ -266,7 +262,7 @@ def edit(
                progress=progress, callback=callback)  # fmt: skip
 
 
-def _control_stack(model: Model, edit: PreparedEdit, controlnets) -> ControlStack | None:
+def _control_stack(model: Model, edit: PreparedMultimodal, controlnets) -> ControlStack | None:
     """The conditions' nets (checked, frozen, on the model's device and dtype) with their maps."""
     nets = _as_nets(controlnets, list(edit.conditions))
     if not nets:
@@ -287,7 +283,7 @@ def _control_stack(model: Model, edit: PreparedEdit, controlnets) -> ControlStac
 
 
 def _estimate_mask(model, edit, z0, z0_g, generator) -> tuple[torch.Tensor, dict]:
-    """§1.4: the union of the text-difference, guidance-difference and layout masks, dilated."""
+    """Step 3: the union of the text-difference, guidance-difference and layout masks, dilated."""
     options, (region,) = edit.options, edit.regions
     parts = {}
     if edit.background_prompt != region.prompt:
@@ -305,7 +301,7 @@ def _estimate_mask(model, edit, z0, z0_g, generator) -> tuple[torch.Tensor, dict
 
 def run(
     model: Model,
-    edit: PreparedEdit,
+    edit: PreparedMultimodal,
     controlnets=None,
     generator: torch.Generator | None = None,
     inversion: torch.Tensor | None = None,
@@ -354,7 +350,7 @@ def run(
             "the given guidance pass was made for another image, prompt, mask, condition, seed "
             f"or option (only {', '.join(MAIN_PASS_ONLY)} may differ); run the edit without guidance="
         )
-    if inversion is None:  # §1.2: the source prompt, CFG 1, no ControlNet, no regulariser
+    if inversion is None:  # step 1: the source prompt, CFG 1, no ControlNet, no regulariser
         opts = InversionOptions(num_inference_steps=n, regularize=False)
         inversion = ddim_invert(model, z0, source_prompt, opts, generator, progress)
     timings["invert_seconds"] = time.perf_counter() - start_time
@@ -368,7 +364,7 @@ def run(
     nets_all = [model.denoiser, *([] if controls is None else controls.nets)]
 
     with gradient_checkpointing(nets_all, execution.gradient_checkpointing):
-        # §1.3 guidance image: seeded random-noise start, L_pres only (λ = 1), user mask or none.
+        # step 2, the guidance image: seeded random-noise start, L_pres only (λ = 1), user mask or none.
         t0 = time.perf_counter()
         i0 = start_index(n, options.strength_for(bool(conditions)))
         bar = tqdm(total=n + (n - i0 if guidance is None else 0), desc="multimodal", disable=not progress,
@@ -389,7 +385,7 @@ def run(
             m, parts = _estimate_mask(model, edit, z0, z0_g, generator)
         timings["mask_seconds"] = time.perf_counter() - t0
 
-        # §1.5–1.6 main pass from the full inversion.
+        # step 4, the main pass from the full inversion.
         t0 = time.perf_counter()
         edit_w = m.float()[None, None].to(model.device)
         targets = Targets(

@@ -1,7 +1,7 @@
 """The conditioned denoiser ε̂ and the optimised sampling pass shared by both stages.
 
-Spec references: §1.3 (guidance image by random-noise encoding), §1.5 (the inner
-optimisation), §1.6 (plain DDIM after t_u), §3 (ControlNet residuals inside the graph).
+Steps of docs/multimodal.md: 2 (guidance image by random-noise encoding) and 4 (the inner
+optimisation, then plain DDIM after t_u); ControlNet residuals stay inside the graph ("Layout conditions").
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from .options import MultimodalOptions
 
 
 class ControlStack:
-    """ControlNets with their inputs, scales and active windows (§3).
+    """ControlNets with their inputs, scales and active windows (docs/multimodal.md, "Layout conditions").
 
     ``inputs`` are what each net reads (``Model.control_input``: the control image for a UNet
     ControlNet, its latents for a transformer's); they are expanded to the batch, so both CFG
@@ -184,7 +184,7 @@ def optimised_pass(
     callback=None,
     stage: str = "main",
 ):
-    """Denoise from step ``start`` to t = 0, optimising z_t at steps < t_u (§1.5, §1.6).
+    """Denoise from step ``start`` to t = 0, optimising z_t at steps < t_u (docs/multimodal.md, step 4).
 
     Args:
         blend: ``(edit mask (1, 1, h, w), trajectory z_0..z_T)`` put outside m after t_u.
@@ -233,7 +233,7 @@ def start_index(n: int, strength: float) -> int:
 
 
 def guidance_start_latent(sched, z0, strength, generator):
-    """§1.3 step 1: the img2img start index and latent, plus the trajectory before it.
+    """Step 2 of docs/multimodal.md, its start: the img2img start index and latent, plus the trajectory before it.
 
     ``i0 = N − min(int(N·s_g), N)`` [diffusers img2img]; the start is ``add_noise(z0, ε, τ_i0)``
     with seeded ε (the paper's random-noise encoding).

@@ -1,4 +1,4 @@
-"""The estimated edit mask m (1 = may change) on the latent grid (spec §1.4).
+"""The estimated edit mask m (1 = may change) on the latent grid (docs/multimodal.md, step 3).
 
 A user mask is area-resized and thresholded when the edit is prepared, never dilated. Without one, the estimate is
 ``dilate_3x3(M_text ∪ M_diff ∪ M_layout)``: DiffEdit's noise-difference mask between the
@@ -43,7 +43,7 @@ def diffedit_mask(
     Follows diffusers' ``StableDiffusionDiffEditPipeline.generate_mask`` (noise to
     ``encode_strength`` on the edit's ``num_steps`` schedule), without its unconditional
     branch: with CFG w both guided predictions share it, so their difference is
-    w·(ε_target − ε_source), and the rescaling below removes w. No ControlNet (spec §3).
+    w·(ε_target − ε_source), and the rescaling below removes w. No ControlNet.
     """
     sched = model.scheduler(num_steps, z0.shape[-2:])
     i0 = min(start_index(num_steps, options.encode_strength), num_steps - 1)

@@ -8,9 +8,10 @@ Execution settings that do not change the result live in :class:`~regionedit.exe
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import InvalidOptionError, require_bools
+from ..options import documented, option
 
 LOSS_SPACES = ("x0", "noisy")  # predicted clean latent ẑ0 (paper), or the noisy latent z_t itself
 SOLVERS = ("adam", "closed_form")  # k Adam steps per optimised step, or the exact minimiser (noisy)
@@ -37,15 +38,22 @@ def _check_count(options, names, low) -> None:
             raise InvalidOptionError(f"{name} must be an integer >= {low}, got {v!r}")
 
 
+@documented
 @dataclass(frozen=True)
 class MaskEstimateOptions:
     """How the edit mask is estimated when none is given (DiffEdit's settings in diffusers)."""
 
-    num_maps: int = 10  # noise draws averaged for the text-difference map
-    encode_strength: float = 0.5  # noising strength of those draws
-    clamp_ratio: float = 3.0  # clamp a difference map at this multiple of its mean, then rescale
-    threshold: float = 0.5  # on the rescaled maps
-    dilate: bool = True  # one 3x3 max-pool of the estimate (a user mask is never dilated)
+    num_maps: int = option(10, origin="diffusers", help="noise draws averaged for the text-difference map")
+    encode_strength: float = option(
+        0.5, origin="diffusers", help="noising strength of those draws, in [0, 1]"
+    )
+    clamp_ratio: float = option(
+        3.0, origin="diffusers", help="clamp a difference map at this multiple of its mean, then rescale"
+    )
+    threshold: float = option(0.5, origin="diffusers", help="threshold of the rescaled map, in [0, 1]")
+    dilate: bool = option(
+        True, origin="ours", help="one 3x3 max-pool of the estimate (a user mask is never dilated)"
+    )
 
     def __post_init__(self):
         _check_count(self, ("num_maps",), 1)
@@ -55,29 +63,76 @@ class MaskEstimateOptions:
         require_bools(self, ("dilate",))
 
 
+@documented
 @dataclass(frozen=True)
 class MultimodalOptions:
-    num_inference_steps: int = 50  # N, DDIM with η = 0; inversion, guidance and main pass share it
-    guidance_scale: float = 7.5  # CFG w in both passes (the inversion runs at CFG 1)
-    preservation_weight: float = 0.6  # λ of L = λ·L_pres + (1−λ)·L_guid (paper); CLI --lambda
-    optimize_steps: int = 25  # t_u: the first steps, where the layout forms, are optimised
-    grad_steps: int = 5  # k Adam steps per optimised step (solver "adam")
-    learning_rate: float = 1e-2  # Adam's η, a new optimiser per timestep as in Null-text inversion
-    loss_space: str = "x0"  # compare ẑ0 (paper) or z_t with the inverted/guidance trajectories
-    solver: str = "adam"  # "closed_form": in noisy space L is quadratic in z_t, so each optimised
-    # step sets z_t to its exact minimiser, a per-cell blend of z^inv_t and z^g_t
-    pres_mask: str = "keep"  # "none" preserves the whole image, so λ also weighs input against
-    # the guidance image inside m
-    guidance_strength: float | None = None  # s_g; None: 1.0 with a layout condition, 0.8 text-only
-    post_blend: str = "none"  # after t_u outside m: "input" resets to z^inv (DiffEdit), "loss" to
-    # the noisy-space optimum of the losses (λ weighs z^inv against z^g)
-    control_scale: float = 1.0  # a condition's ControlNet scale when it gives none [diffusers]
-    main_pass_control_scale: float = 1.0  # multiplies every condition's scale in the main pass
-    # (the guidance pass keeps full scale); 0 leaves the conditions to the guidance pass alone
-    main_pass_prompt: str = "target"  # "source" denoises the main pass with the source prompt, so
-    # the edit reaches the output only through L_guid
-    mask_threshold: float = 0.5  # a user mask: area-resized to the latent grid, then this threshold
-    mask_estimate: MaskEstimateOptions = field(default_factory=MaskEstimateOptions)
+    """Settings of a multi-modal edit (:func:`regionedit.multimodal.edit`); a model's recommended
+    settings override the defaults (docs/multimodal.md)."""
+
+    num_inference_steps: int = option(
+        50, flag="steps", origin="diffusers' DiffEdit",
+        help="DDIM steps N (η = 0) shared by the inversion, the guidance pass and the main pass",
+    )  # fmt: skip
+    guidance_scale: float = option(
+        7.5, origin="diffusers' DiffEdit", help="classifier-free guidance w of both passes (the inversion: 1)"
+    )
+    preservation_weight: float = option(
+        0.6, flag="lambda", origin="paper",
+        help="λ of L = λ·L_pres + (1−λ)·L_guid, in [0, 1]: 1 keeps the input, 0 follows the instruction",
+    )  # fmt: skip
+    optimize_steps: int = option(
+        25, origin="ours",
+        help="t_u, the first steps (where the layout forms) that are optimised; keeps its share of the "
+        "steps when only the steps are changed",
+    )  # fmt: skip
+    grad_steps: int = option(5, origin="ours", help="k Adam steps per optimised step (solver adam)")
+    learning_rate: float = option(
+        1e-2, origin="ours: as Null-text inversion", help="Adam's η, a new optimiser per timestep"
+    )
+    loss_space: str = option(
+        "x0", choices=LOSS_SPACES, origin="paper: x0",
+        help="compare the predicted clean latent ẑ0, or the noisy latent z_t itself, with the inverted "
+        "and guidance trajectories",
+    )  # fmt: skip
+    solver: str = option(
+        "adam", choices=SOLVERS, origin="paper: adam",
+        help="k Adam steps per optimised step, or (noisy loss space only) the exact minimiser, a per-cell "
+        "blend of the two trajectories",
+    )  # fmt: skip
+    pres_mask: str = option(
+        "keep", choices=PRES_MASKS, origin="paper: keep",
+        help="L_pres over the area outside the mask, or over the whole image (λ then also weighs input "
+        "against guidance image inside the mask)",
+    )  # fmt: skip
+    guidance_strength: float | None = option(
+        None, origin="ours",
+        help="s_g, how far the guidance image is noised, in (0, 1]; None: 1.0 with a layout condition, "
+        "0.8 with text only",
+    )  # fmt: skip
+    post_blend: str = option(
+        "none", choices=POST_BLENDS, origin="ours",
+        help="after t_u, outside the mask: nothing, reset to the inversion (DiffEdit), or to the noisy-space "
+        "optimum of the losses",
+    )  # fmt: skip
+    control_scale: float = option(
+        1.0, flag="default_control_scale", origin="diffusers",
+        help="ControlNet scale of a condition that gives none",
+    )  # fmt: skip
+    main_pass_control_scale: float = option(
+        1.0, origin="ours",
+        help="multiplies every condition's scale in the main pass (the guidance pass keeps full scale); "
+        "0 leaves the conditions to the guidance pass",
+    )  # fmt: skip
+    main_pass_prompt: str = option(
+        "target", choices=MAIN_PASS_PROMPTS, origin="ours",
+        help="the main pass's prompt; source: the edit reaches the output only through L_guid",
+    )  # fmt: skip
+    mask_threshold: float = option(
+        0.5, origin="ours", help="a user mask is area-resized to the latent grid, then thresholded here"
+    )
+    mask_estimate: MaskEstimateOptions = option(
+        default_factory=MaskEstimateOptions, help="how the mask is estimated when none is given"
+    )
 
     def __post_init__(self):
         _check_count(self, ("num_inference_steps",), 1)
@@ -119,6 +174,16 @@ class MultimodalOptions:
             raise InvalidOptionError(
                 f"mask_estimate must be MaskEstimateOptions, got {type(self.mask_estimate).__name__}"
             )
+
+    @staticmethod
+    def derived_changes(base: MultimodalOptions, given: dict) -> dict:
+        """When the steps change without ``optimize_steps``, t_u keeps its share of the steps it has
+        in ``base`` (15 of 20 stays 15 at 20 and becomes 30 at 40)."""
+        if "num_inference_steps" in given and "optimize_steps" not in given:
+            share = base.optimize_steps / base.num_inference_steps
+            steps = given["num_inference_steps"]
+            return {**given, "optimize_steps": min(round(steps * share), steps)}
+        return given
 
     def strength_for(self, has_layout: bool) -> float:
         """s_g: erase the old layout fully when a ControlNet must impose a new one."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ..errors import InvalidInputError, InvalidOptionError
 from ..models.interface import check_image_size
@@ -12,6 +15,20 @@ from ..prepared import PreparedEdit, check_text, read_image, sized_mask
 from ..regions import Region
 from .conditions import Condition, control_image
 from .options import MultimodalOptions
+
+
+@dataclass(frozen=True)
+class PreparedMultimodal(PreparedEdit):
+    """A checked multi-modal edit.
+
+    Attributes:
+        conditions / control_images: the layout conditions and their RGB maps.
+        controlnets: condition kind -> ControlNet folder (the request layer's).
+    """
+
+    conditions: tuple = ()
+    control_images: tuple[Image.Image, ...] = ()
+    controlnets: dict = field(default_factory=dict)
 
 
 def prepare_multimodal(
@@ -27,7 +44,7 @@ def prepare_multimodal(
     controlnets: dict | None = None,
     negative_prompt: str = "",
     patch_size: int = 1,
-) -> PreparedEdit:
+) -> PreparedMultimodal:
     """Check a multi-modal edit: image, prompts, optional mask and the conditions' maps.
 
     ``resize`` is refused (control maps are given at the input's size). ``controlnets`` (kind -> folder) is carried for the request layer; the library's
@@ -62,5 +79,7 @@ def prepare_multimodal(
         latent = small >= options.mask_threshold  # all False is allowed: nothing may change
         latent = latent.repeat_interleave(patch_size, 0).repeat_interleave(patch_size, 1)
     region = Region(given, prompt, negative_prompt)
-    return PreparedEdit("multimodal", pixels, size, (region,), source_prompt, options, latent, tuple(conditions),
-                        maps, dict(controlnets or {}), seed)  # fmt: skip
+    return PreparedMultimodal(method="multimodal", image=pixels, image_size=size, regions=(region,),
+                              background_prompt=source_prompt, options=options, latent_masks=latent, seed=seed,
+                              conditions=tuple(conditions), control_images=maps,
+                              controlnets=dict(controlnets or {}))  # fmt: skip

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from ..errors import InvalidInputError, InvalidMaskError, PromptCountError
+from ..errors import InvalidInputError
 from .conditions import AUTO, Condition
 
 
@@ -50,24 +50,6 @@ def control_names(controls) -> list[str]:
         else:
             names.append(f"{item.kind}={item.source if isinstance(item.source, (str, Path)) else '<image>'}")
     return names
-
-
-def check_counts(request) -> None:
-    """One target prompt, at most one mask, no negative prompts, no resize (no file read)."""
-    if len(request.prompts) != 1:
-        raise PromptCountError(
-            f"the multimodal method takes exactly one prompt (the target prompt), got {len(request.prompts)}"
-        )
-    if len(request.masks) > 1:
-        raise InvalidMaskError(
-            f"the multimodal method takes at most one mask (white = may change), got {len(request.masks)}"
-        )
-    if request.negative_prompts:
-        raise InvalidInputError("the multimodal method takes no negative prompts")
-    if request.resize is not None:
-        raise InvalidInputError(
-            "resize is not supported by the multimodal method yet; resize the image first"
-        )
 
 
 def controlnet_folders(conditions: list[Condition], given: dict, defaults: dict | None) -> dict:

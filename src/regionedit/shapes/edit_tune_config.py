@@ -7,25 +7,32 @@ import math
 from dataclasses import dataclass
 
 from ..errors import InvalidOptionError
+from ..options import documented, option
 
 
+@documented
 @dataclass(frozen=True)
 class EditTuneConfig:
-    seed: int = 13
-    pairs: int = 1000  # edit pairs, each DDIM-inverted once (8 min on 2 cores)
-    max_objects: int = 5
-    steps: int = 500  # 23 min at 2.7 s/step on 2 cores
-    batch: int = 32  # edit samples per step, and as many ordinary ones
-    lr: float = 1e-4  # AdamW, 20 warm-up steps, then constant
-    warmup: int = 20
-    edit_weight: float = 0.05  # of the edit loss beside the ordinary one
-    num_steps: int = 25  # the edit's steps (both mini models' LoMOE settings)
-    max_step: int = 15  # edit samples at one of the first max_step of them
-    min_snr_gamma: float = 5.0
-    caption_dropout: float = 0.1
-    no_background_caption: float = 0.2
-    mix: float = 0.45  # shipped UNet = (1 - mix)·base + mix·tuned (0.45 measured best)
-    ckpt_every: int = 50
+    """The edit-aimed fine-tune of a mini model's denoiser; defaults are the shipped run's."""
+
+    seed: int = option(13, help="seed of the edit pairs and of training")
+    pairs: int = option(1000, help="edit pairs, each inverted once (about 8 min on 2 cores)")
+    max_objects: int = option(5, help="objects per training scene: 1 to this")
+    steps: int = option(500, help="optimiser steps (about 23 min at 2.7 s a step on 2 cores)")
+    batch: int = option(32, help="edit samples per step, and as many ordinary samples")
+    lr: float = option(1e-4, help="AdamW learning rate, constant after the warm-up")
+    warmup: int = option(20, help="warm-up steps of the learning rate")
+    edit_weight: float = option(0.05, help="weight of the edit loss beside the ordinary one")
+    num_steps: int = option(25, help="the edit's denoising steps (the mini models' LoMOE settings)")
+    max_step: int = option(15, help="edit samples are drawn at one of the first max_step steps")
+    min_snr_gamma: float = option(5.0, help="min-SNR weighting γ of the ordinary loss")
+    caption_dropout: float = option(0.1, help="share of ordinary samples trained with an empty caption")
+    no_background_caption: float = option(0.2, help="share of captions that leave the background out")
+    mix: float = option(
+        0.45,
+        help="the written denoiser is (1 - mix)·base + mix·tuned (0.45 measured best for the UNet model)",
+    )
+    ckpt_every: int = option(50, help="steps between resumable checkpoints")
 
     def __post_init__(self):
         for name in (

@@ -1,4 +1,4 @@
-"""Benchmark items: ShapesBench, generated from the shapes world, and loaders for real sets.
+"""Benchmark items generated from the shapes world (ShapesBench), and the item type real sets share.
 
 Every item is a :class:`BenchItem`: an image, one boolean mask and one target prompt per
 region, the source caption and (for ShapesBench) the target attributes the judge checks.
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..shapes.world import Scene, ShapeObject, box_mask, caption_for, new_attributes, random_scene, render
+from .world import Scene, ShapeObject, box_mask, caption_for, new_attributes, random_scene, render
 
 SETS = ("multi", "single", "shape")
 MASK_KINDS = ("box", "silhouette")

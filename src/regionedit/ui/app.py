@@ -11,16 +11,19 @@ import logging
 import numpy as np
 from PIL import Image
 
+from .. import methods
 from ..errors import RegionEditError
 from ..lomoe.options import LoMOEOptions
-from ..multimodal.guidance import start_index
 from ..multimodal.options import MultimodalOptions
-from ..options import METHODS, field_types
+from ..options import field_types
 from .engine import DEFAULT_MAX_PIXELS, LAYER_COLOURS, MAX_OBJECTS, Engine, page_values
 
 log = logging.getLogger(__name__)
 
-METHOD_LABELS = {"lomoe": "LoMOE", "multimodal": "Multi-modal (λ-weighted optimisation)"}
+METHOD_LABELS = {
+    "lomoe": "LoMOE",
+    "multimodal": "Multi-modal (λ-weighted optimisation)",
+}  # the page's methods
 CONTROL_KINDS = ("edge", "scribble")  # the kinds with a bundled mini ControlNet
 VISIBLE_ROWS = 3  # prompt rows shown; the rest sit in an accordion
 
@@ -191,8 +194,8 @@ def build_app(
                     for i in range(VISIBLE_ROWS + 1, MAX_OBJECTS + 1):
                         prompt_row(i)
                 method = gr.Dropdown(
-                    [(label, name) for name, label in METHOD_LABELS.items() if name in METHODS],
-                    value="lomoe",
+                    [(METHOD_LABELS[name], name) for name in methods.names() if name in METHOD_LABELS],
+                    value=methods.DEFAULT,
                     label="Method",
                     elem_id="method",
                 )
@@ -260,46 +263,40 @@ def build_app(
                 None,
                 mm_base.num_inference_steps,
             )
-            try:
-                image, layers = editor_to_inputs(value)
-                if method_name == "multimodal":  # its own settings and CFG; the page sets steps and λ
-                    values = {"num_inference_steps": int(mm_n), "preservation_weight": float(lam_value)}
-                    mm = engine.options("multimodal", values, base=mm_base)
-                    n = mm.num_inference_steps  # the guidance pass (from s_g's step), then the main pass
-                    total = 2 * n - start_index(n, mm.strength_for(control is not None))
-                    progress(0, desc="inverting")
 
-                    done = [0]
+            def edit_multimodal(image, layers):  # its own settings and CFG; the page sets steps and λ
+                values = {"num_inference_steps": int(mm_n), "preservation_weight": float(lam_value)}
+                mm = engine.options("multimodal", values, base=mm_base)
+                total = methods.get("multimodal").progress_steps(mm, control is not None)
+                progress(0, desc="inverting")
+                done = [0]
 
-                    def mm_callback(step, info):  # step restarts with the main pass: count calls
-                        done[0] += 1
-                        progress((min(done[0], total), total), desc="editing", unit="steps")
+                def mm_callback(step, info):  # step restarts with the main pass: count calls
+                    done[0] += 1
+                    progress((min(done[0], total), total), desc="editing", unit="steps")
 
-                    out = engine.edit_multimodal(
-                        image, layers, prompt_texts, background_prompt, control=control, control_kind=kind,
-                        seed=int(seed_value or 0), options=mm, callback=mm_callback,
-                    )  # fmt: skip
-                    return image, out.overlay, out.image, str(out.png_path), out.message
+                return engine.edit_multimodal(
+                    image, layers, prompt_texts, background_prompt, control=control, control_kind=kind,
+                    seed=int(seed_value or 0), options=mm, callback=mm_callback,
+                )  # fmt: skip
+
+            def edit_lomoe(image, layers):
                 fields = dict(num_inference_steps=n_steps, guidance_scale=g, cross_attention_weight=xa,
                               background_weight=bw, bootstrap_steps=boot, feather=fe, paste_back=bool(paste))  # fmt: skip
                 opts = engine.options("lomoe", page_values(fields, lomoe_types), base=base)
-                total = opts.num_inference_steps
+                total = methods.get("lomoe").progress_steps(opts)
                 progress(0, desc="inverting (skipped when this image was inverted before)")
 
                 def callback(step, info):
                     progress((step + 1, total), desc="editing", unit="steps")
 
-                out = engine.edit(
-                    image,
-                    layers,
-                    prompt_texts,
-                    negative_texts,
-                    background_prompt,
-                    method=method_name or "lomoe",
-                    seed=int(seed_value or 0),
-                    options=opts,
-                    callback=callback,
-                )
+                return engine.edit(image, layers, prompt_texts, negative_texts, background_prompt, method="lomoe",
+                                   seed=int(seed_value or 0), options=opts, callback=callback)  # fmt: skip
+
+            page_edits = {"lomoe": edit_lomoe, "multimodal": edit_multimodal}
+            try:
+                image, layers = editor_to_inputs(value)
+                out = page_edits[methods.get(method_name).name](image, layers)
             except RegionEditError as exc:
                 raise gr.Error(str(exc), print_exception=False) from None
             except Exception as exc:  # the page gets one line; the traceback goes to the log

@@ -19,12 +19,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .. import edit_api
+from .. import edit_api, methods
 from ..errors import ImageSizeError, InvalidInputError, InvalidMaskError, PromptCountError
-from ..inversion import Inversion
 from ..lomoe.options import LoMOEOptions
+from ..lomoe.reference import Inversion
 from ..multimodal.conditions import Condition
-from ..options import make_options
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +180,7 @@ class Engine:
         """The method's options: ``values`` (the page's) over ``base`` (options), else over the
         model's settings. An options object as ``values`` is used as it is."""
         start = dataclasses.asdict(base) if base is not None else self.model.settings.get(method)
-        return make_options(method, values, start)
+        return methods.get(method).options(values, start)
 
     def check_image(self, image: Image.Image | None) -> Image.Image:
         if image is None:
