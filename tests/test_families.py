@@ -15,7 +15,7 @@ from regionedit.models.interface import Model
 from regionedit.models.schedule import InverseSchedule, Schedule
 from regionedit.models.sd import StableDiffusion
 
-from .test_layers import PACKAGE
+from .test_layers import PACKAGE, compared_strings
 
 
 @dataclass(eq=False, kw_only=True)
@@ -119,27 +119,18 @@ def family_checks(root: Path = PACKAGE) -> list[str]:
         "models/flow.py",
         "models/interface.py",
     }
-    found = []
+    found = compared_strings(root, FAMILY_NAMES, allowed)
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()
-        if rel in allowed:
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Compare):
-                consts = [c.value for c in [node.left, *node.comparators] if isinstance(c, ast.Constant)]
-                consts += [e.value for c in node.comparators if isinstance(c, (ast.Tuple, ast.List, ast.Set))
-                           for e in c.elts if isinstance(e, ast.Constant)]  # fmt: skip
-                if FAMILY_NAMES & {c for c in consts if isinstance(c, str)}:
-                    found.append(f"{rel}:{node.lineno}")
+        for node in ast.walk(ast.parse(path.read_text())) if rel not in allowed else ():
             if (
                 isinstance(node, ast.Call)
                 and getattr(node.func, "id", "") == "isinstance"
                 and len(node.args) == 2
             ):
-                names = {n.id for n in ast.walk(node.args[1]) if isinstance(n, ast.Name)}
-                if names & FAMILY_CLASSES:
+                if {n.id for n in ast.walk(node.args[1]) if isinstance(n, ast.Name)} & FAMILY_CLASSES:
                     found.append(f"{rel}:{node.lineno}")
-    return found
+    return sorted(found)
 
 
 def test_no_family_checks_outside_the_family_registry(tmp_path):

@@ -56,6 +56,27 @@ def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
     return graph
 
 
+def compared_strings(root: Path, words: set[str], allowed: set[str]) -> list[str]:
+    """``file:line`` of every comparison (``==``, ``!=``, ``in``) with one of ``words`` as a string
+    literal, alone or in a literal tuple, list or set, in the files below ``root`` but ``allowed``."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                sides = [node.left, *node.comparators]
+                items = sides + [
+                    e for c in sides if isinstance(c, (ast.Tuple, ast.List, ast.Set)) for e in c.elts
+                ]
+                if words & {
+                    c.value for c in items if isinstance(c, ast.Constant) and isinstance(c.value, str)
+                }:
+                    found.append(f"{rel}:{node.lineno}")
+    return found
+
+
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     """Strongly connected components with more than one module (Tarjan)."""
     index, low, stack, on, out = {}, {}, [], set(), []

@@ -1,6 +1,5 @@
 """The method registry: front ends look a method up and never ask which one they hold."""
 
-import ast
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from regionedit.method import Method
 from regionedit.options import documented, option
 from regionedit.prepared import PreparedEdit, read_image
 
-from .test_layers import PACKAGE
+from .test_layers import PACKAGE, compared_strings
 
 
 @documented
@@ -110,21 +109,7 @@ def test_lookup_and_errors():
 def method_name_checks(root: Path = PACKAGE) -> list[str]:
     """Comparisons with a registered method's name outside the registry and the methods' own files."""
     allowed = {"methods.py", "method.py", "lomoe/method.py", "multimodal/method.py"}
-    names = set(methods.names())
-    found = []
-    for path in sorted(root.rglob("*.py")):
-        rel = path.relative_to(root).as_posix()
-        if rel in allowed:
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Compare):
-                sides = [node.left, *node.comparators]
-                consts = [c.value for c in sides if isinstance(c, ast.Constant)]
-                consts += [e.value for c in sides if isinstance(c, (ast.Tuple, ast.List, ast.Set))
-                           for e in c.elts if isinstance(e, ast.Constant)]  # fmt: skip
-                if names & {c for c in consts if isinstance(c, str)}:
-                    found.append(f"{rel}:{node.lineno}")
-    return found
+    return compared_strings(root, set(methods.names()), allowed)
 
 
 def test_no_method_name_comparisons_outside_the_registry(tmp_path):
