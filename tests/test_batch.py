@@ -102,7 +102,7 @@ def test_batch_image_equals_a_single_edit(reference, tiny_model_dir):
     """The batch is the library's edit, not something else: same request, same pixels."""
     manifest, out, _ = reference
     job = load_manifest(manifest)[1]
-    model = edit_api.load_model(str(tiny_model_dir))  # the batch's model, loaded the same way
+    model = edit_api.load(str(tiny_model_dir))  # the batch's model, loaded the same way
     result = edit_api.run(model, job.request("tiny").prepare(model), progress=False)
     assert np.array_equal(_pixels(out / "job-1.png"), np.asarray(result.image))
     seeds = [_pixels(out / f"job-{i}.png") for i in (1, 3)]
@@ -239,7 +239,7 @@ BAD_MANIFESTS = {
         "repeats line 1",
     ),
     "empty manifest": ("\n\n", "holds no jobs"),
-    "bad option": (json.dumps(_job(1, options={"steps": 0})) + "\n", "num_inference_steps"),
+    "bad option": (json.dumps(_job(1, options={"steps": 0})) + "\n", "line 1: num_inference_steps"),
     "seed is a float": (json.dumps(_job(1, seed=1.5)) + "\n", "'seed' must be int"),
     "masks not strings": (json.dumps(_job(1, masks=[1])) + "\n", "list of strings"),
     "controls without multimodal": (json.dumps(_job(1, controls=["edge=auto"])) + "\n", "need"),
@@ -320,7 +320,7 @@ def test_multimodal_jobs_equal_the_library_edit(tiny_components, tiny_model_dir,
 
     from regionedit.models.controlnet import load_controlnet
 
-    model = edit_api.load_model(str(tiny_model_dir))
+    model = edit_api.load(str(tiny_model_dir))
     net = load_controlnet(folder / "cn", model, "edge")
     for job, mask, seed in (("boxed", folder / "m1.png", 0), ("estimated", None, 3)):
         ref = multimodal_edit(

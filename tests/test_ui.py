@@ -105,10 +105,12 @@ def test_multimodal_edit_with_a_painted_region_and_an_edge_map(server, image64, 
     *_, status = call_edit(client, editor_value(tmp_path, image64, [None]), prompts=["a blue circle"],
                            method="multimodal")  # fmt: skip
     assert "an estimated mask" in status
-    with pytest.raises(gradio_client.exceptions.AppError, match="paint layer 1 only"):
-        call_edit(client, editor_value(tmp_path, image64, [m1, m1]), prompts=["a"], method="multimodal")
-    with pytest.raises(gradio_client.exceptions.AppError, match="prompt 2 is filled in"):
-        call_edit(client, value, prompts=["a", "b"], method="multimodal")
+    *_, result, png, status = call_edit(client, editor_value(tmp_path, image64, [m1, m1]), prompts=["a"],
+                                        method="multimodal")  # fmt: skip
+    assert status.startswith("**Not edited:** layer 2 is painted") and "erase layer 2" in status
+    assert result is None and png is None  # the status and the result follow the last run
+    *_, status = call_edit(client, value, prompts=["a", "b"], method="multimodal")
+    assert "prompt 2 is filled in" in status and "clear prompt 2" in status
 
 
 def test_edit_two_layers_keeps_background_and_embeds_parameters(server, image64, tmp_path):
@@ -182,10 +184,9 @@ def test_errors_are_messages_not_tracebacks(server, image64, tmp_path, case, exp
     value = editor_value(tmp_path, image, masks)
     if case == "no_image":
         value = {"background": None, "layers": [], "composite": None}
-    with pytest.raises(gradio_client.exceptions.AppError) as err:
-        call_edit(client, value, background=background, prompts=prompts)
-    assert expected in str(err.value)
-    assert "Traceback" not in str(err.value)
+    *_, result, png, status = call_edit(client, value, background=background, prompts=prompts)
+    assert status.startswith("**Not edited:**") and expected in status, status
+    assert "Traceback" not in status and result is None and png is None
 
 
 def test_example_fills_image_layers_and_prompts(server):

@@ -46,6 +46,21 @@ def url(tiny_model, tmp_path_factory):
         app.close()
 
 
+@pytest.fixture(scope="module")
+def slow_url(tiny_model, tmp_path_factory):
+    """The page with enough steps that an edit runs for seconds: its progress can be watched."""
+    options = LoMOEOptions(num_inference_steps=40, bootstrap_steps=1, paste_back=True)
+    app = build_app(
+        tiny_model, model_name="tiny", options=options, output_dir=tmp_path_factory.mktemp("slow")
+    )
+    port = free_port()
+    launch(app, "127.0.0.1", port, block=False, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        app.close()
+
+
 def test_upload_paint_prompt_run_in_chromium(url, image64, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -85,3 +100,42 @@ def test_upload_paint_prompt_run_in_chromium(url, image64, tmp_path):
     changed = np.abs(out - src).max(axis=-1) > 0
     assert changed[28:36, 28:36].any()
     assert not changed[:8, :].any() and not changed[-8:, :].any()
+
+
+PROGRESS_JS = """() => [...document.querySelectorAll('.progress-text, .meta-text, .meta-text-center')]
+    .filter(e => e.offsetParent !== null && e.innerText.trim()).map(e => e.innerText.trim())"""
+
+
+def test_status_follows_the_last_run_and_progress_shows_once(slow_url, image64, tmp_path):
+    """An error replaces an earlier success in the status line; during an edit the progress is shown
+    in one place and moves before the edit ends."""
+    from playwright.sync_api import sync_playwright
+
+    image64.save(tmp_path / "input.png")
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            page = browser.new_page(viewport=VIEWPORT)
+            page.goto(slow_url)
+            upload(page, tmp_path / "input.png")
+            page.fill("#background-prompt textarea", "a red square and a blue square on a gray background")
+            page.fill("#prompt-1 textarea", "a yellow circle")
+            paint_stroke(page)
+            page.click("#run")
+            seen = []
+            while not page.inner_text("#status").startswith("Edited"):
+                seen.append(page.evaluate(PROGRESS_JS))
+                page.wait_for_timeout(100)
+            wait_for_result(page)
+            page.fill("#background-prompt textarea", "")
+            page.click("#run")
+            page.wait_for_function(
+                "() => document.querySelector('#status').innerText.includes('Not edited')", timeout=30_000
+            )
+            status = page.inner_text("#status")
+        finally:
+            browser.close()
+    assert status.startswith("Not edited: the background prompt is empty") and "Edited in" not in status
+    busy = [texts for texts in seen if texts]
+    assert busy and max(len(texts) for texts in busy) <= 2, busy  # one progress block: its text and its timer
+    assert any("%" in t or "/" in t for texts in busy for t in texts if not t.startswith("0.0%")), busy

@@ -19,6 +19,7 @@ from .flags import (
     add_model_flags,
     add_option_flags,
     foreign_flags,
+    in_flag_words,
     load_arguments,
     option_values,
 )
@@ -233,7 +234,11 @@ def run_edit(args) -> int:
 
     request, out = edit_request(args)
     request.check_output(out, args.overwrite)
-    model, prepared = edit_api.prepare_and_load(request, **load_arguments(args))
+    try:
+        model, prepared = edit_api.prepare_and_load(request, **load_arguments(args))
+    except InvalidOptionError as exc:  # name the options as the flags the user typed
+        cls = methods.get(request.method).options_class
+        raise InvalidOptionError(in_flag_words(str(exc), cls, option_values(cls, args))) from None
     result = edit_api.run(model, prepared, progress=True)
     path = edit_api.save_result(
         result, request, prepared, out, overwrite=args.overwrite, save_masks=args.save_masks
@@ -244,9 +249,9 @@ def run_edit(args) -> int:
 
 def run_demo(args) -> int:
     from .demo import run_demo as demo
-    from .edit_api import load_model
+    from .models.loading import load
 
-    report = demo(args.out, seed=args.seed, steps=args.steps, model=load_model(args.model))
+    report = demo(args.out, seed=args.seed, steps=args.steps, model=load(args.model))
     print(f"wrote {args.out}/comparison.png and report.json — {report['summary']}")
     return 0
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +24,10 @@ from . import methods
 from .errors import InvalidInputError, InvalidOptionError, NonFiniteError, OutputExistsError, RegionEditError
 from .execution import ExecutionOptions, make_execution
 from .io import save_image
-from .models.loading import ModelInfo, describe
+from .models.loading import ModelInfo, describe, load
 from .prepared import PreparedEdit
+from .progress import Report
+from .quiet import quiet_libraries
 
 
 @dataclass
@@ -56,10 +56,21 @@ class EditRequest:
     controlnets: dict = field(default_factory=dict)  # kind -> diffusers folder (default: the model's)
     execution: Mapping | ExecutionOptions | None = None
 
+    def input_paths(self) -> list[Path]:
+        """The files this request reads (image, masks, control maps), resolved."""
+        paths = [
+            self.image,
+            *self.masks,
+            *(str(c).partition("=")[2] for c in self.controls if isinstance(c, str)),
+        ]
+        return [Path(p).resolve() for p in paths if isinstance(p, (str, Path)) and p]
+
     def check_output(self, out: str | Path, overwrite: bool) -> Path:
         out = Path(out)
         if out.suffix.lower() != ".png":
             raise InvalidInputError(f"output {out} must end in .png (parameters are stored in a PNG chunk)")
+        if out.resolve() in self.input_paths():  # --overwrite replaces outputs, never an input
+            raise InvalidInputError(f"output {out} is an input of this edit; write the edit to another file")
         if out.exists() and not overwrite:
             raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
         return out
@@ -198,47 +209,6 @@ def check_spec(spec, where: str, fields: dict = SPEC_FIELDS) -> dict:
     return spec
 
 
-@contextlib.contextmanager
-def quiet_libraries():
-    """Hide diffusers/transformers loading bars and deprecation warnings unless logging is verbose.
-
-    The CLI promises one line on error; library chatter before it would bury that line.
-    """
-    if logging.getLogger("regionedit").getEffectiveLevel() <= logging.INFO:
-        yield
-        return
-    import diffusers.utils.logging as dlog
-    import transformers.utils.logging as tlog
-
-    levels = dlog.get_verbosity(), tlog.get_verbosity()
-    bars = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()
-    dlog.set_verbosity_error()
-    tlog.set_verbosity_error()
-    dlog.disable_progress_bar()
-    tlog.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            yield
-    finally:
-        dlog.set_verbosity(levels[0])
-        tlog.set_verbosity(levels[1])
-        if bars[0]:
-            dlog.enable_progress_bar()
-        if bars[1]:
-            tlog.enable_progress_bar()
-
-
-def load_model(name, **load_arguments):
-    """:func:`regionedit.load` with library chatter hidden (``load_arguments``: device, dtype,
-    allow_pickle, config)."""
-    from .models.loading import load
-
-    with quiet_libraries():
-        return load(name, **load_arguments)
-
-
 def prepare_and_load(request: EditRequest, **load_arguments):
     """Prepare ``request`` against its model's files, then load the model: ``(model, prepared)``.
 
@@ -254,7 +224,7 @@ def prepare_and_load(request: EditRequest, **load_arguments):
     if info.vae_scale_factor is None:  # a single file or an uncached hub id: check what can be checked
         request.prepare(unknown)
     prepared = request.prepare(info) if info.vae_scale_factor is not None else None
-    model = load_model(info, **load_arguments)
+    model = load(info, **load_arguments)
     return model, prepared if prepared is not None else request.prepare(model)
 
 
@@ -270,7 +240,7 @@ def _finite_or_error(model):
         ) from None
 
 
-def run(model, prepared: PreparedEdit, progress: bool = True, callback=None, inversion=None):
+def run(model, prepared: PreparedEdit, progress: bool | Report = True, callback=None, inversion=None):
     """Run a prepared edit on a loaded model with the request's seed.
 
     ``inversion`` reuses an earlier LoMOE inversion of the same image and caption. Returns the
@@ -304,6 +274,10 @@ def save_result(
     sides = {out.with_name(f"{out.stem}{k}.png"): im for k, im in side_images(result, prepared).items()}
     # Check every target first: a refused mask file must not leave the image half-delivered.
     for p in sides if save_masks else []:
+        if p.resolve() in request.input_paths():
+            raise InvalidInputError(
+                f"{p} (written by --save-masks) is an input of this edit; choose another --out"
+            )
         if p.exists() and not overwrite:
             raise OutputExistsError(f"{p} exists; pass --overwrite to replace it")
     meta = request.metadata(model_name or request.model, prepared)

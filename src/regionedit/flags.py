@@ -8,6 +8,7 @@ back only the flags a user actually set, as the mapping the options are built fr
 from __future__ import annotations
 
 import argparse
+import re
 import typing
 
 from . import methods
@@ -157,3 +158,19 @@ def foreign_flags(method, args) -> dict[str, list[str]]:
             if name not in own and getattr(args, _dest(name, ""), None) is not None:
                 out.setdefault(flag_name(other.options_class, name), []).append(other.name)
     return out
+
+
+def in_flag_words(message: str, cls, values: dict) -> str:
+    """``message`` with the names of the options set on the command line (``values``, as
+    :func:`option_values` gives them) written as the flags the user typed."""
+
+    def leaves(v, prefix=""):
+        for k, x in v.items():
+            yield from leaves(x, f"{prefix}{k}.") if isinstance(x, dict) else [f"{prefix}{k}"]
+
+    for dotted in leaves(values):
+        for name in dict.fromkeys(
+            [dotted, dotted.rsplit(".", 1)[-1]]
+        ):  # "mask_estimate.num_maps", "num_maps"
+            message = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w-])", flag_name(cls, dotted), message)
+    return message

@@ -12,11 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from .errors import InvalidOptionError
 from .models.interface import Model
 from .options import documented, option
+from .progress import Report
+from .progress import steps as progress_steps
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def ddim_invert(
     prompt: str,
     opts: InversionOptions,
     generator: torch.Generator,
-    progress: bool = True,
+    progress: bool | Report = True,
 ) -> torch.Tensor:
     """The trajectory ``(T + 1, C, h, w)`` from ``z0`` up to ``z_T``, caption, no CFG."""
     return invert_batch(model, z0, [prompt], opts, lambda step: generator, progress)[:, 0]
@@ -116,7 +117,7 @@ def invert_batch(
     prompts: list[str],
     opts: InversionOptions,
     generator_at: Callable[[int], torch.Generator],
-    progress: bool = True,
+    progress: bool | Report = True,
 ) -> torch.Tensor:
     """:func:`ddim_invert` of a batch ``(B, C, h, w)``, one caption each: ``(T + 1, B, C, h, w)``.
 
@@ -126,7 +127,7 @@ def invert_batch(
     cond = model.encode_prompt(prompts)
     z = z0
     traj = [z0]
-    for step, t in enumerate(tqdm(inverse.timesteps, desc="invert", disable=not progress, leave=False)):
+    for step, t in enumerate(progress_steps(inverse.timesteps, progress, "invert")):
         out = model.predict(z, t, cond)
         reg = (
             (lambda eps, step=step: regularize_noise(eps, opts, generator_at(step)))

@@ -68,7 +68,3 @@ class Method:
     def side_images(self, result, prepared) -> dict:
         """Name suffix -> image written beside the edit when masks are saved."""
         return {}
-
-    def progress_steps(self, options, has_layout: bool = False) -> int:
-        """How many times the edit calls ``callback`` (for a progress bar)."""
-        return options.num_inference_steps

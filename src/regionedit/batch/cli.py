@@ -46,6 +46,7 @@ def run(args) -> int:
         retry_failed=args.retry_failed,
         num_workers=args.num_workers,
         ray_address=args.ray_address,
+        progress=True,
     )
     print(summary.line())
     return 1 if summary.failed else 0

@@ -34,7 +34,7 @@ class EditActor:
         self.out_dir = Path(out_dir)
         self.model_name = model
         self.overwrite = overwrite
-        self.model = edit_api.load_model(
+        self.model = edit_api.load(
             model, device=device, dtype=dtype, allow_pickle=allow_pickle, config=config
         )
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 from .. import edit_api, methods
 from ..errors import InvalidInputError, RegionEditError
@@ -91,12 +94,15 @@ def _remove_stale_temps(out_dir: Path, jobs: list[Job]) -> None:
 def _local(
     jobs: list[Job], out_dir: Path, model: str, device, dtype, allow_pickle, overwrite, model_config
 ) -> Iterator[dict]:
-    loaded = edit_api.load_model(
-        model, device=device, dtype=dtype, allow_pickle=allow_pickle, config=model_config
-    )
-    for job in jobs:
-        log.info("job %s (manifest line %d)", job.id, job.line)
-        yield run_job(loaded, job, out_dir, model, overwrite)
+    """Load the model now (a bad model is said before any progress), then run the jobs one by one."""
+    loaded = edit_api.load(model, device=device, dtype=dtype, allow_pickle=allow_pickle, config=model_config)
+
+    def results():
+        for job in jobs:
+            log.info("job %s (manifest line %d)", job.id, job.line)
+            yield run_job(loaded, job, out_dir, model, overwrite)
+
+    return results()
 
 
 def _check_options(jobs: list[Job], model: str) -> None:
@@ -107,7 +113,7 @@ def _check_options(jobs: list[Job], model: str) -> None:
     try:
         settings = describe(model).settings or {}
     except RegionEditError:
-        return  # the model's own error comes when it loads
+        settings = {}  # the lines' own errors first; the model's comes when it loads
     for job in jobs:
         try:
             method = methods.get(job.method)
@@ -130,6 +136,7 @@ def run_batch(
     retry_failed: bool = False,
     num_workers: int | None = None,
     ray_address: str | None = None,
+    progress: bool = False,
 ) -> BatchSummary:
     """Run (or resume) every job of a manifest, or of one shard of it.
 
@@ -142,6 +149,8 @@ def run_batch(
         overwrite: replace a ``<id>.png`` that this batch did not write.
         retry_failed: run jobs recorded as failed again (their old lines are dropped).
         num_workers, ray_address: Ray engine only (actors; cluster address).
+        progress: a progress bar on stderr (jobs done and failed, time left) and a line per
+            failed job (otherwise failures are logged as warnings).
         device, dtype, allow_pickle, model_config: how the model loads (see :func:`regionedit.load`;
             ``model_config`` is its ``config``).
     """
@@ -206,14 +215,22 @@ def run_batch(
         )
     else:
         stream = _local(todo, out_dir, model, device, dtype, allow_pickle, overwrite, model_config)
-    for record in stream:
-        results.append(record)
-        if record["status"] == "ok":
-            summary.done += 1
-        else:
-            summary.failed += 1
-            summary.failures.append(record)
-            log.warning("job %s failed: %s", record["id"], record.get("error"))
+    bar = tqdm(total=len(todo), desc="batch", unit="job", disable=not progress, file=sys.stderr)
+    with bar:
+        for record in stream:
+            results.append(record)
+            if record["status"] == "ok":
+                summary.done += 1
+            else:
+                summary.failed += 1
+                summary.failures.append(record)
+                line = f"job {record['id']} (line {record.get('line')}) failed: {record.get('error')}"
+                if progress:
+                    bar.write(line, file=sys.stderr)
+                else:
+                    log.warning(line)
+            bar.set_postfix(failed=summary.failed, refresh=False)
+            bar.update()
     return summary
 
 

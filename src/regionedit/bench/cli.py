@@ -215,7 +215,7 @@ def _load_model(args):
 
         device, dtype = resolve_device(args.device, args.dtype)
         return timing_model(RANDOM_MODELS[args.model](device, torch.float32), device, dtype, args.model)
-    return edit_api.load_model(args.model, **load_arguments(args))
+    return edit_api.load(args.model, **load_arguments(args))
 
 
 def _run_quality(args, items, settings, judge=None) -> int:

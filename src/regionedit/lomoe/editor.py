@@ -10,7 +10,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm.auto import tqdm
 
 from ..errors import InvalidInputError
 from ..execution import ExecutionOptions, gradient_checkpointing
@@ -18,6 +17,8 @@ from ..inversion import InversionOptions
 from ..models.interface import Model, to_pil
 from ..options import build
 from ..prepared import read_image
+from ..progress import Report
+from ..progress import steps as progress_steps
 from ..regions import Region, active_weights
 from .losses import background_loss, cross_attention_loss, fuse
 from .options import LoMOEOptions
@@ -113,7 +114,7 @@ def edit(
     background_prompt: str | None = None,
     options: LoMOEOptions | None = None,
     generator: torch.Generator | None = None,
-    progress: bool = True,
+    progress: bool | Report = True,
     callback=None,
     original: Image.Image | None = None,
     execution: ExecutionOptions | None = None,
@@ -128,7 +129,9 @@ def edit(
         options: :class:`LoMOEOptions`; None takes the model's recommended settings over the
             paper's defaults (``LoMOEOptions()`` is the paper's alone).
         generator: seeds every random draw (default seed 0): same inputs, same output.
-        callback: called as ``callback(step, info)`` after every step.
+        progress: progress bars (True), none (False), or ``report(stage, done, total)``
+            (:mod:`regionedit.progress`) for the inversion, reference pass and edit.
+        callback: called as ``callback(step, info)`` after every edit step.
         original: the input image for ``paste_back`` when ``image`` is an Inversion.
         execution: :class:`ExecutionOptions` (chunked gradients, checkpointing); same result.
     """
@@ -159,7 +162,7 @@ def run(
     edit: PreparedLoMOE,
     inversion: Inversion | None = None,
     generator: torch.Generator | None = None,
-    progress: bool = True,
+    progress: bool | Report = True,
     callback=None,
 ) -> EditResult:
     """Run a prepared LoMOE edit (see :func:`regionedit.lomoe.prepare.prepare_lomoe`).
@@ -264,7 +267,7 @@ def _denoise(model, inv, regions, weights, options, execution, generator, counte
     z = z_T
     losses = []
     with model.cross_attention(options.temperature) as store:
-        for i, t in enumerate(tqdm(sched.timesteps, desc="edit", disable=not progress, leave=False)):
+        for i, t in enumerate(progress_steps(sched.timesteps, progress, "edit")):
             w_i = active_weights(weights, regions, i, steps)
             offset = inv.offsets[i : i + 1]
             ref_latent = inv.latents[steps - 1 - i : steps - i]

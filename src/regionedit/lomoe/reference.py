@@ -15,12 +15,13 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from ..errors import InvalidInputError
 from ..inversion import InversionOptions, ddim_invert
 from ..models.interface import Model
 from ..options import build
+from ..progress import Report
+from ..progress import steps as progress_steps
 from .options import LoMOEOptions
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ def reference_pass(
     guidance_scale: float,
     temperature: float,
     store_attention: bool = True,
-    progress: bool = True,
+    progress: bool | Report = True,
     attention_device=None,
 ):
     """Step 2: the background branch's reconstruction; returns (timesteps, offsets, attention maps).
@@ -151,7 +152,7 @@ def reference_pass(
     with model.cross_attention(temperature) as store:
         # always the explicit-softmax path: the offsets then match an edit's recomputed maps bit for bit
         store.capture = True
-        for i, t in enumerate(tqdm(sched.timesteps, desc="reference", disable=not progress, leave=False)):
+        for i, t in enumerate(progress_steps(sched.timesteps, progress, "reference")):
             out = model.guided(z, t, negative, positive, guidance_scale)
             z_next = sched.step(out, t, z)
             target = latents[steps - 1 - i : steps - i]
@@ -173,7 +174,7 @@ def invert(
     guidance_scale: float | None = None,
     temperature: float | None = None,
     generator: torch.Generator | None = None,
-    progress: bool = True,
+    progress: bool | Report = True,
     store_attention: bool = False,
 ) -> Inversion:
     """Invert an image for editing.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InvalidInputError
+from ..quiet import quiet_libraries
 
 
 def load_controlnet(path, model, kind: str):
@@ -29,7 +30,8 @@ def load_controlnet(path, model, kind: str):
             f"the {kind} ControlNet at {path} is a {found}; {model.family} models take a {wanted}"
         )
     try:
-        net = getattr(diffusers, wanted).from_pretrained(str(path), **dtype_argument(model.dtype))
+        with quiet_libraries():
+            net = getattr(diffusers, wanted).from_pretrained(str(path), **dtype_argument(model.dtype))
     except Exception as exc:  # diffusers raises many types; one clear line for the user
         raise InvalidInputError(f"cannot load the {kind} ControlNet from {path}: {exc}") from None
     return net.to(model.device)

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelLoadError
+from ..quiet import quiet_libraries
 from . import families
 from .interface import Model
 
@@ -113,7 +114,18 @@ def describe(model: str | os.PathLike = "mini") -> ModelInfo:
         raise ModelLoadError(f"{path}: unknown model file type; expected .safetensors or a folder")
     if spec.startswith((".", "/", "~")) or spec.endswith((".safetensors",) + PICKLE_SUFFIXES):
         raise ModelLoadError(f"model path not found: {spec}")
-    cached = _hub_folder(spec)
+    cached = _hub_folder(spec, local_only=True)  # the cache first: no network, no waiting
+    if cached is None and "/" not in spec:  # hub ids of diffusers models are owner/name
+        raise ModelLoadError(
+            f"unknown model {spec!r}: not mini, mini-flow, a model folder, a .safetensors file or a hub id "
+            "(owner/name)"
+        )
+    if cached is None and _offline():
+        raise ModelLoadError(
+            f"model {spec!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+            "download it first, or use mini, mini-flow, a model folder or a .safetensors file"
+        )
+    cached = cached or _hub_folder(spec, local_only=False)
     return _describe_folder(spec, cached) if cached is not None else ModelInfo(spec)
 
 
@@ -121,17 +133,18 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
-def _hub_folder(repo: str) -> Path | None:
-    """The local snapshot folder of a hub id whose model index is cached (or downloadable)."""
-    try:
-        from huggingface_hub import hf_hub_download
+def _hub_folder(repo: str, local_only: bool) -> Path | None:
+    """The local snapshot folder of a hub id whose model index is cached (or, not ``local_only``,
+    downloadable)."""
+    from huggingface_hub import hf_hub_download
 
-        index = hf_hub_download(repo, "model_index.json", local_files_only=_offline())
+    try:
+        index = hf_hub_download(repo, "model_index.json", local_files_only=local_only or _offline())
     except Exception:  # not cached, no network, not a repo: loading will say which
         return None
     folder = Path(index).parent
     try:
-        hf_hub_download(repo, SETTINGS_FILE, local_files_only=_offline())
+        hf_hub_download(repo, SETTINGS_FILE, local_files_only=local_only or _offline())
     except Exception:
         pass  # most models carry no settings file
     return folder
@@ -196,10 +209,15 @@ def load(
         The family's :class:`~regionedit.models.interface.Model`, with ``settings`` from the
         folder's ``regionedit_settings.json`` (empty when it has none).
     """
-    import diffusers
-
     device, dtype = resolve_device(device, dtype)
     info = model if isinstance(model, ModelInfo) else describe(model)
+    with quiet_libraries():
+        return _load(info, device, dtype, allow_pickle, config)
+
+
+def _load(info: ModelInfo, device, dtype, allow_pickle: bool, config) -> Model:
+    import diffusers
+
     spec = info.name
     if config is not None and (info.path is not None or not Path(spec).expanduser().is_file()):
         raise ModelLoadError(f"--model-config is for single-file checkpoints; {spec} is a folder or a hub id")

@@ -9,6 +9,7 @@ OpenPose-18 keypoint JSON that we render to the standard skeleton image ourselve
 from __future__ import annotations
 
 import colorsys
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from ..errors import DependencyError, InvalidInputError
 from ..io import load_image, read_json
 
 KINDS = ("edge", "scribble", "pose", "seg")
+log = logging.getLogger(__name__)
+
 AUTO = "auto"  # derive the map from the input image itself
 
 # OpenPose-18 (COCO order): 0 nose, 1 neck, 2-4 right arm, 5-7 left arm, 8-10 right leg,
@@ -75,8 +78,14 @@ class Condition:
                 f"{self.kind}: need 0 <= start < end <= 1, got start={self.start}, end={self.end}"
             )
         if isinstance(self.source, str) and self.source == AUTO and self.kind not in ("edge", "scribble"):
+            what = (
+                "an OpenPose-18 keypoint JSON or a skeleton image"
+                if self.kind == "pose"
+                else "a colour-coded map"
+            )
             raise InvalidConditionError(
-                f"'auto' derives only edge maps and scribbles; give a {self.kind} map or keypoint JSON"
+                f"{self.kind}=auto: 'auto' draws only edge maps and scribbles from the input; give {what} at "
+                f"the input's size ({self.kind}=PATH)"
             )
 
 
@@ -84,9 +93,12 @@ class Condition:
 
 
 def canny_edges(image: Image.Image, low: int = 100, high: int = 200) -> Image.Image:
-    """White Canny edges on black, RGB (the canny ControlNet's input convention)."""
-    grey = cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2GRAY)
-    edges = cv2.Canny(grey, low, high)
+    """White Canny edges on black, RGB (the canny ControlNet's input convention).
+
+    Edges of each colour channel, joined: two colours of the same grey level (green or blue on teal)
+    have an edge between them that a grey-level Canny would miss."""
+    rgb = np.asarray(image.convert("RGB"))
+    edges = np.maximum.reduce([cv2.Canny(np.ascontiguousarray(rgb[..., c]), low, high) for c in range(3)])
     return Image.fromarray(np.repeat(edges[..., None], 3, axis=2))
 
 
@@ -266,16 +278,25 @@ def control_image(cond: Condition, input_image: Image.Image) -> Image.Image:
             )
         if not cond.preprocess:
             return photo
-    if cond.kind == "edge":
-        return canny_edges(photo)
-    if cond.kind == "scribble":
-        return scribble_from_image(photo)
+    if cond.kind in ("edge", "scribble"):
+        drawn = canny_edges(photo) if cond.kind == "edge" else scribble_from_image(photo)
+        return warn_if_empty(drawn, cond.kind, "the input" if photo is input_image else "the given image")
     if cond.kind == "pose":
         raise DependencyError(
             "pose detection from a photo needs an OpenPose detector (controlnet_aux, extra 'pose'); "
             "give the target pose as an OpenPose-18 keypoint JSON or a rendered skeleton image instead"
         )
     raise InvalidConditionError(f"{cond.kind} maps cannot be derived from a photo; give the map itself")
+
+
+def warn_if_empty(control: Image.Image, kind: str, source: str, least: float = 1e-3) -> Image.Image:
+    """``control`` as it is, with a one-line warning when (nearly) none of it is drawn: such a map
+    carries no layout, and the edit then follows the text alone."""
+    drawn = float((np.asarray(control.convert("L")) > 16).mean())
+    if drawn < least:
+        log.warning("the %s map drawn from %s is empty (%.2f%% of its pixels); it carries no layout", kind,
+                    source, 100 * drawn)  # fmt: skip
+    return control
 
 
 def image_to_control_tensor(image: Image.Image, device, dtype) -> torch.Tensor:

@@ -15,13 +15,14 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from ..errors import InvalidInputError
 from ..execution import ExecutionOptions, gradient_checkpointing
 from ..inversion import InversionOptions, ddim_invert
 from ..models.interface import Model, to_pil
 from ..options import build
+from ..progress import Report
+from ..progress import bar as progress_bar
 from .conditions import Condition, image_to_control_tensor, layout_box
 from .guidance import (
     ControlStack,
@@ -146,7 +147,7 @@ def invert_image(
     source_prompt: str = "",
     num_inference_steps: int | None = None,
     generator: torch.Generator | None = None,
-    progress: bool = False,
+    progress: bool | Report = False,
 ) -> torch.Tensor:
     """Step 1: DDIM inversion with the source prompt, CFG 1, no ControlNet, no regulariser.
 
@@ -223,7 +224,7 @@ def edit(
     negative_prompt: str = "",
     inversion: torch.Tensor | None = None,
     guidance: GuidancePass | None = None,
-    progress: bool = False,
+    progress: bool | Report = False,
     callback=None,
     execution: ExecutionOptions | None = None,
 ) -> MultimodalResult:
@@ -306,7 +307,7 @@ def run(
     generator: torch.Generator | None = None,
     inversion: torch.Tensor | None = None,
     guidance: GuidancePass | None = None,
-    progress: bool = False,
+    progress: bool | Report = False,
     callback=None,
 ) -> MultimodalResult:
     """Run a prepared multi-modal edit (see :func:`regionedit.multimodal.prepare.prepare_multimodal`).
@@ -367,8 +368,7 @@ def run(
         # step 2, the guidance image: seeded random-noise start, L_pres only (λ = 1), user mask or none.
         t0 = time.perf_counter()
         i0 = start_index(n, options.strength_for(bool(conditions)))
-        bar = tqdm(total=n + (n - i0 if guidance is None else 0), desc="multimodal", disable=not progress,
-                   leave=False)  # fmt: skip
+        bar = progress_bar(progress, n + (n - i0 if guidance is None else 0), "multimodal")
         if guidance is None:
             guidance = _guidance_pass(denoiser, sched, z0, inv_traj, given_mask, options, bool(conditions),
                                       generator, bar, callback, key)  # fmt: skip

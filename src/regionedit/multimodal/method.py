@@ -8,7 +8,6 @@ from ..errors import InvalidInputError, InvalidMaskError, PromptCountError
 from ..method import Method
 from ..models.controlnet import cached_controlnet
 from .editor import run
-from .guidance import start_index
 from .options import MultimodalOptions
 from .prepare import prepare_multimodal
 from .request import conditions_from, control_names, controlnet_folders
@@ -67,8 +66,3 @@ class Multimodal(Method):
             name = f"_control_{kind}"
             out[name if name not in out else f"{name}_{len(out)}"] = im  # two of a kind: keep both
         return out
-
-    def progress_steps(self, options, has_layout: bool = False) -> int:
-        """The guidance pass (from s_g's step) and then the main pass."""
-        n = options.num_inference_steps
-        return 2 * n - start_index(n, options.strength_for(has_layout))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 from ..errors import InvalidInputError
 from ..flags import add_option_flags, option_values
@@ -25,6 +26,9 @@ def add_parsers(sub) -> dict:
     s.add_argument(
         "--size", type=int, default=128, help="image side in pixels (default 128, the mini models')"
     )
+    s.add_argument("--target", action="append", default=None, metavar="I=WORDS",
+                   help="also draw the scene with object I as WORDS (e.g. 1='blue circle'): target.png, its edge "
+                   "map target_edges.png and the target caption in scene.json; repeat for several")  # fmt: skip
     s.add_argument("--out", required=True, help="folder for image.png, mask_<i>.png and scene.json")
 
     t = sub.add_parser("train-mini", help="train (or resume) a shapes-world mini model")
@@ -99,14 +103,27 @@ def add_parsers(sub) -> dict:
 
 
 def run_shapes(args) -> int:
-    from .world import make_scene, write_scene
+    from .world import make_scene, retarget, write_scene
 
     if not 1 <= args.objects <= 7:
         raise InvalidInputError(f"--objects must be in 1..7, got {args.objects}")
     if args.size < 32 or args.size % 8:
         raise InvalidInputError(f"--size must be a multiple of 8 and >= 32, got {args.size}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"--out {out} is a file; give a folder for the scene")
     scene = make_scene(args.seed, args.objects, size=args.size)
-    print(write_scene(scene, args.out))
+    changes = {}
+    for item in args.target or []:
+        index, sep, words = item.partition("=")
+        if not sep or not index.strip().isdigit():
+            raise InvalidInputError(f"--target must look like I=WORDS (e.g. 1='blue circle'), got {item!r}")
+        changes[int(index)] = words
+    try:
+        target = retarget(scene, changes) if changes else None
+    except ValueError as exc:
+        raise InvalidInputError(f"--target {exc}") from None
+    print(write_scene(scene, out, target=target))
     return 0
 
 

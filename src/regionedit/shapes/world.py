@@ -170,13 +170,16 @@ def make_scene(seed: int, num_objects: int, size: int = 64) -> Scene:
     return random_scene(np.random.default_rng(seed), num_objects, size=size)
 
 
-def write_scene(scene: Scene, out_dir: str | Path, margin: int = 1) -> Path:
+def write_scene(scene: Scene, out_dir: str | Path, margin: int = 1, target: Scene | None = None) -> Path:
     """Write ``image.png``, ``mask_1.png`` … (white = edit region) and ``scene.json``.
 
     The masks written are the object boxes grown by ``margin`` pixels, ready to edit with;
-    ``scene.json`` keeps the exact boxes.
+    ``scene.json`` keeps the exact boxes. With a ``target`` (the same scene with objects changed,
+    :func:`retarget`) also ``target.png``, its Canny edge map ``target_edges.png`` (what the edge
+    ControlNet reads) and the target caption. Files of an earlier scene in the folder go.
     """
     from ..io import save_image  # local import: io imports nothing from shapes
+    from ..multimodal.conditions import canny_edges
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -188,16 +191,47 @@ def write_scene(scene: Scene, out_dir: str | Path, margin: int = 1) -> Path:
         mask = box_mask(obj, scene.size, margin)
         save_image(Image.fromarray(mask.astype(np.uint8) * 255), out / name, overwrite=True)
         records.append({**asdict(obj), "mask": name})
+    keep = {f"mask_{i}.png" for i in range(1, len(scene.objects) + 1)}
+    stale = [p for p in out.glob("mask_*.png") if p.name not in keep]
+    stale += [out / n for n in ("target.png", "target_edges.png") if target is None and (out / n).exists()]
+    for p in stale:  # an earlier, bigger scene's files: the folder holds one scene
+        p.unlink()
     meta = {
         "size": scene.size,
         "background": scene.background,
         "caption": scene.caption,
         "objects": records,
     }
+    if target is not None:
+        pixels = Image.fromarray(render(target)[0])
+        save_image(pixels, out / "target.png", overwrite=True)
+        save_image(canny_edges(pixels), out / "target_edges.png", overwrite=True)
+        meta["target_caption"] = target.caption
+        meta["target_objects"] = [asdict(o) for o in target.objects]
     tmp = out / "scene.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2))
     tmp.replace(out / "scene.json")
     return out
+
+
+def retarget(scene: Scene, changes: dict[int, str]) -> Scene:
+    """``scene`` with object ``i`` (1-based) redrawn as the phrase ``changes[i]`` ("blue circle"), in
+    its box; the words name one colour and one shape of the world, either may be left out."""
+    objects = list(scene.objects)
+    for i, phrase in changes.items():
+        if not 1 <= i <= len(objects):
+            raise ValueError(f"object {i}: the scene has objects 1..{len(objects)}")
+        words = phrase.lower().replace(",", " ").split()
+        colours = [w for w in words if w in COLOURS]
+        shapes = [w for w in words if w in SHAPES]
+        if len(colours) > 1 or len(shapes) > 1 or not (colours or shapes):
+            raise ValueError(
+                f"{phrase!r}: name one colour ({', '.join(COLOURS)}) and/or one shape ({', '.join(SHAPES)})"
+            )
+        old = objects[i - 1]
+        objects[i - 1] = ShapeObject(shapes[0] if shapes else old.shape, colours[0] if colours else old.colour,
+                                     old.bbox)  # fmt: skip
+    return Scene(scene.size, scene.background, objects)
 
 
 def new_attributes(rng: np.random.Generator, obj: ShapeObject, shape_only: bool = False) -> tuple[str, str]:

@@ -24,6 +24,7 @@ METHOD_LABELS = {
     "lomoe": "LoMOE",
     "multimodal": "Multi-modal (λ-weighted optimisation)",
 }  # the page's methods
+STAGES = {"invert": "inverting", "reference": "reference pass", "edit": "editing", "multimodal": "editing"}
 CONTROL_KINDS = ("edge", "scribble")  # the kinds with a bundled mini ControlNet
 VISIBLE_ROWS = 3  # prompt rows shown; the rest sit in an accordion
 
@@ -267,43 +268,37 @@ def build_app(
             def edit_multimodal(image, layers):  # its own settings and CFG; the page sets steps and λ
                 values = {"num_inference_steps": int(mm_n), "preservation_weight": float(lam_value)}
                 mm = engine.options("multimodal", values, base=mm_base)
-                total = methods.get("multimodal").progress_steps(mm, control is not None)
-                progress(0, desc="inverting")
-                done = [0]
-
-                def mm_callback(step, info):  # step restarts with the main pass: count calls
-                    done[0] += 1
-                    progress((min(done[0], total), total), desc="editing", unit="steps")
-
                 return engine.edit_multimodal(
                     image, layers, prompt_texts, background_prompt, control=control, control_kind=kind,
-                    seed=int(seed_value or 0), options=mm, callback=mm_callback,
+                    seed=int(seed_value or 0), options=mm, progress=report,
                 )  # fmt: skip
 
             def edit_lomoe(image, layers):
                 fields = dict(num_inference_steps=n_steps, guidance_scale=g, cross_attention_weight=xa,
                               background_weight=bw, bootstrap_steps=boot, feather=fe, paste_back=bool(paste))  # fmt: skip
                 opts = engine.options("lomoe", page_values(fields, lomoe_types), base=base)
-                total = methods.get("lomoe").progress_steps(opts)
-                progress(0, desc="inverting (skipped when this image was inverted before)")
-
-                def callback(step, info):
-                    progress((step + 1, total), desc="editing", unit="steps")
-
                 return engine.edit(image, layers, prompt_texts, negative_texts, background_prompt, method="lomoe",
-                                   seed=int(seed_value or 0), options=opts, callback=callback)  # fmt: skip
+                                   seed=int(seed_value or 0), options=opts, progress=report)  # fmt: skip
+
+            def report(stage, done, total):  # every loop of the edit, from its first step
+                progress((done, total), desc=STAGES.get(stage, stage), unit="steps")
 
             page_edits = {"lomoe": edit_lomoe, "multimodal": edit_multimodal}
             try:
                 image, layers = editor_to_inputs(value)
                 out = page_edits[methods.get(method_name).name](image, layers)
-            except RegionEditError as exc:
-                raise gr.Error(str(exc), print_exception=False) from None
-            except Exception as exc:  # the page gets one line; the traceback goes to the log
-                log.exception("edit failed")
-                raise gr.Error(
-                    f"internal error: {type(exc).__name__}: {exc}", print_exception=False
-                ) from None
+            except (
+                Exception
+            ) as exc:  # one line on the page (the status follows the last run); never a traceback
+                if not isinstance(exc, RegionEditError):
+                    log.exception("edit failed")
+                message = (
+                    str(exc)
+                    if isinstance(exc, RegionEditError)
+                    else f"internal error: {type(exc).__name__}: {exc}"
+                )
+                gr.Warning(message)
+                return gr.update(), gr.update(), None, None, f"**Not edited:** {message}"
             return image, out.overlay, out.image, str(out.png_path), out.message
 
         def on_example(seed_value, n_objects):
@@ -321,6 +316,7 @@ def build_app(
             outputs=[shown_input, shown_masks, shown_result, download, status],
             api_name="edit",
             concurrency_limit=1,  # one model, one edit at a time
+            show_progress_on=[status],  # the progress shows once, in the status line
         )  # fmt: skip
         example_btn.click(
             on_example,

@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     from .. import edit_api
     from .app import build_app, launch
 
-    model = edit_api.load_model(args.model)
+    model = edit_api.load(args.model)
     options = {"paste_back": True, **({"num_inference_steps": args.steps} if args.steps else {})}
     app = build_app(model, model_name=args.name or args.model, options=options)
     port = free_port()

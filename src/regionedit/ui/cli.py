@@ -42,11 +42,33 @@ def run_serve(args) -> int:
         raise InvalidInputError(f"--max-pixels must be positive, got {args.max_pixels}")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: anyone who can reach this address can use the app", args.host)
+    check_port(args.host, args.port)  # before the model loads: a busy port is said at once
     from .. import edit_api
 
-    model = edit_api.load_model(args.model, **load_arguments(args))
+    model = edit_api.load(args.model, **load_arguments(args))
     # the page starts from the model's recommended settings (the method's defaults without them)
     app = build_app(model, model_name=args.model, max_pixels=args.max_pixels, output_dir=args.output_dir)
     print(f"regionedit web UI on http://{args.host}:{args.port} (Ctrl+C stops it)")
-    launch(app, args.host, args.port)
+    try:
+        launch(app, args.host, args.port, quiet=True)  # quiet: no advice about share links
+    except OSError as exc:  # taken between the check and the launch
+        raise InvalidInputError(
+            f"cannot serve on {args.host}:{args.port}: {exc}; pass another --port"
+        ) from None
     return 0
+
+
+def check_port(host: str, port: int) -> None:
+    """One line, before anything loads, when ``host:port`` cannot be bound."""
+    import socket
+
+    from ..errors import InvalidInputError
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed server's port is free
+            s.bind((host, port))
+    except OSError as exc:
+        raise InvalidInputError(
+            f"cannot serve on {host}:{port} ({exc.strerror or exc}); pass another --port"
+        ) from None

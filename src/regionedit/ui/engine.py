@@ -210,10 +210,12 @@ class Engine:
         seed: int = 0,
         options: dict | LoMOEOptions | None = None,
         callback=None,
+        progress: bool = False,
     ) -> UIResult:
         """Validate the page's values, edit (reusing a cached inversion) and write the PNG.
 
         ``options``: the page's option values (over the model's settings), or an options object.
+        ``progress``: the edit's progress bars (the page follows them).
         """
         image = self.check_image(image)
         background_prompt = (background_prompt or "").strip()
@@ -242,7 +244,7 @@ class Engine:
         key = self.cache.key(image, background_prompt, options)
         cached = self.cache.get(key)
         inversion, first_invert_seconds = cached if cached else (None, 0.0)
-        result = edit_api.run(self.model, prepared, progress=False, callback=callback, inversion=inversion)
+        result = edit_api.run(self.model, prepared, progress=progress, callback=callback, inversion=inversion)
         if inversion is None:
             self.cache.put(key, result.inversion, result.timings["invert_seconds"])
         else:
@@ -281,6 +283,7 @@ class Engine:
         seed: int = 0,
         options: dict | None = None,
         callback=None,
+        progress: bool = False,
     ) -> UIResult:
         """The multi-modal method: layer 1 is the mask (unpainted: estimated), prompt 1 the
         target, the background prompt the source caption; ``control`` an optional layout map."""
@@ -290,13 +293,15 @@ class Engine:
         ]
         if any(i > 1 for i in painted):
             raise InvalidMaskError(
-                f"layer {max(painted)} is painted; the multi-modal method edits one region: paint layer 1 "
-                "only (or nothing, to have the mask estimated)"
+                f"layer {max(painted)} is painted, but the multi-modal method edits one region, layer 1: erase "
+                f"layer {max(painted)} (pick it in the editor's layer list), load an example with 1 object, or "
+                "choose LoMOE to edit every painted layer"
             )
         extra = [i for i, p in enumerate(prompts, start=1) if i > 1 and (p or "").strip()]
         if extra:
             raise PromptCountError(
-                f"prompt {extra[0]} is filled in; the multi-modal method uses prompt 1 (the target) only"
+                f"prompt {extra[0]} is filled in, but the multi-modal method uses prompt 1 (the target) only: "
+                f"clear prompt {extra[0]}, or choose LoMOE for a prompt per layer"
             )
         target = (prompts[0] if prompts else "").strip()
         if not target:
@@ -317,7 +322,7 @@ class Engine:
             controls=controls,
         )
         prepared = request.prepare(self.model)
-        result = edit_api.run(self.model, prepared, progress=False, callback=callback)
+        result = edit_api.run(self.model, prepared, progress=progress, callback=callback)
         path = self._save(result, request, prepared)
         t = result.timings
         how = "your mask" if painted else "an estimated mask"
