@@ -52,7 +52,7 @@ def test_cli_multimodal_edit_with_edge_control(files, tiny_model_dir, capsys):
         (["--control", "edge=auto", "--controlnet", "edge=CN", "--control-scale", "1", "--control-scale", "2"],
          "--control-scale"),
         (["--control", "pose=BAD.json", "--controlnet", "pose=CN"], "not valid JSON"),
-        (["--lambda", "2"], "preservation_weight"),
+        (["--lambda", "2"], "--lambda must be in [0, 1]"),
     ],
 )  # fmt: skip
 def test_cli_multimodal_errors(files, tiny_model_dir, capsys, extra, message):
@@ -67,30 +67,23 @@ def test_cli_multimodal_errors(files, tiny_model_dir, capsys, extra, message):
     assert not out.exists()
 
 
-def test_readme_recipe_uses_the_mini_models_settings(capsys, tmp_path):
+def test_readme_recipe_uses_the_mini_models_settings(capsys, tmp_path, monkeypatch):
     """The README's multi-modal command, as written there, on the mini model: no tuning flag, so
     the options are the mini model's shipped multimodal settings with λ from the command."""
     import shlex
     from pathlib import Path
 
     from regionedit import load, make_options
-    from regionedit.multimodal.conditions import canny_edges
-    from regionedit.shapes.world import box_mask, make_scene, render, write_scene
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    start = readme.index("regionedit edit --method multimodal --image in.png --mask box.png")
-    command = readme[start : readme.index("```", start)].replace(BACKSLASH_NEWLINE, " ")
-    scene, target = make_scene(4, 1, size=128), make_scene(5, 1, size=128)
-    write_scene(scene, tmp_path / "scene")
-    Image.fromarray(box_mask(scene.objects[0], 128).astype(np.uint8) * 255).save(tmp_path / "box.png")
-    canny_edges(Image.fromarray(render(target)[0])).save(tmp_path / "target_edges.png")
-    paths = {"in.png": tmp_path / "scene" / "image.png", "box.png": tmp_path / "box.png",
-             "out.png": tmp_path / "out.png", "edge=target_edges.png": f"edge={tmp_path / 'target_edges.png'}"}  # fmt: skip
-    argv = [str(paths.get(a, a)) for a in shlex.split(command)[1:]]
+    start = readme.index("regionedit shapes --seed 7 --objects 1")
+    commands = readme[start : readme.index("```", start)].replace(BACKSLASH_NEWLINE, " ").splitlines()
+    monkeypatch.chdir(tmp_path)
+    shapes, edit = (shlex.split(c)[1:] for c in commands)
     tuning = {"--steps", "--optimize-steps", "--grad-steps", "--learning-rate", "--loss-space", "--pres-mask"}
-    assert not tuning & set(argv)  # the settings ship with the model
-    assert main(argv) == 0, capsys.readouterr().err
-    opts = read_metadata(tmp_path / "out.png")["options"]
+    assert edit[0] == "edit" and not tuning & set(edit)  # the settings ship with the model
+    assert main(shapes) == 0 and main(edit) == 0, capsys.readouterr().err
+    opts = read_metadata(tmp_path / "mm-edited.png")["options"]
     shipped = make_options("multimodal", {"preservation_weight": 0.6}, load("mini").settings["multimodal"])
     assert opts == dataclasses.asdict(shipped)
     assert (opts["loss_space"], opts["pres_mask"], opts["main_pass_control_scale"]) == ("noisy", "none", 0.0)
