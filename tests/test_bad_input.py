@@ -214,7 +214,7 @@ CASES = {
     "spec not JSON": (lambda ws, m: _spec(ws, "{oops"), "not valid JSON"),
     "spec not an object": (lambda ws, m: _spec(ws, [1, 2]), "JSON object"),
     "spec unknown key": (lambda ws, m: _spec(ws, {"image": "in.png", "prompt": "x"}), "unknown key 'prompt'"),
-    "spec masks not strings": (lambda ws, m: _spec(ws, {"masks": [3]}), "list of strings"),
+    "spec masks not strings": (lambda ws, m: _spec(ws, {"masks": [3]}), "must be a mask path or an object"),
     "spec seed a string": (lambda ws, m: _spec(ws, {"seed": "abc"}), "'seed' must be int"),
     "spec options not an object": (lambda ws, m: _spec(ws, {"options": [1]}), "'options' must be dict"),
     "spec option wrong type": (lambda ws, m: _spec(ws, {"options": {"paste_back": "yes"}}), "paste_back"),

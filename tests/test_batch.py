@@ -241,7 +241,7 @@ BAD_MANIFESTS = {
     "empty manifest": ("\n\n", "holds no jobs"),
     "bad option": (json.dumps(_job(1, options={"steps": 0})) + "\n", "line 1: num_inference_steps"),
     "seed is a float": (json.dumps(_job(1, seed=1.5)) + "\n", "'seed' must be int"),
-    "masks not strings": (json.dumps(_job(1, masks=[1])) + "\n", "list of strings"),
+    "masks not strings": (json.dumps(_job(1, masks=[1])) + "\n", "must be a mask path or an object"),
     "controls without multimodal": (json.dumps(_job(1, controls=["edge=auto"])) + "\n", "need"),
     "control outside the folder": (
         json.dumps(_job(1, method="multimodal", options={}, controls=["edge=../e.png"])) + "\n",

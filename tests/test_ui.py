@@ -285,3 +285,18 @@ def test_the_page_starts_from_the_models_settings(tiny_components, tmp_path):
         assert (values["steps"], values["guidance"], values["lambda"]) == (steps, guidance, lam)
         assert values["mm-steps"] == mm_steps
         assert values["paste-back"] is True
+
+
+def test_find_fills_the_chosen_layer_from_words_and_says_so(server, image64, tmp_path):
+    app, client = server
+    from regionedit import masks
+
+    value = editor_value(tmp_path, image64, [box(8, 24, 8, 24)])
+    new_value, status = client.predict(value, CAPTION, 2, "a blue square", api_name="/find")
+    layers = [np.asarray(Image.open(layer)) for layer in new_value["layers"]]
+    found = masks.from_words(app.engine.model, image64, "a blue square", caption=CAPTION)
+    assert len(layers) == 2 and np.array_equal(layers[1][..., 3] > 0, found.mask)
+    assert np.array_equal(layers[0][..., 3] > 0, box(8, 24, 8, 24))  # the other layer is kept
+    assert status.startswith("Layer 2 holds what 'a blue square' names")
+    _, status = client.predict(value, CAPTION, 1, "  ", api_name="/find")
+    assert status.startswith("**Not found:**") and "type the words" in status

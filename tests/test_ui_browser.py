@@ -139,3 +139,41 @@ def test_status_follows_the_last_run_and_progress_shows_once(slow_url, image64, 
     busy = [texts for texts in seen if texts]
     assert busy and max(len(texts) for texts in busy) <= 2, busy  # one progress block: its text and its timer
     assert any("%" in t or "/" in t for texts in busy for t in texts if not t.startswith("0.0%")), busy
+
+
+def test_a_click_on_the_example_selects_its_object_then_edit(url):
+    """Load the one-object example, click its object in the photo: layer 1 becomes that object (not
+    the example's box), the status says so, and the edit runs on it."""
+    from playwright.sync_api import sync_playwright
+
+    from regionedit.shapes.world import make_scene
+
+    obj = make_scene(5, 1, size=64).objects[0]
+    x, y = (obj.bbox[0] + obj.bbox[2]) / 2, (obj.bbox[1] + obj.bbox[3]) / 2
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            page = browser.new_page(viewport=VIEWPORT)
+            page.goto(url)
+            page.fill("#example-seed input", "5")
+            page.fill("#example-objects input[type=number]", "1")
+            page.click("#example")
+            page.wait_for_selector("#pick-image img", timeout=30_000)
+            page.wait_for_function("() => document.querySelector('#pick-image img').naturalWidth === 256")
+            box = page.evaluate(
+                "() => { const r = document.querySelector('#pick-image img').getBoundingClientRect();"
+                " return [r.width, r.height]; }"
+            )
+            # shown at its natural size (4x the 64-px scene), centred in the element
+            left, top = (box[0] - 256) / 2, (box[1] - 256) / 2
+            page.click("#pick-image img", position={"x": left + (x + 0.5) * 4, "y": top + (y + 0.5) * 4})
+            page.wait_for_function("() => document.querySelector('#status').innerText.includes('1 click(s)')",
+                                   timeout=30_000)  # fmt: skip
+            selected = page.inner_text("#status")
+            page.fill("#prompt-1 textarea", "a white circle")
+            page.click("#run")
+            wait_for_result(page)
+            status = page.inner_text("#status")
+        finally:
+            browser.close()
+    assert selected.startswith("Layer 1: 1 click(s) on the object") and "layer 1: 'a white circle'" in status

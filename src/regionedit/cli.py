@@ -72,6 +72,17 @@ def build_parser(settings: dict | None = None) -> argparse.ArgumentParser:
     e.add_argument("--image", help="input image")
     e.add_argument("--mask", action="append", default=None, help="region mask (white = edit); repeat")
     e.add_argument("--prompt", action="append", default=None, help="prompt of the matching --mask; repeat")
+    e.add_argument("--region", action="append", default=None, metavar="WORDS=PROMPT",
+                   help="a region found by words instead of a mask file, with its prompt, e.g. "
+                   "'the red triangle=a blue circle'; repeat, beside --mask/--prompt pairs")  # fmt: skip
+    e.add_argument("--grow", default=None, metavar="N|box|box+N",
+                   help="grow each --region's mask by N pixels, to its bounding box, or both (a new shape needs "
+                   "room; default: as found)")  # fmt: skip
+    e.add_argument("--detector", default=None, metavar="ID|DIR",
+                   help="find --region words with this zero-shot detector (Grounding DINO, OWLv2) instead of "
+                   "the model's attention")  # fmt: skip
+    e.add_argument("--segmenter", default=None, metavar="ID|DIR",
+                   help="cut the detector's boxes out with this segmenter (SAM, SAM-HQ)")  # fmt: skip
     e.add_argument("--background-prompt", "--source-prompt", dest="background_prompt",
                    help="caption of the input image (the source prompt)")  # fmt: skip
     add_model_flags(e, default=None)
@@ -83,6 +94,41 @@ def build_parser(settings: dict | None = None) -> argparse.ArgumentParser:
     e.add_argument("--save-masks", action="store_true",
                    help="also write the masks as used beside the output (OUT stem + _mask_<i>.png, ...)")  # fmt: skip
     add_edit_flags(e, settings)
+
+    m = sub.add_parser(
+        "mask",
+        help="a mask from words, clicks or a box",
+        description="Find an object and write its mask (white = the object). Pixel coordinates of the "
+        "input image, origin top-left. Example: regionedit mask --image scene/image.png --words 'the red "
+        "triangle' --grow box --out mask.png",
+    )
+    m.add_argument("--image", required=True, help="input image")
+    what = m.add_mutually_exclusive_group(required=True)
+    what.add_argument("--words", help="what names the object ('the red triangle')")
+    what.add_argument("--point", action="append", metavar="X,Y", help="a click on the object; repeat")
+    what.add_argument("--box", metavar="X0,Y0,X1,Y1", help="a box around the object")
+    m.add_argument("--negative-point", action="append", default=[], metavar="X,Y",
+                   help="a click off the object (with --point); repeat")  # fmt: skip
+    m.add_argument("--caption", default=None, help="the image's caption: places the words better")
+    add_model_flags(m)
+    m.add_argument("--detector", default=None, metavar="ID|DIR",
+                   help="find the words with this zero-shot detector (Grounding DINO, OWLv2) instead of the model")  # fmt: skip
+    m.add_argument("--segmenter", default=None, metavar="ID|DIR",
+                   help="cut boxes and clicks out with this segmenter (SAM, SAM-HQ) instead of GrabCut")  # fmt: skip
+    m.add_argument(
+        "--grow",
+        default=None,
+        metavar="N|box|box+N",
+        help="grow the mask by N pixels, to its bounding box, or both (default: as found)",
+    )
+    m.add_argument("--all", action="store_true", help="every instance the words name: OUT stem + _<i>.png")
+    m.add_argument("--min-score", type=float, default=None,
+                   help="below this score the words count as not found (default: the finder's own)")  # fmt: skip
+    m.add_argument(
+        "--seed", type=int, default=0, help="seed of the noise the attention is read under (default 0)"
+    )
+    m.add_argument("--out", required=True, help="output PNG")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
     d = sub.add_parser("demo", help="edit three objects of a shapes scene with a mini model")
     d.add_argument(
@@ -161,7 +207,8 @@ def edit_request(args):
     A flag wins over the file's field; option flags override the file's options one by one.
     Paths in the file are relative to it.
     """
-    from .edit_api import EditRequest
+    from .edit_api import EditRequest, masks_from_json
+    from .masks.query import MaskQuery
     from .multimodal.request import resolve_control, split_pairs
 
     spec, base = ({}, Path.cwd()) if args.spec is None else _load_spec(args.spec, args.method)
@@ -187,8 +234,17 @@ def edit_request(args):
         raise InvalidInputError("no input image: pass --image or give 'image' in --spec")
     if not out:
         raise InvalidInputError("no output file: pass --out (or give 'out' in --spec)")
-    masks = args.mask if args.mask is not None else [rel(m) for m in _as_list(spec.get("masks"))]
-    prompts = args.prompt if args.prompt is not None else _as_list(spec.get("prompts"))
+    masks = list(args.mask) if args.mask is not None else masks_from_json(spec.get("masks"), rel, "spec mask")
+    prompts = list(args.prompt) if args.prompt is not None else _as_list(spec.get("prompts"))
+    for item in args.region or []:  # found by words when the model is loaded
+        words, sep, prompt = item.partition("=")
+        if not sep or not words.strip() or not prompt.strip():
+            raise InvalidInputError(f"--region must look like WORDS=PROMPT (e.g. 'the red triangle=a blue circle'), "
+                                    f"got {item!r}")  # fmt: skip
+        masks.append(MaskQuery(words=words.strip(), grow=args.grow))
+        prompts.append(prompt.strip())
+    if args.grow is not None and not args.region:
+        raise InvalidInputError("--grow applies to --region masks; give --region WORDS=PROMPT")
     negatives = (
         args.negative_prompts if args.negative_prompts is not None else _as_list(spec.get("negative_prompts"))
     )
@@ -225,6 +281,8 @@ def edit_request(args):
         control_scales=list(scales),
         controlnets=nets,
         execution=execution,
+        detector=args.detector or spec.get("detector"),
+        segmenter=args.segmenter or spec.get("segmenter"),
     )
     return request, out
 
@@ -247,6 +305,59 @@ def run_edit(args) -> int:
     return 0
 
 
+def run_mask(args) -> int:
+    import torch
+
+    from . import masks
+    from .io import load_image
+    from .masks.query import MaskQuery, apply_grow, find, parse_box, parse_pair
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise InvalidInputError(f"--out {out} must end in .png")
+    image = load_image(args.image)
+    if out.resolve() == Path(args.image).resolve():
+        raise InvalidInputError(f"--out {out} is the input image; write the mask to another file")
+    query = MaskQuery(
+        words=args.words,
+        points=tuple(parse_pair(p, "--point") for p in args.point or []),
+        negative_points=tuple(parse_pair(p, "--negative-point") for p in args.negative_point),
+        box=parse_box(args.box) if args.box else None,
+        grow=args.grow,
+    )
+    masks.check_points(query.points, (image.height, image.width))
+    masks.check_points(query.negative_points, (image.height, image.width), "negative point")
+    targets = [out]
+    model = None
+    if args.words and args.detector is None:
+        from .models.loading import load
+
+        model = load(args.model, **load_arguments(args))
+    generator = torch.Generator().manual_seed(args.seed)
+    if args.all or args.min_score is not None:
+        if not args.words:
+            raise InvalidInputError("--all and --min-score apply to --words")
+        from .masks.segmenters import cached_detector, cached_segmenter
+
+        detector = cached_detector(args.detector) if args.detector else None
+        segmenter = cached_segmenter(args.segmenter) if args.segmenter else None
+        found = masks.from_words(model, image, args.words, args.caption, detector=detector, segmenter=segmenter,
+                                 all_instances=True, min_score=args.min_score, generator=generator)  # fmt: skip
+        found = found if args.all else found[:1]
+        found = [masks.FoundMask(apply_grow(f.mask, args.grow), f.score, f.how) for f in found]
+        if args.all:
+            targets = [out.with_name(f"{out.stem}_{i}.png") for i in range(1, len(found) + 1)]
+    else:
+        found = [find(query, image, model, args.caption, args.detector, args.segmenter, generator)]
+    for path in targets:
+        if path.exists() and not args.overwrite:
+            raise InvalidInputError(f"{path} exists; pass --overwrite to replace it")
+    for f, path in zip(found, targets, strict=True):
+        masks.save_mask(f, path, overwrite=True)
+        print(f"{path}  score {f.score:.2f} ({f.how}), box {f.box}")
+    return 0
+
+
 def run_demo(args) -> int:
     from .demo import run_demo as demo
     from .models.loading import load
@@ -256,7 +367,11 @@ def run_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"edit": run_edit, "demo": run_demo}  # the other commands' handlers join in build_parser
+COMMANDS = {
+    "edit": run_edit,
+    "mask": run_mask,
+    "demo": run_demo,
+}  # the other commands' handlers join in build_parser
 
 
 def _help_settings(argv: list[str]) -> dict | None:

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -37,8 +38,10 @@ class EditRequest:
     ``options`` is a mapping of option values over the model's recommended settings (``steps``
     is accepted for ``num_inference_steps``), or an options object used as it is. For the
     multimodal method ``prompts`` holds the one target prompt, ``background_prompt`` the source
-    caption and ``masks`` at most one mask (none: estimated). The fields after ``model`` are
-    taken by some methods only (``Method.request_fields``); setting another's is an error.
+    caption and ``masks`` at most one mask (none: estimated). A mask may be asked for instead of
+    given: a :class:`~regionedit.masks.query.MaskQuery` (words, clicks or a box), found when the
+    model is loaded, with the ``detector`` and ``segmenter`` named here if any. The fields after
+    ``model`` are taken by some methods only (``Method.request_fields``); setting another's is an error.
     """
 
     image: object
@@ -55,6 +58,8 @@ class EditRequest:
     control_scales: list[float] = field(default_factory=list)  # the first controls' scales
     controlnets: dict = field(default_factory=dict)  # kind -> diffusers folder (default: the model's)
     execution: Mapping | ExecutionOptions | None = None
+    detector: str | None = None  # words -> boxes: a transformers zero-shot detector (hub id or folder)
+    segmenter: str | None = None  # boxes and clicks -> masks: SAM or SAM-HQ (hub id or folder)
 
     def input_paths(self) -> list[Path]:
         """The files this request reads (image, masks, control maps), resolved."""
@@ -107,8 +112,45 @@ class EditRequest:
         settings = model.settings  # None: the model is unknown (only the inputs are checked)
         options = method.options(self.options, method.model_settings(settings))
         execution = make_execution(self.execution)
-        prepared = method.prepare(self, options, factor, patch, settings)
+        found = dataclasses.replace(self, masks=self.found_masks(model))
+        prepared = method.prepare(found, options, factor, patch, settings)
         return dataclasses.replace(prepared, execution=execution)
+
+    def asks_for_masks(self) -> bool:
+        """Does a mask have to be found (words, clicks, a box) rather than read?"""
+        from .masks.query import MaskQuery
+
+        return any(isinstance(m, MaskQuery) for m in self.masks)
+
+    def found_masks(self, model) -> list:
+        """The masks, each query found in the image with ``model`` once it is loaded; before that
+        (``model`` a ModelInfo) a query's points and box are checked and it stands as a full mask."""
+        from .masks.query import MaskQuery, find
+
+        if not self.asks_for_masks():
+            return list(self.masks)
+        from .masks import check_box, check_points
+        from .prepared import read_image
+
+        image = read_image(self.image)
+        size = (image.height, image.width)
+        out = []
+        for m in self.masks:
+            if not isinstance(m, MaskQuery):
+                out.append(m)
+            elif isinstance(model, ModelInfo):
+                check_points(m.points, size)
+                check_points(m.negative_points, size, "negative point")
+                if m.box is not None:
+                    check_box(m.box, size)
+                out.append(np.ones(size, bool))
+            else:
+                generator = torch.Generator().manual_seed(self.seed)
+                found = find(
+                    m, image, model, self.background_prompt, self.detector, self.segmenter, generator
+                )
+                out.append(found.mask)
+        return out
 
     def metadata(self, model_name: str, prepared: PreparedEdit) -> dict:
         """What a written PNG records: the request and the options actually used."""
@@ -125,7 +167,7 @@ class EditRequest:
             "background_prompt": self.background_prompt,
             "prompts": list(self.prompts),
             "negative_prompts": list(self.negative_prompts),
-            "masks": [str(m) if isinstance(m, (str, Path)) else "<array>" for m in self.masks],
+            "masks": [mask_record(m) for m in self.masks],
             "options": dataclasses.asdict(prepared.options),
             "resize": self.resize,
             "versions": {
@@ -137,10 +179,29 @@ class EditRequest:
         return {**meta, **methods.get(self.method).metadata(self, prepared)}
 
 
+def mask_record(mask):
+    """How a request's mask is recorded: its path, its query, or ``"<array>"``."""
+    from .masks.query import MaskQuery
+
+    if isinstance(mask, MaskQuery):
+        return mask.to_json()
+    return str(mask) if isinstance(mask, (str, Path)) else "<array>"
+
+
+def masks_from_json(items, resolve=lambda path: path, where: str = "masks") -> list:
+    """A spec's or a batch line's masks: paths (``resolve``d) or query objects."""
+    from .masks.query import from_json
+
+    items = [items] if isinstance(items, (str, dict)) else list(items or [])
+    return [
+        resolve(m) if isinstance(m, str) else from_json(m, f"{where} {i}") for i, m in enumerate(items, 1)
+    ]
+
+
 # Keys of a spec file (CLI --spec) and of a batch manifest line, with their JSON types.
 SPEC_FIELDS = {
     "image": (str,),
-    "masks": (list, str),
+    "masks": (list, str, dict),
     "prompts": (list, str),
     "negative_prompts": (list, str),
     "background_prompt": (str,),
@@ -154,8 +215,10 @@ SPEC_FIELDS = {
     "controls": (list, str),
     "control_scales": (list,),
     "controlnets": (dict,),
+    "detector": (str,),
+    "segmenter": (str,),
 }
-_LISTS_OF_STR = ("masks", "prompts", "negative_prompts", "controls")
+_LISTS_OF_STR = ("prompts", "negative_prompts", "controls")
 
 
 def check_spec(spec, where: str, fields: dict = SPEC_FIELDS) -> dict:
@@ -180,6 +243,8 @@ def check_spec(spec, where: str, fields: dict = SPEC_FIELDS) -> dict:
                     raise InvalidInputError(
                         f"{where}: {key!r} must be a list of strings, got item {json.dumps(item)[:60]}"
                     )
+        if key == "masks":
+            masks_from_json(value, where=f"{where}: mask")  # paths or query objects
         if key == "control_scales" and any(
             isinstance(v, bool) or not isinstance(v, (int, float)) for v in value
         ):
@@ -213,7 +278,8 @@ def prepare_and_load(request: EditRequest, **load_arguments):
     """Prepare ``request`` against its model's files, then load the model: ``(model, prepared)``.
 
     For a model whose VAE factor is known only after loading (a single file, an uncached hub id)
-    the inputs are checked first without it, and the size checks follow the load.
+    the inputs are checked first without it, and the size checks follow the load. Masks asked for
+    (words, clicks) are found with the loaded model: such a request is prepared again then.
     """
     unknown = ModelInfo(request.model, vae_scale_factor=1, settings=None)  # checks the inputs alone
     try:
@@ -225,7 +291,9 @@ def prepare_and_load(request: EditRequest, **load_arguments):
         request.prepare(unknown)
     prepared = request.prepare(info) if info.vae_scale_factor is not None else None
     model = load(info, **load_arguments)
-    return model, prepared if prepared is not None else request.prepare(model)
+    if prepared is None or request.asks_for_masks():
+        prepared = request.prepare(model)
+    return model, prepared
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .. import methods
-from ..edit_api import SPEC_FIELDS, EditRequest, check_spec
+from ..edit_api import SPEC_FIELDS, EditRequest, check_spec, masks_from_json
 from ..errors import InvalidInputError
 
 MANIFEST_FIELDS = {
@@ -31,7 +31,7 @@ class Job:
 
     id: str
     image: str
-    masks: list[str]
+    masks: list  # paths (resolved) or mask queries as JSON objects (words, points, box)
     prompts: list[str]
     background_prompt: str
     negative_prompts: list[str] = field(default_factory=list)
@@ -43,13 +43,15 @@ class Job:
     controls: list[str] = field(default_factory=list)  # multimodal: "KIND=PATH|auto", paths resolved
     control_scales: list[float] = field(default_factory=list)
     controlnets: dict = field(default_factory=dict)  # multimodal: kind -> folder, resolved
+    detector: str | None = None  # words -> boxes (hub id or folder) for mask queries
+    segmenter: str | None = None
     line: int = 0
     fingerprint: str = ""  # sha256 of the manifest object: tells a changed job from a done one
 
     def request(self, model: str) -> EditRequest:
         return EditRequest(
             image=self.image,
-            masks=list(self.masks),
+            masks=masks_from_json(self.masks, where=f"line {self.line} mask"),
             prompts=list(self.prompts),
             negative_prompts=list(self.negative_prompts),
             background_prompt=self.background_prompt,
@@ -62,6 +64,8 @@ class Job:
             controls=list(self.controls),
             control_scales=list(self.control_scales),
             controlnets=dict(self.controlnets),
+            detector=self.detector,
+            segmenter=self.segmenter,
         )
 
     def to_json(self) -> str:
@@ -88,6 +92,11 @@ def _control(base: Path, item: str, where: str) -> str:
 
     kind, value = split_pairs([item], f"{where}: a control")[0]
     return f"{kind}={resolve_control(value, lambda v: _inside(base, v, where, f'{kind} control'))}"
+
+
+def _folder_or_id(base: Path, value: str | None) -> str | None:
+    """A detector or segmenter: a folder beside the manifest (resolved), else a hub id as given."""
+    return str((base / value).resolve()) if value and (base / value).is_dir() else value
 
 
 def _net_folder(base: Path, value: str, where: str, kind: str) -> str:
@@ -121,7 +130,7 @@ def parse_job(obj, base: Path, where: str) -> Job:
             "starting with a letter or digit (it names the output file)"
         )
     masks = obj.get("masks", [])
-    masks = [masks] if isinstance(masks, str) else masks
+    masks = [masks] if isinstance(masks, (str, dict)) else masks
     prompts = [obj["prompts"]] if isinstance(obj["prompts"], str) else obj["prompts"]
     negatives = obj.get("negative_prompts", [])
     negatives = [negatives] if isinstance(negatives, str) else negatives
@@ -130,7 +139,10 @@ def parse_job(obj, base: Path, where: str) -> Job:
     job = Job(
         id=obj["id"],
         image=_inside(base, obj["image"], where, "image"),
-        masks=[_inside(base, m, where, f"mask {i}") for i, m in enumerate(masks, start=1)],
+        masks=[
+            _inside(base, m, where, f"mask {i}") if isinstance(m, str) else m
+            for i, m in enumerate(masks, start=1)
+        ],
         prompts=list(prompts),
         background_prompt=obj["background_prompt"],
         negative_prompts=list(negatives),
@@ -142,6 +154,8 @@ def parse_job(obj, base: Path, where: str) -> Job:
         controls=[_control(base, c, where) for c in controls],
         control_scales=list(obj.get("control_scales", [])),
         controlnets={k: _net_folder(base, v, where, k) for k, v in obj.get("controlnets", {}).items()},
+        detector=_folder_or_id(base, obj.get("detector")),
+        segmenter=_folder_or_id(base, obj.get("segmenter")),
         line=0,
         fingerprint=hashlib.sha256(canonical.encode()).hexdigest(),
     )

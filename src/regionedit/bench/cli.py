@@ -168,6 +168,20 @@ def add_parser(subparsers):
                    help="region counts, comma-separated (default 1,2,4,8,16)")  # fmt: skip
     e.add_argument("--out", default=None, help="write the rows as JSON here")
 
+    mk = sub.add_parser("masks", help="masks from words and clicks: IoU per object on shapes-world scenes")
+    add_model_flags(mk)
+    mk.add_argument("--n", type=int, default=100, help="objects (default 100)")
+    mk.add_argument("--min-objects", type=int, default=2, help="fewest objects per scene (default 2)")
+    mk.add_argument("--max-objects", type=int, default=4, help="most objects per scene (default 4)")
+    mk.add_argument("--finders", default="words,click", help="comma-separated: words, click (default both)")
+    mk.add_argument(
+        "--seed", type=int, default=0, help="seed of the scenes and the attention's noise (default 0)"
+    )
+    mk.add_argument(
+        "--noise", type=float, default=0.0, help="Gaussian pixel noise, std on 0..255 (default 0)"
+    )
+    mk.add_argument("--out", default=None, help="folder for rows.jsonl and summary.json")
+
     r = sub.add_parser("report", help="(re)write summary.json, report.md and plots from DIR's results")
     r.add_argument("dir", help="a run's output folder (its --out)")
     r.add_argument(
@@ -383,7 +397,30 @@ def run_report(args) -> int:
     return 0
 
 
+def run_masks(args) -> int:
+    from .masks import FINDERS, run_masks, table
+
+    finders = [f.strip() for f in args.finders.split(",") if f.strip()]
+    if not finders or set(finders) - set(FINDERS):
+        raise InvalidInputError(f"--finders takes {', '.join(FINDERS)}; got {args.finders!r}")
+    if args.n < 1 or not 1 <= args.min_objects <= args.max_objects <= 7:
+        raise InvalidInputError("need --n >= 1 and 1 <= --min-objects <= --max-objects <= 7")
+    summary = run_masks(
+        _load_model(args),
+        args.n,
+        args.seed,
+        args.min_objects,
+        args.max_objects,
+        finders,
+        args.out,
+        noise=args.noise,
+    )
+    print(table(summary))
+    return 0
+
+
 HANDLERS = {
+    "masks": run_masks,
     "shapes": run_shapes,
     "lomoe-bench": run_lomoe_bench,
     "pie-bench": run_pie_bench,

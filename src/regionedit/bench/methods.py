@@ -108,6 +108,22 @@ def run_lomoe(model: Model, item: BenchItem, cfg: MethodConfig, generator) -> Me
     return MethodOutput(np.asarray(res.image), res.timings["unet_backward_latent_evals"])
 
 
+def run_lomoe_words(model: Model, item: BenchItem, cfg: MethodConfig, generator) -> MethodOutput:
+    """LoMOE with masks found from words: each object named by its phrase in the source caption,
+    found with the model's attention (its best guess, whatever the score) and grown to its box plus a
+    pixel, as the items' own masks are drawn. The edit draws from ``generator`` exactly as ``lomoe``
+    does, so pairs differ by the masks."""
+    from ..masks.query import MaskQuery, find
+
+    image = _pil(item.image)
+    masks = [
+        find(MaskQuery(words=f"a {s['colour']} {s['shape']}", grow="box+1"), image, model, item.source_caption,
+             generator=torch.Generator().manual_seed(0), min_score=0).mask
+        for s in item.sources
+    ]  # fmt: skip
+    return run_lomoe(model, dataclasses.replace(item, masks=masks), cfg, generator)
+
+
 def run_iterative(model: Model, item: BenchItem, cfg: MethodConfig, generator) -> MethodOutput:
     from ..lomoe.editor import edit
 
@@ -265,6 +281,7 @@ def run_multimodal(
 
 METHODS = {
     "lomoe": run_lomoe,
+    "lomoe-words": run_lomoe_words,
     "iterative": run_iterative,
     "blended": run_blended,
     "diffedit": run_diffedit,
@@ -275,7 +292,12 @@ ONE_PASS, ITERATIVE = "lomoe", "iterative"  # the pair behind "one pass against 
 SWEEPABLE = {"multimodal": "lam"}  # "multimodal@0.4": the method with that λ
 # "lomoe[guidance_rescale=0]", "multimodal[solver=closed_form]": the method with those options
 # changed (values as JSON, else strings), so variants are compared in one run on the same seeds
-VARIANT_FIELDS = {"lomoe": "lomoe", "iterative": "lomoe", "multimodal": "multimodal"}  # -> MethodConfig field
+VARIANT_FIELDS = {
+    "lomoe": "lomoe",
+    "lomoe-words": "lomoe",
+    "iterative": "lomoe",
+    "multimodal": "multimodal",
+}  # -> MethodConfig field
 EDITORS = {"lomoe": "lomoe", "multimodal": "multimodal"}  # MethodConfig field -> the editing method it holds
 NAME = re.compile(r"(?P<base>[\w-]+)(?:\[(?P<changes>[^\]]*)\])?(?:@(?P<value>.*))?")
 

@@ -119,6 +119,10 @@ class FlowTransformer(Model):
         """Text tokens the joint attention sees per prompt."""
         return int(self.max_sequence_length)
 
+    def text_segments(self) -> list[tuple[object, int, int]]:
+        """FLUX's joint attention reads the T5 sequence (tokenizer_2)."""
+        return [(self.tokenizer_2, 0, int(self.max_sequence_length))]
+
     def _check_controlnet_widths(self, net, index: int, keys: tuple[str, ...]) -> None:
         """One line unless ``net`` has the transformer's width and the config ``keys``' values."""
         mine, theirs = self.transformer.config, net.config
@@ -277,6 +281,15 @@ class StableDiffusion3(FlowTransformer):
     def text_tokens(self) -> int:
         """CLIP tokens, then T5's (zeros without a T5), as the pipeline lays them out."""
         return int(self.tokenizer.model_max_length) + int(self.max_sequence_length)
+
+    def text_segments(self) -> list[tuple[object, int, int]]:
+        clip = int(self.tokenizer.model_max_length)
+        t5 = (
+            [(self.tokenizer_3, clip, int(self.max_sequence_length))]
+            if self.text_encoder_3 is not None
+            else []
+        )
+        return [(self.tokenizer, 0, clip), *t5]
 
     def _pipeline(self):
         from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline

@@ -319,11 +319,37 @@ class Model:
     def cross_attention_layers(self) -> list[str]:
         raise NotImplementedError
 
+    def text_segments(self) -> list[tuple[object, int, int]]:
+        """``(tokenizer, first position, length)`` of each part of the text axis the captured
+        cross-attention maps run over (a UNet: its CLIP tokens; SD3: CLIP's, then T5's)."""
+        raise NotImplementedError
+
+    def word_positions(self, prompt: str, words: str) -> list[int]:
+        """The text positions of ``words`` (every place ``prompt`` has them) in the captured attention
+        maps; short function words ("a", "the", "and", ...) are left out unless nothing else is left.
+        Empty when ``prompt`` does not contain the words."""
+        found = []
+        for tokenizer, start, length in self.text_segments():
+            ids = tokenizer(prompt, padding="max_length", max_length=length, truncation=True).input_ids
+            wanted = tokenizer(words, add_special_tokens=False).input_ids
+            for s in range(len(ids) - len(wanted) + 1) if wanted else ():
+                if ids[s : s + len(wanted)] == wanted:
+                    kept = [
+                        k
+                        for k, w in enumerate(wanted)
+                        if tokenizer.decode([w]).strip().lower() not in STOP_WORDS
+                    ]
+                    found += [start + s + k for k in (kept or range(len(wanted)))]
+        return sorted(found)
+
     def cross_attention(self, temperature: float = 1.0):
         """Context manager: cross-attention with ``temperature``, capturable; yields the store."""
         from ..attention import temperature_attention
 
         return temperature_attention(self.denoiser, self.cross_attention_layers(), temperature)
+
+
+STOP_WORDS = frozenset({"a", "an", "the", "and", "of", "on", "in", "with", ",", "."})
 
 
 def check_image_size(height: int, width: int, factor: int) -> None:

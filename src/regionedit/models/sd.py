@@ -63,6 +63,9 @@ class StableDiffusion(Model):
     def inverse_scheduler(self, steps: int, size=None) -> DDIMInverse:
         return DDIMInverse(self.scheduler_config, steps, self.device)
 
+    def text_segments(self) -> list[tuple[object, int, int]]:
+        return [(self.tokenizer, 0, self.tokenizer.model_max_length)]
+
     def cross_attention_layers(self) -> list[str]:
         """Processor names of the UNet's cross-attention layers (``...attn2.processor``)."""
         return [n for n in self.unet.attn_processors if n.endswith("attn2.processor")]

@@ -24,6 +24,8 @@ METHOD_LABELS = {
     "lomoe": "LoMOE",
     "multimodal": "Multi-modal (λ-weighted optimisation)",
 }  # the page's methods
+CLICK_MODES = ("on the object", "off the object")
+PICK_SIDE = 256  # pixels the photo to click on is enlarged to, at most
 STAGES = {"invert": "inverting", "reference": "reference pass", "edit": "editing", "multimodal": "editing"}
 CONTROL_KINDS = ("edge", "scribble")  # the kinds with a bundled mini ControlNet
 VISIBLE_ROWS = 3  # prompt rows shown; the rest sit in an accordion
@@ -31,7 +33,8 @@ VISIBLE_ROWS = 3  # prompt rows shown; the rest sit in an accordion
 INTRO = """\
 # regionedit — edit several objects at once
 Upload an image (or load a shapes-world example), paint each object to change on **its own layer**
-(layer *n* uses prompt *n*), describe the input in the background prompt, and press **Edit**.
+(layer *n* uses prompt *n*) or select it by words or clicks below the editor, describe the input in
+the background prompt, and press **Edit**.
 Re-editing the same image reuses its inversion, so later edits are faster.
 **Multi-modal**: layer 1 is the region (leave it empty to have it estimated), prompt 1 the target
 caption, the background prompt the input's caption; add an edge map or a scribble and set λ
@@ -87,23 +90,48 @@ def editor_to_inputs(value) -> tuple[Image.Image | None, list]:
     return image, list(value.get("layers") or [])
 
 
+def pick_scale(image: Image.Image) -> int:
+    """How many times the photo to click on is enlarged (whole pixels, so a click maps back exactly):
+    small images are hard to click at their own size, and the page shows images no larger."""
+    return max(1, PICK_SIDE // max(image.size))
+
+
+def layer_of(mask: np.ndarray, index: int) -> np.ndarray:
+    """An RGBA editor layer painted in layer ``index``'s colour (1-based) where ``mask`` is, translucent
+    so the object shows through."""
+    layer = np.zeros((*mask.shape, 4), np.uint8)
+    colour = [int(LAYER_COLOURS[(index - 1) % len(LAYER_COLOURS)][k : k + 2], 16) for k in (1, 3, 5)]
+    layer[mask] = [*colour, 128]
+    return layer
+
+
+def editor_value(image: np.ndarray, layers: list[np.ndarray]) -> dict:
+    """An editor value: the RGB image as its background, the layers over it and their composite."""
+    rgba = np.concatenate([image[..., :3], np.full((*image.shape[:2], 1), 255, np.uint8)], axis=-1)
+    composite = Image.fromarray(rgba)
+    for layer in layers:
+        composite = Image.alpha_composite(composite, Image.fromarray(np.asarray(layer, np.uint8)))
+    return {"background": rgba, "layers": layers, "composite": np.asarray(composite)}
+
+
+def with_layer(value, index: int, mask: np.ndarray) -> dict:
+    """The editor ``value`` with layer ``index`` (1-based) replaced by ``mask``."""
+    image, layers = editor_to_inputs(value)
+    layers = [np.asarray(layer, np.uint8) for layer in layers]
+    while len(layers) < index:
+        layers.append(np.zeros((*mask.shape, 4), np.uint8))
+    layers[index - 1] = layer_of(mask, index)
+    return editor_value(np.asarray(image), layers)
+
+
 def example_value(seed: int, num_objects: int = 2, size: int = 64):
     """A shapes-world scene as an editor value: the image, one layer per object box, prompts."""
     from ..shapes.world import box_mask, make_scene, render
 
     scene = make_scene(int(seed), int(num_objects), size=size)
     image, _ = render(scene)
-    layers = []
-    for i, obj in enumerate(scene.objects):
-        layer = np.zeros((size, size, 4), np.uint8)
-        colour = [int(LAYER_COLOURS[i % len(LAYER_COLOURS)][k : k + 2], 16) for k in (1, 3, 5)]
-        layer[box_mask(obj, size)] = [*colour, 128]  # translucent: the object shows through
-        layers.append(layer)
-    rgba = np.concatenate([image, np.full((size, size, 1), 255, np.uint8)], axis=-1)
-    composite = Image.fromarray(rgba)
-    for layer in layers:
-        composite = Image.alpha_composite(composite, Image.fromarray(layer))
-    value = {"background": rgba, "layers": layers, "composite": np.asarray(composite)}
+    layers = [layer_of(box_mask(obj, size), i) for i, obj in enumerate(scene.objects, start=1)]
+    value = editor_value(image, layers)
     return value, scene
 
 
@@ -163,6 +191,18 @@ def build_app(
                     elem_id="editor",
                     height=480,
                 )
+                with gr.Accordion("Select an object by words or clicks", open=True):
+                    with gr.Row():
+                        find_layer = gr.Dropdown(list(range(1, MAX_OBJECTS + 1)), value=1, label="Layer",
+                                                 elem_id="find-layer", scale=1)  # fmt: skip
+                        find_words = gr.Textbox(label="Words", placeholder="the red triangle", elem_id="find-words",
+                                                scale=3)  # fmt: skip
+                        find_button = gr.Button("Find", elem_id="find", scale=1)
+                    click_mode = gr.Radio(CLICK_MODES, value=CLICK_MODES[0], label="A click on the photo below is",
+                                          elem_id="click-mode")  # fmt: skip
+                    pick = gr.Image(label="Click the object to select it for the layer", type="numpy",
+                                    interactive=False, elem_id="pick-image", height=PICK_SIDE + 40)  # fmt: skip
+                    clicks = gr.State({})
                 with gr.Row():
                     example_seed = gr.Number(
                         value=0, precision=0, label="Example scene seed", elem_id="example-seed", scale=1
@@ -301,6 +341,44 @@ def build_app(
                 return gr.update(), gr.update(), None, None, f"**Not edited:** {message}"
             return image, out.overlay, out.image, str(out.png_path), out.message
 
+        def on_find(value, caption, layer, words):
+            """Fill a layer from words: the found mask replaces the layer, and can still be painted over."""
+            try:
+                image, _ = editor_to_inputs(value)
+                found = engine.find(image, words=words, caption=caption)
+            except RegionEditError as exc:
+                gr.Warning(str(exc))
+                return gr.update(), f"**Not found:** {exc}"
+            return with_layer(value, int(layer), found.mask), (
+                f"Layer {int(layer)} holds what {words.strip()!r} names (score {found.score:.2f}); paint over it to "
+                "correct it, then press Edit."
+            )
+
+        def on_click(value, layer, mode, state, evt: gr.SelectData):
+            """A click adds a point on (or off) the object of the layer; the layer follows the points."""
+            try:
+                image, _ = editor_to_inputs(value)
+                key = f"{int(layer)}:{hash(np.asarray(image).tobytes()) if image is not None else 0}"
+                points = state.get(key, {"on": [], "off": []})
+                k = pick_scale(image)  # the photo is shown k times enlarged
+                points["on" if mode == CLICK_MODES[0] else "off"].append(
+                    tuple(int(v) // k for v in evt.index)
+                )
+                found = engine.find(image, points=points["on"], negative_points=points["off"])
+            except RegionEditError as exc:
+                gr.Warning(str(exc))
+                return gr.update(), state, f"**Not selected:** {exc}"
+            state = {**state, key: points}
+            return (
+                with_layer(value, int(layer), found.mask),
+                state,
+                (
+                    f"Layer {int(layer)}: {len(points['on'])} click(s) on the object, {len(points['off'])} off it."
+                ),
+            )
+
+        on_click.__annotations__["evt"] = gr.SelectData  # gradio reads it to pass the click (a string here)
+
         def on_example(seed_value, n_objects):
             value, scene = example_value(
                 int(seed_value or 0), int(n_objects), size=example_size or model.native_size
@@ -318,11 +396,25 @@ def build_app(
             concurrency_limit=1,  # one model, one edit at a time
             show_progress_on=[status],  # the progress shows once, in the status line
         )  # fmt: skip
+        find_button.click(on_find, inputs=[editor, background, find_layer, find_words], outputs=[editor, status],
+                          api_name="find")  # fmt: skip
+        pick.select(
+            on_click, inputs=[editor, find_layer, click_mode, clicks], outputs=[editor, clicks, status]
+        )
+
+        def photo_of(value):  # the photo to click on: the editor's image, once per new image
+            image, _ = editor_to_inputs(value)
+            if image is None:
+                return None
+            k = pick_scale(image)
+            return np.asarray(image).repeat(k, axis=0).repeat(k, axis=1)
+
+        editor.upload(photo_of, inputs=[editor], outputs=[pick], show_progress="hidden")
         example_btn.click(
             on_example,
             inputs=[example_seed, example_objects],
             outputs=[editor, background, *prompts, *negatives],
             api_name="example",
-        )
+        ).then(photo_of, inputs=[editor], outputs=[pick], show_progress="hidden")
     demo.engine = engine  # tests and callers can reach the cache and output folder
     return demo

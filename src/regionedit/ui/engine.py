@@ -199,6 +199,20 @@ class Engine:
             )
         return image.convert("RGB")
 
+    def find(
+        self, image: Image.Image | None, words: str = "", points=(), negative_points=(), caption: str = ""
+    ):
+        """A layer's mask from ``words`` (the model's attention, read with ``caption``) or from
+        clicks: a :class:`~regionedit.masks.FoundMask` at the image's size."""
+        from .. import masks
+
+        image = self.check_image(image)
+        if (words or "").strip():
+            return masks.from_words(self.model, image, words.strip(), (caption or "").strip() or None)
+        if not points:
+            raise InvalidInputError("type the words that name the object, or click on it in the photo")
+        return masks.from_points(image, points, negative_points)
+
     def edit(
         self,
         image: Image.Image | None,
