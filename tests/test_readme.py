@@ -1,6 +1,7 @@
 """The README runs as written: its shell and Python blocks, in order, in an empty folder, with the
 installed package and the mini models; what its text says of the outputs holds."""
 
+import json
 import os
 import re
 import subprocess
@@ -36,6 +37,10 @@ def claimed_db(text: str, name: str) -> float:
     return float(m.group(1))
 
 
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
 def _read(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
 
@@ -58,6 +63,19 @@ def test_the_readme_runs_as_written(tmp_path):
     lomoe = image_metrics(_read(scene / "image.png"), _read(tmp_path / "edited-cli.png"),
                           _masks(scene / "mask_1.png", scene / "mask_2.png"))  # fmt: skip
     assert abs(lomoe["bg_psnr"] - claimed_db(text, "edited-cli.png")) < 0.1
+    words = image_metrics(_read(scene / "image.png"), _read(tmp_path / "edited-words.png"),
+                          _masks(scene / "mask_1.png", scene / "mask_2.png"))  # fmt: skip
+    assert abs(words["bg_psnr"] - claimed_db(text, "edited-words.png")) < 0.1
+    found = _masks(tmp_path / "edited-words_mask_1.png", tmp_path / "edited-words_mask_2.png")
+    assert all(
+        iou(f, g) > 0.8
+        for f, g in zip(found, _masks(scene / "mask_1.png", scene / "mask_2.png"), strict=True)
+    )
+    square = _masks(tmp_path / "square.png")[0]
+    x0, y0, x1, y1 = json.loads((scene / "scene.json").read_text())["objects"][2]["bbox"]
+    assert square[y0:y1, x0:x1].mean() > 0.9 and square.sum() < 1.2 * (x1 - x0) * (
+        y1 - y0
+    )  # the purple square
     multimodal = image_metrics(
         _read(mm / "image.png"), _read(tmp_path / "mm-edited.png"), _masks(mm / "mask_1.png")
     )

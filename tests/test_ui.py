@@ -300,3 +300,33 @@ def test_find_fills_the_chosen_layer_from_words_and_says_so(server, image64, tmp
     assert status.startswith("Layer 2 holds what 'a blue square' names")
     _, status = client.predict(value, CAPTION, 1, "  ", api_name="/find")
     assert status.startswith("**Not found:**") and "type the words" in status
+
+
+def test_a_layer_found_by_words_edits_as_the_same_words_in_a_spec_file(server, tmp_path):
+    """Find on the page, then Edit, gives the pixels a spec file with the same words and options gives."""
+    import dataclasses
+    import json
+
+    from regionedit.cli import main
+    from regionedit.shapes.world import make_scene, render
+
+    _, client = server
+    scene = make_scene(2, 3, size=64)  # under the test page's pixel limit
+    image = Image.fromarray(render(scene)[0])
+    value = editor_value(tmp_path, image, [])
+    found, status = client.predict(value, scene.caption, 1, "a white triangle", api_name="/find")
+    assert status.startswith("Layer 1 holds")
+
+    def send(path):  # what the page returned goes back up as files
+        return gradio_client.handle_file(path) if path else None
+
+    found = {"background": send(found["background"]), "layers": [send(p) for p in found["layers"]],
+             "composite": send(found.get("composite"))}  # fmt: skip
+    *_, png, status = call_edit(client, found, background=scene.caption, prompts=["a red square"])
+    assert status.startswith("Edited in")
+    image.save(tmp_path / "in.png")
+    spec = {"image": "in.png", "masks": [{"words": "a white triangle"}], "prompts": ["a red square"],
+            "background_prompt": scene.caption, "options": dataclasses.asdict(FAST), "out": str(tmp_path / "s.png")}  # fmt: skip
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    assert main(["edit", "--spec", str(tmp_path / "spec.json")]) == 0
+    assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(tmp_path / "s.png")))

@@ -34,31 +34,27 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def url(tiny_model, tmp_path_factory):
-    options = LoMOEOptions(num_inference_steps=2, bootstrap_steps=1, paste_back=True)
-    app = build_app(tiny_model, model_name="tiny", options=options, output_dir=tmp_path_factory.mktemp("out"))
+def _served(model, folder, steps: int):
+    """The page on a free local port, its edits ``steps`` steps long."""
+    options = LoMOEOptions(num_inference_steps=steps, bootstrap_steps=1, paste_back=True)
+    app = build_app(model, model_name="tiny", options=options, output_dir=folder)
     port = free_port()
     launch(app, "127.0.0.1", port, block=False, quiet=True)
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
         app.close()
+
+
+@pytest.fixture(scope="module")
+def url(tiny_model, tmp_path_factory):
+    yield from _served(tiny_model, tmp_path_factory.mktemp("out"), 2)
 
 
 @pytest.fixture(scope="module")
 def slow_url(tiny_model, tmp_path_factory):
     """The page with enough steps that an edit runs for seconds: its progress can be watched."""
-    options = LoMOEOptions(num_inference_steps=40, bootstrap_steps=1, paste_back=True)
-    app = build_app(
-        tiny_model, model_name="tiny", options=options, output_dir=tmp_path_factory.mktemp("slow")
-    )
-    port = free_port()
-    launch(app, "127.0.0.1", port, block=False, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        app.close()
+    yield from _served(tiny_model, tmp_path_factory.mktemp("slow"), 40)
 
 
 def test_upload_paint_prompt_run_in_chromium(url, image64, tmp_path):
