@@ -319,8 +319,10 @@ def test_sixteen_bit_mask_is_read_as_binary(tmp_path):
 
 MM = {"method": "multimodal", "options": MultimodalOptions()}
 BAD_MULTIMODAL_REQUESTS = {
-    "two prompts": (dict(MM, prompts=["a", "b"]), "exactly one prompt"),
-    "two masks": (dict(MM, masks=[box(8, 24, 8, 24)] * 2), "at most one mask"),
+    "two prompts without masks": (dict(MM, prompts=["a", "b"]), "exactly one prompt"),
+    "two masks, one prompt": (dict(MM, masks=[box(8, 24, 8, 24)] * 2), "one prompt per mask"),
+    "control for a missing region": (dict(MM, controls=["2:edge=auto"]), "region 2 but there are 1"),
+    "control region 0": (dict(MM, controls=["0:edge=auto"]), "REGION a number from 1"),
     "mask of another size": (dict(MM, masks=[box(0, 8, 0, 8, size=32)]), "image's size"),
     "negative prompts": (dict(MM, negative_prompts=["x"]), "negative_prompts: need the lomoe method"),
     "LoMOE options": (dict(MM, options=regionedit.LoMOEOptions()), "takes MultimodalOptions"),

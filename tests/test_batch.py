@@ -298,7 +298,8 @@ def test_missing_manifest_and_bad_model_exit_2(tmp_path, image64, capsys):
 
 
 def test_multimodal_jobs_equal_the_library_edit(tiny_components, tiny_model_dir, image64, tmp_path):
-    """A multimodal line (edge control, own ControlNet; no mask: estimated) is the library's edit."""
+    """A multimodal line (edge control, own ControlNet; no mask: estimated; two regions with a
+    control for the second) is the library's edit."""
     from regionedit.multimodal import Condition, MultimodalOptions
     from regionedit.multimodal import edit as multimodal_edit
 
@@ -310,10 +311,12 @@ def test_multimodal_jobs_equal_the_library_edit(tiny_components, tiny_model_dir,
     common = {"method": "multimodal", "prompts": ["a blue circle"], "background_prompt": "a red square",
               "controls": ["edge=auto"], "controlnets": {"edge": "cn"}, "options": opts}  # fmt: skip
     jobs = [{"id": "boxed", "image": "in.png", "masks": ["m1.png"], **common},
-            {"id": "estimated", "image": "in.png", "seed": 3, **common}]  # fmt: skip
+            {"id": "estimated", "image": "in.png", "seed": 3, **common},
+            {"id": "two", "image": "in.png", "masks": ["m1.png", "m2.png"], **common,
+             "prompts": ["a blue circle", "a green square"], "controls": ["2:edge=auto"]}]  # fmt: skip
     out = tmp_path / "out"
     summary = run_batch(_write_manifest(folder, jobs), out, model=str(tiny_model_dir))
-    assert (summary.done, summary.failed) == (2, 0), summary.failures
+    assert (summary.done, summary.failed) == (3, 0), summary.failures
     meta = edit_api.read_metadata(out / "boxed.png")
     assert meta["method"] == "multimodal" and meta["controls"][0].startswith("edge=")
     assert meta["options"]["preservation_weight"] == 0.3 and meta["options"]["optimize_steps"] == 2
@@ -330,3 +333,12 @@ def test_multimodal_jobs_equal_the_library_edit(tiny_components, tiny_model_dir,
         )  # fmt: skip
         assert np.array_equal(_pixels(out / f"{job}.png"), np.asarray(ref.image)), job
     assert not np.array_equal(_pixels(out / "boxed.png"), _pixels(out / "estimated.png"))
+    from regionedit import Region
+
+    regions = [Region(folder / "m1.png", "a blue circle"), Region(folder / "m2.png", "a green square")]
+    ref = multimodal_edit(
+        model, image64, source_prompt="a red square", regions=regions, controlnets=[net],
+        conditions=[Condition("edge", "auto", region=1)], generator=torch.Generator().manual_seed(0),
+        options=MultimodalOptions(grad_steps=2, preservation_weight=0.3, num_inference_steps=4, optimize_steps=2),
+    )  # fmt: skip
+    assert np.array_equal(_pixels(out / "two.png"), np.asarray(ref.image))

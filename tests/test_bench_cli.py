@@ -152,16 +152,15 @@ def test_shards_share_one_run_and_report_counts_finished_items(tiny_model_dir, t
     assert exc.value.code == 2 and "I/K" in capsys.readouterr().err
 
 
-def test_lambda_post_blend_and_pres_mask_flags_reach_the_multimodal_options():
+def test_lambda_and_solver_flags_reach_the_multimodal_options():
     from regionedit.bench.cli import _options
     from regionedit.cli import build_parser
 
-    args = ["bench", "shapes", "--out", "x", "--lambda", "0.3", "--post-blend", "loss", "--pres-mask", "none"]
+    args = ["bench", "shapes", "--out", "x", "--lambda", "0.3", "--loss-space", "noisy", "--solver", "closed_form"]
     cfg = _options(build_parser().parse_args(args), {})
-    assert cfg.multimodal.preservation_weight == 0.3 and cfg.multimodal.post_blend == "loss"
-    assert cfg.multimodal.pres_mask == "none"
+    assert cfg.multimodal.preservation_weight == 0.3 and cfg.multimodal.solver == "closed_form"
     plain = _options(build_parser().parse_args(["bench", "shapes", "--out", "x"]), {}).multimodal
-    assert plain.preservation_weight == 0.6 and plain.post_blend == "none" and plain.pres_mask == "keep"
+    assert plain.preservation_weight == 0.6 and plain.solver == "adam"
 
 
 def test_optimize_steps_and_guidance_strength_flags_reach_the_multimodal_options(capsys):

@@ -15,6 +15,7 @@ from regionedit.errors import DependencyError, InvalidInputError, InvalidOptionE
 from regionedit.execution import ExecutionOptions
 from regionedit.models.loading import from_components
 from regionedit.models.schedule import to_x0
+from regionedit.regions import Region
 from regionedit.multimodal import Condition, InvalidConditionError, MultimodalOptions, edit, invert_image
 from regionedit.multimodal.conditions import POSE_COLOURS, canny_edges, control_image, image_to_control_tensor
 from regionedit.multimodal.guidance import Denoiser, Targets, optimised_pass
@@ -125,72 +126,96 @@ def test_x0_formula_recovers_clean_latent(tiny_components, schedule):
 # --- T3: identity ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("schedule", [SD_SCHEDULE, ZERO_SNR_V], ids=["sd-epsilon", "zero-snr-v"])
-@pytest.mark.parametrize("target", [SOURCE, "a blue circle"])
-def test_identity_with_empty_mask_and_post_blend(tiny_components, image64, schedule, target):
-    model = make_model(tiny_components, schedule, unit_latents=True, image=image64)
-    opts = dataclasses.replace(FAST, preservation_weight=1.0, post_blend="input")
-    res = edit(model, image64, target, SOURCE, mask=np.zeros((64, 64)), options=opts, generator=gen())
-    assert psnr(res.image, res.reconstruction) >= 30
-    assert not res.mask.any() and not res.mask_estimated
-
-
-@pytest.mark.parametrize("pres_mask", ["keep", "none"])
-def test_post_blend_towards_the_losses_optimum(model, image64, pres_mask):
-    """post_blend="loss": outside m the final latent is T8's λ-weighted mean of z0 and
-    z0^g (z0^g itself at λ = 0, z0 at λ = 1); inside m the edit is left alone. Preserving the
-    whole image, the weights are λ and 1 − λ."""
+def _box(top=16, bottom=40, left=8, right=32):
     mask = np.zeros((64, 64))
-    mask[16:40, 8:32] = 1
-    base = dataclasses.replace(FAST, post_blend="loss", pres_mask=pres_mask)
-    first = edit(model, image64, "a blue circle", SOURCE, mask=mask, options=base, generator=gen())
-    inv, m = first.inversion, first.mask
-    z0, zg, keep = inv[:1], first.guidance_latents, ~m
+    mask[top:bottom, left:right] = 1
+    return mask
+
+
+@pytest.mark.parametrize("solver", ["adam", "closed_form"])
+def test_outside_the_mask_is_the_round_trip_for_any_lambda(model, image64, solver):
+    """Whatever λ and solver, the pixels outside the mask are the VAE round trip's; an empty mask
+    gives the round trip everywhere."""
+    opts = dataclasses.replace(FAST, loss_space="noisy", solver=solver)
+    first = None
     for lam in (0.0, 0.6, 1.0):
-        opts = dataclasses.replace(base, preservation_weight=lam)
-        res = edit(model, image64, "a blue circle", SOURCE, mask=mask, options=opts, generator=gen(),
-                   inversion=inv, guidance=first.guidance)  # fmt: skip
-        a = lam / (keep.sum().item() if pres_mask == "keep" else keep.numel())
-        b = (1 - lam) / keep.numel()
-        want = (a * z0 + b * zg) / (a + b)
-        assert torch.allclose(res.latents[..., keep], want[..., keep], atol=1e-5)
-        inside = res.latents[..., m]
-        assert not torch.allclose(inside, want[..., m], atol=1e-3)  # the edit region is not blended
-    opts = dataclasses.replace(FAST, post_blend="input", preservation_weight=0.6)  # the input's blend
-    plain = edit(model, image64, "a blue circle", SOURCE, mask=mask, options=opts, generator=gen(),
-                 inversion=inv, guidance=first.guidance)  # fmt: skip
-    assert torch.allclose(plain.latents[..., keep], z0[..., keep], atol=1e-6)
+        res = edit(model, image64, "a blue circle", SOURCE, mask=_box(), generator=gen(),
+                   options=dataclasses.replace(opts, preservation_weight=lam),
+                   guidance=None if first is None else first.guidance)  # fmt: skip
+        first = first or res
+        outside = np.asarray(res.mask_image) == 0
+        assert outside.any() and not outside.all()
+        assert np.array_equal(np.asarray(res.image)[outside], np.asarray(res.reconstruction)[outside])
+        assert not np.array_equal(np.asarray(res.image), np.asarray(res.reconstruction))  # it edits inside
+    empty = edit(model, image64, "a blue circle", SOURCE, mask=np.zeros((64, 64)), options=opts, generator=gen())
+    assert np.array_equal(np.asarray(empty.image), np.asarray(empty.reconstruction))
+    assert not empty.mask.any() and not empty.mask_estimated
+
+
+@pytest.mark.parametrize("schedule", [SD_SCHEDULE, ZERO_SNR_V], ids=["sd-epsilon", "zero-snr-v"])
+def test_lambda_one_returns_the_input_inside_the_mask(tiny_components, image64, schedule):
+    """λ = 1 with the exact solver: the pass follows the inversion inside the mask too, so the
+    whole image is the round trip; λ between trades the two (further from it as λ falls)."""
+    model = make_model(tiny_components, schedule, unit_latents=True, image=image64)
+    opts = dataclasses.replace(FAST, loss_space="noisy", solver="closed_form", preservation_weight=1.0)
+    one = edit(model, image64, "a blue circle", SOURCE, mask=_box(), options=opts, generator=gen())
+    assert torch.allclose(one.latents, one.inversion[:1], atol=1e-5)
+    assert np.abs(np.asarray(one.image, float) - np.asarray(one.reconstruction, float)).max() <= 1
+    inside = np.asarray(one.mask_image) > 0
+    dist = []
+    for lam in (0.8, 0.4, 0.0):
+        res = edit(model, image64, "a blue circle", SOURCE, mask=_box(), generator=gen(), guidance=one.guidance,
+                   options=dataclasses.replace(opts, preservation_weight=lam))  # fmt: skip
+        dist.append(np.abs(np.asarray(res.image, float) - np.asarray(one.image, float))[inside].mean())
+    assert 0 < dist[0] < dist[1] < dist[2]
+
+
+def test_two_regions_in_one_call(model, nets, image64):
+    """Each region is drawn by its own prompt inside its own mask and, with a condition for it
+    alone, its own ControlNet; outside both masks the image is the round trip."""
+    left, right = _box(8, 40, 0, 24), _box(24, 56, 40, 64)
+    regions = [Region(left, "a blue circle"), Region(right, "a green square")]
+    opts = dataclasses.replace(FAST, preservation_weight=0.0)
+    two = edit(model, image64, source_prompt=SOURCE, regions=regions, options=opts, generator=gen())
+    outside = np.asarray(two.mask_image) == 0
+    assert np.array_equal(np.asarray(two.image)[outside], np.asarray(two.reconstruction)[outside])
+    assert two.mask.sum() == (left[::4, ::4] + right[::4, ::4] > 0).sum()
+    # the second region's prompt draws its guidance inside its mask only; the first's is untouched
+    other = [regions[0], Region(right, "a yellow triangle")]
+    changed = edit(model, image64, source_prompt=SOURCE, regions=other, options=opts, generator=gen())
+    m1, m2 = torch.from_numpy(left[::4, ::4] > 0), torch.from_numpy(right[::4, ::4] > 0)
+
+    def same_guidance(a, b, m):
+        return torch.equal(a.guidance_latents[..., m], b.guidance_latents[..., m])
+
+    assert same_guidance(two, changed, m1) and not same_guidance(two, changed, m2)
+    diff = np.abs(np.asarray(two.image, float) - np.asarray(changed.image, float)).sum(-1)
+    assert diff[24:56, 40:64].mean() > diff[8:40, 0:24].mean()
+    # a condition for region 2 alone reaches region 2's guidance only
+    cond = [Condition("edge", "auto", region=1)]
+    ruled = edit(model, image64, source_prompt=SOURCE, regions=regions, options=opts, generator=gen(),
+                 controlnets=[nets["edge"]], conditions=cond)  # fmt: skip
+    assert same_guidance(two, ruled, m1) and not same_guidance(two, ruled, m2)
+    with pytest.raises(InvalidInputError, match="region 3"):
+        edit(model, image64, source_prompt=SOURCE, regions=regions, controlnets=[nets["edge"]],
+             conditions=[Condition("edge", "auto", region=2)])  # fmt: skip
+    with pytest.raises(InvalidInputError, match="every region needs a mask"):
+        edit(model, image64, source_prompt=SOURCE, regions=[Region(None, "a"), Region(left, "b")])
+    with pytest.raises(InvalidInputError, match="either regions or prompt"):
+        edit(model, image64, "a blue circle", SOURCE, regions=regions)
 
 
 def test_identity_by_optimisation_alone(tiny_components, image64):
-    """λ = 1, m = 0, target = source, no blending: the preservation loss alone holds the image."""
-    model = make_model(tiny_components, SD_SCHEDULE, unit_latents=True, image=image64)
-    opts = MultimodalOptions(
-        num_inference_steps=4, optimize_steps=4, grad_steps=10, learning_rate=0.05, preservation_weight=1.0
-    )
-    zero = np.zeros((64, 64))
-    res = edit(model, image64, SOURCE, SOURCE, mask=zero, options=opts, generator=gen())
-    plain = edit(model, image64, SOURCE, SOURCE, mask=zero, options=dataclasses.replace(opts, grad_steps=0))
-    assert psnr(res.image, res.reconstruction) >= 30
-    assert psnr(plain.image, plain.reconstruction) < 25  # the random network alone does not reconstruct
-
-
-def test_whole_image_preservation_holds_the_edit_region_too(tiny_components, image64):
-    """pres_mask="none": L_pres covers m as well, so at λ = 1 even a full mask keeps the input,
-    while the default (m̄ only) has nothing to preserve there; one guidance pass serves both."""
+    """λ = 1, full mask, target = source, Adam on ẑ0: the preservation loss alone holds the image."""
     model = make_model(tiny_components, SD_SCHEDULE, unit_latents=True, image=image64)
     opts = MultimodalOptions(
         num_inference_steps=4, optimize_steps=4, grad_steps=10, learning_rate=0.05, preservation_weight=1.0
     )
     full = np.ones((64, 64))
-    keep = edit(model, image64, SOURCE, SOURCE, mask=full, options=opts, generator=gen())
-    whole = edit(
-        model, image64, SOURCE, SOURCE, mask=full, options=dataclasses.replace(opts, pres_mask="none"),
-        generator=gen(), guidance=keep.guidance,
-    )  # fmt: skip
-    assert psnr(whole.image, whole.reconstruction) >= 30
-    assert psnr(keep.image, keep.reconstruction) < 25
-    assert whole.timings.get("guidance_reused")
+    res = edit(model, image64, SOURCE, SOURCE, mask=full, options=opts, generator=gen())
+    plain = edit(model, image64, SOURCE, SOURCE, mask=full, options=dataclasses.replace(opts, grad_steps=0))
+    assert psnr(res.image, res.reconstruction) >= 30
+    assert psnr(plain.image, plain.reconstruction) < 25  # the random network alone does not reconstruct
 
 
 # --- T6: optimiser sanity -------------------------------------------------------------------
@@ -215,12 +240,14 @@ def test_gradients_reach_only_the_latent(model, nets, image64):
 def test_no_optimisation_equals_plain_regeneration(model, nets, image64):
     cn, target = nets["edge"], "a blue circle"
     cond = [Condition("edge", "auto")]
+    free = dataclasses.replace(FAST, preservation_weight=0.0)  # λ = 0: nothing ties the pass to the input
     outs = [
         edit(
-            model, image64, target, SOURCE, controlnets=[cn], conditions=cond, options=o, generator=gen()
+            model, image64, target, SOURCE, mask=np.ones((64, 64)), controlnets=[cn], conditions=cond, options=o,
+            generator=gen(),
         ).latents
-        for o in (dataclasses.replace(FAST, grad_steps=0), dataclasses.replace(FAST, optimize_steps=0))
-    ]
+        for o in (dataclasses.replace(free, grad_steps=0), dataclasses.replace(free, optimize_steps=0))
+    ]  # fmt: skip
     # The plain loop, written out here: invert, then DDIM with CFG and the ControlNet.
     inv = invert_image(model, image64, SOURCE, 4)
     sched = model.scheduler(4)
@@ -243,20 +270,21 @@ def test_no_optimisation_equals_plain_regeneration(model, nets, image64):
 
 
 @pytest.mark.parametrize("lam", [0.6, 0.2])
-@pytest.mark.parametrize("pres_everywhere", [False, True], ids=["keep", "whole-image"])
-def test_noisy_loss_optimum_matches_closed_form(model, lam, pres_everywhere):
-    """The closed-form solver lands on T8's optimum exactly; many Adam steps approach it."""
+@pytest.mark.parametrize("masked", [False, True], ids=["whole-image", "mask"])
+def test_noisy_loss_optimum_matches_closed_form(model, lam, masked):
+    """The closed-form solver lands on the optimum λ·a + (1−λ)·b of the cells both losses read
+    exactly, and leaves the rest; many Adam steps approach it."""
     g = gen(5)
     a, b = torch.randn((1, 4, 16, 16), generator=g), torch.randn((1, 4, 16, 16), generator=g)
     m = torch.zeros((1, 1, 16, 16))
     m[..., 4:10, 3:12] = 1
-    keep = torch.ones_like(m) if pres_everywhere else 1 - m
     sched = model.scheduler(2)
     den = Denoiser(model, model.encode_prompt(["", ""]), 1.0, None, 2)
-    targets = Targets(pres=a, pres_traj={0: a}, guid_traj={0: b}, keep=None if pres_everywhere else keep)
+    targets = Targets(pres=a, pres_traj={0: a}, guid_traj={0: b}, weight=m if masked else None)
     start = torch.randn((1, 4, 16, 16), generator=g)
-    alpha, beta = lam / (4 * keep.sum()), (1 - lam) / (4 * 16 * 16)
-    expected = (alpha * keep * a + beta * b) / (alpha * keep + beta)
+    expected = lam * a + (1 - lam) * b
+    if masked:
+        expected = torch.where(m > 0, expected, start)
     noisy = MultimodalOptions(
         num_inference_steps=2, optimize_steps=1, loss_space="noisy", preservation_weight=lam
     )
@@ -267,8 +295,6 @@ def test_noisy_loss_optimum_matches_closed_form(model, lam, pres_everywhere):
     adam = dataclasses.replace(noisy, grad_steps=2000, learning_rate=0.01)
     _, traj_adam, _ = optimised_pass(den, sched, start, 0, adam, lam, targets)
     assert torch.allclose(traj_adam[0], expected, atol=2e-3)
-    if not pres_everywhere:
-        assert torch.allclose(traj[0] * m, b * m, atol=1e-6)  # inside m only L_guid acts
 
 
 # --- T9: ControlNet plumbing ----------------------------------------------------------------
@@ -363,9 +389,9 @@ def test_control_image_reaches_both_cfg_halves(model, nets, image64):
     finally:
         hook.remove()
     expected = image_to_control_tensor(canny_edges(image64), model.device, model.dtype)
-    assert seen and all(batch == 2 for batch, _ in seen)
-    for _, cond in seen:
-        assert torch.equal(cond[0:1], expected) and torch.equal(cond[1:2], expected)
+    assert seen and all(batch in (2, 4) for batch, _ in seen)  # CFG halves (of the edit and its anchor)
+    for batch, cond in seen:
+        assert all(torch.equal(cond[i : i + 1], expected) for i in range(batch))
 
 
 def test_every_condition_kind_combined_with_text(model, nets, image64, pose_json, tmp_path):
@@ -527,9 +553,6 @@ def test_option_validation():
         dict(guidance_strength=0.0),
         dict(learning_rate=float("nan")),
         dict(grad_steps=-1),
-        dict(post_blend="yes"),
-        dict(post_blend=True),
-        dict(pres_mask="edit"),
         dict(control_scale=-1.0),
         dict(mask_estimate=dict(num_maps=3)),
     ):

@@ -44,6 +44,47 @@ def test_cli_multimodal_edit_with_edge_control(files, tiny_model_dir, capsys):
     assert (files / "out_mask.png").exists() and (files / "out_control_edge.png").exists()
 
 
+def test_cli_multimodal_two_regions_with_a_control_for_one(files, tiny_model_dir, capsys):
+    """--mask/--prompt pairs as for LoMOE, ``2:edge=auto`` for the second region only; outside both
+    masks the pixels are the round trip's, the same as the library's edit with the same regions."""
+    from regionedit import Region, load
+    from regionedit.models.controlnet import load_controlnet
+    from regionedit.multimodal import Condition, MultimodalOptions, edit
+
+    second = np.zeros((64, 64), np.uint8)
+    second[36:60, 30:62] = 255
+    Image.fromarray(second).save(files / "mask2.png")
+    out = files / "two.png"
+    rc = main(["edit", "--method", "multimodal", "--model", str(tiny_model_dir), "--image", str(files / "in.png"),
+               "--mask", str(files / "mask.png"), "--prompt", "a blue circle", "--mask", str(files / "mask2.png"),
+               "--prompt", "a green square", "--source-prompt", "a red square", "--control", "2:edge=auto",
+               "--controlnet", f"edge={files / 'cn_edge'}", "--out", str(out), *FAST])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    meta = read_metadata(out)
+    assert meta["prompts"] == ["a blue circle", "a green square"] and meta["controls"] == ["2:edge=auto"]
+    model = load(str(tiny_model_dir))
+    opts = MultimodalOptions(**{**dataclasses.asdict(MultimodalOptions()), **meta["options"],
+                                "mask_estimate": MultimodalOptions().mask_estimate})  # fmt: skip
+    regions = [Region(files / "mask.png", "a blue circle"), Region(files / "mask2.png", "a green square")]
+    net = load_controlnet(files / "cn_edge", model, "edge")
+    ref = edit(model, files / "in.png", source_prompt="a red square", regions=regions, options=opts,
+               conditions=[Condition("edge", "auto", region=1)], controlnets=[net])  # fmt: skip
+    assert np.array_equal(np.asarray(Image.open(out).convert("RGB")), np.asarray(ref.image))
+    outside = np.asarray(ref.mask_image) == 0
+    assert np.array_equal(np.asarray(ref.image)[outside], np.asarray(ref.reconstruction)[outside])
+    spec = {"method": "multimodal", "image": "in.png", "masks": ["mask.png", "mask2.png"],
+            "prompts": ["a blue circle", "a green square"], "background_prompt": "a red square",
+            "controls": ["2:edge=auto"], "controlnets": {"edge": "cn_edge"}, "options": meta["options"],
+            "out": str(files / "two-spec.png")}  # fmt: skip
+    (files / "two.json").write_text(json.dumps(spec))
+    assert main(["edit", "--spec", str(files / "two.json"), "--model", str(tiny_model_dir)]) == 0
+    assert np.array_equal(np.asarray(Image.open(files / "two-spec.png").convert("RGB")), np.asarray(ref.image))
+    rc = main(["edit", "--method", "multimodal", "--model", str(tiny_model_dir), "--image", str(files / "in.png"),
+               "--mask", str(files / "mask.png"), "--prompt", "a blue circle", "--control", "3:edge=auto",
+               "--out", str(files / "bad.png"), *FAST])  # fmt: skip
+    assert rc == 2 and "region 3 but there are 1" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -80,13 +121,13 @@ def test_readme_recipe_uses_the_mini_models_settings(capsys, tmp_path, monkeypat
     commands = readme[start : readme.index("```", start)].replace(BACKSLASH_NEWLINE, " ").splitlines()
     monkeypatch.chdir(tmp_path)
     shapes, edit = (shlex.split(c)[1:] for c in commands)
-    tuning = {"--steps", "--optimize-steps", "--grad-steps", "--learning-rate", "--loss-space", "--pres-mask"}
+    tuning = {"--steps", "--optimize-steps", "--grad-steps", "--learning-rate", "--loss-space", "--solver"}
     assert edit[0] == "edit" and not tuning & set(edit)  # the settings ship with the model
     assert main(shapes) == 0 and main(edit) == 0, capsys.readouterr().err
     opts = read_metadata(tmp_path / "mm-edited.png")["options"]
     shipped = make_options("multimodal", {"preservation_weight": 0.6}, load("mini").settings["multimodal"])
     assert opts == dataclasses.asdict(shipped)
-    assert (opts["loss_space"], opts["pres_mask"], opts["main_pass_control_scale"]) == ("noisy", "none", 0.0)
+    assert (opts["loss_space"], opts["main_pass_control_scale"]) == ("noisy", 0.0)
 
 
 def test_spec_file_with_relative_paths_equals_the_flags(files, tiny_model_dir, capsys, tmp_path):

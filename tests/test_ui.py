@@ -98,7 +98,7 @@ def test_multimodal_edit_with_a_painted_region_and_an_edge_map(server, image64, 
     assert meta["background_prompt"] == CAPTION and meta["controls"] == ["edge=<image>"]
     assert meta["options"]["preservation_weight"] == 0.3 and meta["options"]["num_inference_steps"] == 2
     assert meta["options"]["guidance_scale"] == 7.5  # the LoMOE options' guidance does not apply
-    assert "your mask" in status and "edge map" in status and "λ = 0.3" in status
+    assert "your 1 mask(s)" in status and "edge map" in status and "λ = 0.3" in status
     out = np.asarray(Image.open(result).convert("RGB")).astype(int)
     assert np.abs(out - np.asarray(image64).astype(int)).mean() > 1  # it edited something
 
@@ -107,10 +107,15 @@ def test_multimodal_edit_with_a_painted_region_and_an_edge_map(server, image64, 
     assert "an estimated mask" in status
     *_, result, png, status = call_edit(client, editor_value(tmp_path, image64, [m1, m1]), prompts=["a"],
                                         method="multimodal")  # fmt: skip
-    assert status.startswith("**Not edited:** layer 2 is painted") and "erase layer 2" in status
+    assert status.startswith("**Not edited:** layer 2 is painted but its prompt is empty")
     assert result is None and png is None  # the status and the result follow the last run
     *_, status = call_edit(client, value, prompts=["a", "b"], method="multimodal")
-    assert "prompt 2 is filled in" in status and "clear prompt 2" in status
+    assert "prompt 2 is filled in but layer 2 is not painted" in status
+    m2 = box(44, 60, 40, 60)
+    *_, result, png, status = call_edit(client, editor_value(tmp_path, image64, [m1, m2]), method="multimodal",
+                                        prompts=["a blue circle", "a green square"])  # fmt: skip
+    assert "your 2 mask(s)" in status
+    assert read_metadata(png)["prompts"] == ["a blue circle", "a green square"]
 
 
 def test_edit_two_layers_keeps_background_and_embeds_parameters(server, image64, tmp_path):

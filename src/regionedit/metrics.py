@@ -192,11 +192,13 @@ def attribute_accuracy(judge, image, masks, targets) -> AttributeScore:
 
 
 def image_metrics(source, edited, masks) -> dict:
-    """Background PSNR/SSIM/MSE and seam score of one edit, as a JSON-ready dict."""
+    """Background PSNR/SSIM/MSE, PSNR inside the masks (how much of the input an edit keeps
+    there) and seam score of one edit, as a JSON-ready dict."""
     src = np.asarray(source)
     bg = background_of(masks, src.shape[:2])
     return {
         "bg_psnr": background_psnr(src, edited, bg),
+        "mask_psnr": background_psnr(src, edited, ~bg) if (~bg).any() else None,
         "bg_ssim": background_ssim(src, edited, bg),
         "bg_mse": background_mse(src, edited, bg),
         "seam": seam_score(src, edited, masks),

@@ -32,12 +32,12 @@ class PreparedEdit:
         image: the input, RGB, at a size the model takes; None when LoMOE edits an
             :class:`~regionedit.lomoe.reference.Inversion` without the original pixels.
         image_size: ``(H, W)``.
-        regions: LoMOE: one per mask, ``mask`` a bool ``(H, W)`` array; multimodal: exactly one,
-            the target prompt with the user's mask or ``mask=None`` (estimate one).
+        regions: one per mask, ``mask`` an ``(H, W)`` array; the multimodal method also takes a
+            single region with ``mask=None`` (the mask is estimated).
         background_prompt: the input's caption.
         options: the method's options.
         latent_masks: the masks on the latent grid: LoMOE ``(N + 1, 1, h, w)`` float branch
-            weights, background first; multimodal a bool ``(h, w)`` mask, or None.
+            weights, background first; multimodal ``(N, h, w)`` bool masks, or None.
         seed: the request's seed (callers of the library pass their own generator).
         execution: how to run it (chunking, checkpointing); never changes the result.
     """

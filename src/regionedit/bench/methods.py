@@ -15,9 +15,9 @@ measures the algorithms, not different models or schedulers.
   outside the union of masks keep the inverted latent of each step.
 - ``sdedit``: SDEdit (Meng et al. 2022): noise the whole image to ``strength`` and denoise
   with the target caption; no mask (a global reference point).
-- ``multimodal``: the optimisation editor (arXiv 2311.16882) with the union of the masks and
-  the target caption; on ShapesBench also the edge map of the target scene through the mini
-  model's edge ControlNet. ``multimodal@0.2`` runs it with λ = 0.2 (a λ sweep is a list of them).
+- ``multimodal``: the optimisation editor (arXiv 2311.16882), one region per mask with its own
+  prompt; on ShapesBench also the edge map of the target scene (for every region) through the
+  mini model's edge ControlNet. ``multimodal@0.2`` runs it with λ = 0.2 (a λ sweep is a list of them).
 
 A method name may carry option changes: ``multimodal[solver=closed_form]@0.6`` or
 ``lomoe[guidance_rescale=0;feather=1]``, so variants run in one benchmark on the same seeds.
@@ -251,27 +251,25 @@ def run_multimodal(
     from ..multimodal.conditions import Condition, canny_edges, scribble_from_image
     from ..multimodal.editor import edit
 
-    union = np.logical_or.reduce([np.asarray(m, bool) for m in item.masks])
+    regions = [Region(np.asarray(m, bool), p) for m, p in zip(item.masks, item.prompts, strict=True)]
     conditions, nets = [], []
     kind = cfg.multimodal_control
     if kind != "none" and item.target_image is not None:
         draw = canny_edges if kind == "edge" else scribble_from_image
-        conditions = [Condition(kind, draw(_pil(item.target_image)))]
+        conditions = [Condition(kind, draw(_pil(item.target_image)))]  # the whole target scene, every region
         nets = [_controlnet(model, cfg, kind)]
     cached = _GUIDANCE.get((item.id, id(model)))
-    kwargs = dict(mask=union, controlnets=nets, conditions=conditions, options=cfg.multimodal_options(lam),
+    kwargs = dict(regions=regions, controlnets=nets, conditions=conditions, options=cfg.multimodal_options(lam),
                   execution=cfg.execution)  # fmt: skip
     state = generator.get_state()
     try:  # the editor checks that the pass fits (same item, seed, options but for λ)
-        res = edit(model, _pil(item.image), item.target_caption, item.source_caption, generator=generator,
+        res = edit(model, _pil(item.image), source_prompt=item.source_caption, generator=generator,
                    guidance=cached, **kwargs)  # fmt: skip
     except InvalidInputError:
         if cached is None:
             raise
         generator.set_state(state)
-        res = edit(
-            model, _pil(item.image), item.target_caption, item.source_caption, generator=generator, **kwargs
-        )
+        res = edit(model, _pil(item.image), source_prompt=item.source_caption, generator=generator, **kwargs)
     _GUIDANCE.clear()  # one item at a time: the variants of a sweep run back to back
     _GUIDANCE[(item.id, id(model))] = res.guidance
     g = res.guidance

@@ -10,6 +10,7 @@ log = logging.getLogger(__name__)
 COLUMNS = (
     ("accuracy", "accuracy", "{:.3f}"),
     ("bg_psnr", "bg PSNR (dB)", "{:.2f}"),
+    ("mask_psnr", "mask PSNR (dB)", "{:.2f}"),
     ("bg_ssim", "bg SSIM", "{:.3f}"),
     ("bg_mse", "bg MSE", "{:.5f}"),
     ("seam", "seam", "{:.4f}"),

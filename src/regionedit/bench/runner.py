@@ -37,6 +37,7 @@ SUMMARY_FIELDS = (
     "colour_accuracy",
     "shape_accuracy",
     "bg_psnr",
+    "mask_psnr",
     "bg_ssim",
     "bg_mse",
     "seam",

@@ -57,6 +57,7 @@ class Condition:
             (``control_guidance_start/end`` in diffusers).
         preprocess: ``source`` is a photo: derive the map from it (Canny for edge, OpenCV
             strokes for scribble, a detector for pose, which needs the ``pose`` extra).
+        region: the index of the region it instructs (0 = the first); None: every region.
     """
 
     kind: str
@@ -65,8 +66,13 @@ class Condition:
     start: float = 0.0
     end: float = 1.0
     preprocess: bool = False
+    region: int | None = None
 
     def __post_init__(self):
+        if self.region is not None and (
+            not isinstance(self.region, int) or isinstance(self.region, bool) or self.region < 0
+        ):
+            raise InvalidConditionError(f"{self.kind}: region must be an index >= 0 or None, got {self.region!r}")
         if self.kind not in KINDS:
             raise InvalidConditionError(f"condition kind must be one of {KINDS}, got {self.kind!r}")
         if self.scale is not None and (

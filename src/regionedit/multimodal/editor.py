@@ -1,9 +1,11 @@
 """Optimisation-based multi-modal editing (arXiv 2311.16882; docs/multimodal.md).
 
-Steps (docs/multimodal.md): DDIM inversion → guidance image (random-noise encoding, L_pres only) → mask
-(user or estimated) → main pass optimising z_t against λ·L_pres + (1−λ)·L_guid for the first
-t_u steps, plain DDIM after. Text reaches the UNet and every ControlNet; layout conditions enter
-only through the ControlNet residuals, so the optimisation itself is condition-agnostic.
+Steps (docs/multimodal.md): DDIM inversion → a guidance image per region (random-noise encoding,
+drawn inside the region's mask while the rest follows the inverted trajectory) → mask (the regions'
+or estimated) → main pass optimising z_t inside the masks against λ·L_pres + (1−λ)·L_guid for the
+first t_u steps, then tied to the input's trajectory with weight λ; outside the masks the pass
+follows the inversion and the output there is the VAE round trip. Text reaches the denoiser and
+every ControlNet; layout conditions enter only through the ControlNet residuals.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -23,12 +26,14 @@ from ..models.interface import Model, to_pil
 from ..options import build
 from ..progress import Report
 from ..progress import bar as progress_bar
+from ..regions import Region
 from .conditions import Condition, image_to_control_tensor, layout_box
 from .guidance import (
     ControlStack,
+    Counter,
     Denoiser,
+    Fused,
     Targets,
-    blend_trajectory,
     guidance_start_latent,
     optimised_pass,
     start_index,
@@ -42,11 +47,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class GuidancePass:
-    """The guidance pass of an edit (step 2). It does not depend on λ or on blending after t_u,
-    so edits that differ only in those can share it (a λ sweep computes it once).
+    """The guidance pass of an edit (step 2). It does not depend on λ, so edits that differ only
+    in the main pass's options can share it (a λ sweep computes it once).
 
     Attributes:
-        latents: ``(1, C, h, w)`` z^g, the guidance image's latent.
+        latents: ``(1, C, h, w)`` z^g, the guidance image's latent (each region's inside its mask).
         trajectory: step -> latent of the guidance trajectory (the L_guid targets).
         losses: the pass's per-step losses.
         seconds: its wall time when computed.
@@ -67,13 +72,7 @@ class GuidancePass:
 
 
 # Options the guidance pass never reads (main pass only): one guidance pass serves every value.
-MAIN_PASS_ONLY = dict(
-    preservation_weight=0.0,
-    post_blend="none",
-    pres_mask="keep",
-    main_pass_control_scale=1.0,
-    main_pass_prompt="target",
-)
+MAIN_PASS_ONLY = dict(preservation_weight=0.0, main_pass_control_scale=1.0, main_pass_prompt="target")
 
 
 def _main_pass_controls(controls: ControlStack | None, options: MultimodalOptions) -> ControlStack | None:
@@ -88,14 +87,15 @@ def _main_pass_controls(controls: ControlStack | None, options: MultimodalOption
     )
 
 
-def _guidance_key(z0, prompt, source_prompt, negative_prompt, options, given_mask, controls, conditions, gen):
+def _guidance_key(z0, edit, options, controls, gen):
     h = hashlib.sha256()
     neutral = replace(options, **MAIN_PASS_ONLY)
-    h.update(repr((prompt, source_prompt, negative_prompt, asdict(neutral))).encode())
-    h.update(repr([(c.kind, c.scale, c.start, c.end) for c in conditions]).encode())
-    h.update(repr([] if controls is None else [id(net) for net in controls.nets]).encode())  # same objects
-    tensors = [z0, gen.get_state()] + ([] if given_mask is None else [given_mask])
-    tensors += [] if controls is None else list(controls.inputs)
+    regions = [(r.prompt, r.negative_prompt) for r in edit.regions]
+    h.update(repr((regions, edit.background_prompt, asdict(neutral))).encode())
+    h.update(repr([(c.kind, c.scale, c.start, c.end, c.region) for c in edit.conditions]).encode())
+    h.update(repr([[id(net) for net in s.nets] if s else [] for s in controls]).encode())  # same objects
+    tensors = [z0, gen.get_state()] + ([] if edit.latent_masks is None else [edit.latent_masks])
+    tensors += [x for s in controls if s for x in s.inputs]
     for t in tensors:
         h.update(t.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()
@@ -109,7 +109,8 @@ class MultimodalResult:
         image: the edited image.
         guidance_image: x^g, the guidance pass's output (step 2).
         reconstruction: the VAE round trip of the input (the best a null edit can give).
-        mask: bool ``(h, w)`` latent-grid mask used, True = may change.
+        mask: bool ``(h, w)`` latent-grid mask used (the regions' union), True = may change;
+            outside it the image is the VAE round trip.
         mask_image: the same at image resolution ("L", white = may change).
         mask_estimated: True when no mask was given and ``mask`` is the step-3 estimate.
         mask_parts: the estimate's parts ("text", "diff", "layout"), bool ``(h, w)`` each.
@@ -189,32 +190,65 @@ def _as_nets(controlnets, conditions: list[Condition]) -> list:
     return nets
 
 
-def _guidance_pass(denoiser, sched, z0, inv_traj, given_mask, options, has_layout, generator, bar, callback,
+def _guidance_pass(denoisers, sched, z0, inversion, masks, options, layout, generator, bar, callback,
                    key) -> GuidancePass:  # fmt: skip
-    """Step 2: from a seeded random-noise start, optimise L_pres only (λ = 1) with the user mask."""
-    t0, before_f, before_b = time.perf_counter(), denoiser.counter.forward, denoiser.counter.backward
+    """Step 2: from a seeded random-noise start, each region's instruction.
+
+    With masks, region k's guidance is drawn inside its mask while the rest follows the inversion
+    at every step (blended diffusion), so it lands in the region and fits what is around it; the
+    regions' guidance latents are joined by their masks. Without a mask (one region), the paper's
+    pass: L_pres only (λ = 1) over the whole image.
+    """
+    t0, counter = time.perf_counter(), denoisers[0].counter
+    before_f, before_b = counter.forward, counter.backward
     n = options.num_inference_steps
-    i0, z_start, before = guidance_start_latent(sched, z0, options.strength_for(has_layout), generator)
-    keep_user = None if given_mask is None else (~given_mask).float()[None, None].to(z0.device)
-    targets = Targets(pres=z0, pres_traj=inv_traj, keep=keep_user)
-    if i0 < n:
-        z0_g, traj, losses = optimised_pass(
-            denoiser, sched, z_start, i0, options, 1.0, targets, progress_bar=bar, callback=callback,
-            stage="guidance",
-        )  # fmt: skip
+    inv_traj = {i: inversion[n - i : n - i + 1] for i in range(n)}
+    latents, trajectories, losses = [], [], []
+    for k, denoiser in enumerate(denoisers):
+        i0, z_start, before = guidance_start_latent(sched, z0, options.strength_for(layout[k]), generator)
+        if i0 >= n:  # nothing to denoise: the guidance image is the input itself
+            latents.append(z0), trajectories.append(before)
+            continue
+        if masks is None:
+            z, traj, part = optimised_pass(
+                denoiser, sched, z_start, i0, options, 1.0, Targets(pres=z0, pres_traj=inv_traj),
+                progress_bar=bar, callback=callback, stage="guidance",
+            )  # fmt: skip
+        else:
+            m = masks[k].float()[None, None]
+            z_start = m * z_start + (1 - m) * inversion[n - i0 : n - i0 + 1]
+            z, traj, part = optimised_pass(
+                denoiser, sched, z_start, i0, replace(options, optimize_steps=0), 1.0, Targets(pres=z0),
+                outside=(m, inversion), progress_bar=bar, callback=callback, stage=f"guidance {k + 1}",
+            )  # fmt: skip
+        latents.append(z), trajectories.append({**before, **traj}), losses.extend(part)
+    if len(latents) == 1:
+        z_g, traj = latents[0], trajectories[0]
     else:
-        z0_g, traj, losses = z0, {}, []
-    back = denoiser.counter.backward - before_b
-    evals = denoiser.counter.forward - before_f + back
-    return GuidancePass(
-        z0_g, {**before, **traj}, losses, time.perf_counter() - t0, evals, back, key, generator.get_state()
-    )
+        w = _region_weights(masks)
+        z_g = _join(w, latents)
+        traj = {i: _join(w, [t[i] for t in trajectories]) for i in range(n)}
+    back = counter.backward - before_b
+    evals = counter.forward - before_f + back
+    return GuidancePass(z_g, traj, losses, time.perf_counter() - t0, evals, back, key, generator.get_state())
+
+
+def _region_weights(masks: torch.Tensor) -> torch.Tensor:
+    """``(R, h, w)`` bool -> ``(R, 1, 1, h, w)`` float m_k / max(Σ m, 1): overlaps are averaged."""
+    m = masks.float()
+    return (m / m.sum(0).clamp(min=1))[:, None, None]
+
+
+def _join(weights: torch.Tensor, latents: list) -> torch.Tensor:
+    """Each region's latent inside its mask, the first region's elsewhere."""
+    rest = 1 - weights.sum(0)
+    return sum(w * z for w, z in zip(weights, latents, strict=True)) + rest * latents[0]
 
 
 def edit(
     model: Model,
     image,
-    prompt: str,
+    prompt: str | None = None,
     source_prompt: str = "",
     mask=None,
     controlnets=None,
@@ -227,60 +261,75 @@ def edit(
     progress: bool | Report = False,
     callback=None,
     execution: ExecutionOptions | None = None,
+    regions: list[Region] | None = None,
 ) -> MultimodalResult:
     """Edit an image by inference-time optimisation with text and layout instructions.
 
     Args:
         model: from :func:`regionedit.load`.
         image: PIL image or path; sides must be multiples of ``model.vae_scale_factor``.
-        prompt: the target prompt (equal to ``source_prompt`` for layout-only edits).
+        prompt: the instruction of a single region (equal to ``source_prompt`` for layout-only
+            edits); give ``regions`` instead for several.
         source_prompt: caption of the input, used by the inversion and the mask estimate.
-        mask: the image-size edit mask (path, PIL or array; white = may change); None
+        mask: the single region's image-size mask (path, PIL or array; white = may change); None
             estimates one (step 3), returned in the result for inspection.
         controlnets: ``ControlNetModel`` list in the order of ``conditions``, a dict by
             condition kind, or a ``MultiControlNetModel``. The nets are frozen and moved to the
             model's device and dtype.
-        conditions: :class:`Condition` list (edge, scribble, pose, seg), each with its scale.
+        conditions: :class:`Condition` list (edge, scribble, pose, seg), each with its scale and
+            the region it instructs (``region=k``; None: every region).
         options: :class:`MultimodalOptions`; None takes the model's recommended settings over
             the method's defaults (``MultimodalOptions()`` is the method's alone).
         generator: seeds the guidance noise and the DiffEdit draws (default seed 0).
-        negative_prompt: the unconditional half of CFG (default "").
+        negative_prompt: the unconditional half of CFG of a single region (default "").
         inversion: a trajectory from :func:`invert_image` or an earlier result, to reuse.
         guidance: an earlier result's :class:`GuidancePass`, to reuse: the same image, prompts,
-            mask, conditions, seed and options but for the main-pass ones (``MAIN_PASS_ONLY``:
-            λ, ``post_blend``, ``pres_mask``, ``main_pass_control_scale``, ``main_pass_prompt``;
-            checked).
+            masks, conditions, seed and options but for the main-pass ones (``MAIN_PASS_ONLY``:
+            λ, ``main_pass_control_scale``, ``main_pass_prompt``; checked).
         callback: ``callback(step, info)`` after every denoising step of both passes.
         execution: :class:`ExecutionOptions` (gradient checkpointing); same result.
+        regions: :class:`Region` list (mask, prompt, negative prompt each), in place of
+            ``prompt``, ``mask`` and ``negative_prompt``: several objects in one call.
     """
     options = (
         options if options is not None else build(MultimodalOptions, {}, model.settings.get("multimodal"))
     )
-    prepared = prepare_multimodal(image, prompt, source_prompt, mask, conditions, options, model.vae_scale_factor,
-                                  negative_prompt=negative_prompt, patch_size=model.patch_size)  # fmt: skip
+    if regions is None:
+        if prompt is None:
+            raise InvalidInputError("give a prompt (one region) or regions=[Region(mask, prompt), ...]")
+        regions = [Region(mask, prompt, negative_prompt)]
+    elif prompt is not None or mask is not None or negative_prompt:
+        raise InvalidInputError("give either regions or prompt/mask/negative_prompt, not both")
+    prepared = prepare_multimodal(image, regions, source_prompt, conditions, options, model.vae_scale_factor,
+                                  patch_size=model.patch_size)  # fmt: skip
     prepared = replace(prepared, execution=execution or ExecutionOptions())
     return run(model, prepared, controlnets, generator=generator, inversion=inversion, guidance=guidance,
                progress=progress, callback=callback)  # fmt: skip
 
 
-def _control_stack(model: Model, edit: PreparedMultimodal, controlnets) -> ControlStack | None:
-    """The conditions' nets (checked, frozen, on the model's device and dtype) with their maps."""
-    nets = _as_nets(controlnets, list(edit.conditions))
-    if not nets:
-        return None
+def _control_stacks(model: Model, edit: PreparedMultimodal, controlnets) -> list[ControlStack | None]:
+    """Per region, the nets of its conditions (checked, frozen, on the model's device and dtype)
+    with their maps: the conditions for that region and those for every region."""
+    conditions = list(edit.conditions)
+    nets = _as_nets(controlnets, conditions)
     for i, net in enumerate(nets):
         model.check_controlnet(net, i)
         net.requires_grad_(False).eval()
         p = next(net.parameters())
         if p.device != model.device or p.dtype != model.dtype:
             net.to(model.device, model.dtype)
-    maps = [image_to_control_tensor(p, model.device, model.dtype) for p in edit.control_images]
-    return ControlStack(
-        nets,
-        [model.control_input(net, m) for net, m in zip(nets, maps, strict=True)],
-        [edit.options.control_scale if c.scale is None else float(c.scale) for c in edit.conditions],
-        [(c.start, c.end) for c in edit.conditions],
-    )
+    inputs = [model.control_input(net, image_to_control_tensor(p, model.device, model.dtype))
+              for net, p in zip(nets, edit.control_images, strict=True)]  # fmt: skip
+    stacks = []
+    for k in range(len(edit.regions)):
+        mine = [i for i, c in enumerate(conditions) if c.region in (None, k)]
+        stacks.append(None if not mine else ControlStack(
+            [nets[i] for i in mine],
+            [inputs[i] for i in mine],
+            [edit.options.control_scale if conditions[i].scale is None else float(conditions[i].scale) for i in mine],
+            [(conditions[i].start, conditions[i].end) for i in mine],
+        ))  # fmt: skip
+    return stacks
 
 
 def _estimate_mask(model, edit, z0, z0_g, generator) -> tuple[torch.Tensor, dict]:
@@ -300,6 +349,24 @@ def _estimate_mask(model, edit, z0, z0_g, generator) -> tuple[torch.Tensor, dict
     return to_token_grid(estimate_mask(parts, options.mask_estimate.dilate), model.patch_size), parts
 
 
+def _check_inversion(inversion, n: int, latent_hw) -> None:
+    if inversion.ndim != 4 or tuple(inversion.shape[2:]) != latent_hw:
+        raise InvalidInputError(
+            f"inversion has shape {tuple(inversion.shape)}; expected ({n + 1}, C, {latent_hw[0]}, {latent_hw[1]})"
+        )
+    if inversion.shape[0] != n + 1:
+        raise InvalidInputError(
+            f"the inversion has {inversion.shape[0] - 1} steps but the edit asks for {n}; invert again"
+        )
+
+
+def _paste(edited: Image.Image, recon: Image.Image, mask: torch.Tensor) -> Image.Image:
+    """The edit inside the latent-grid mask, the VAE round trip outside it."""
+    inside = np.asarray(mask_to_image(mask, (edited.height, edited.width))) > 0
+    out = np.where(inside[..., None], np.asarray(edited), np.asarray(recon))
+    return Image.fromarray(out.astype(np.uint8), "RGB")
+
+
 def run(
     model: Model,
     edit: PreparedMultimodal,
@@ -314,38 +381,24 @@ def run(
 
     The other arguments are :func:`edit`'s.
     """
-    options, execution = edit.options, edit.execution
-    (region,) = edit.regions
-    prompt, source_prompt, negative_prompt = (
-        region.prompt,
-        edit.background_prompt,
-        region.negative_prompt or "",
-    )
+    options, execution, regions = edit.options, edit.execution, edit.regions
+    source_prompt = edit.background_prompt
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    controls = _control_stack(model, edit, controlnets)
+    stacks = _control_stacks(model, edit, controlnets)
     f, n = model.vae_scale_factor, options.num_inference_steps
     image_hw = edit.image_size
     latent_hw = (image_hw[0] // f, image_hw[1] // f)
-    given_mask = edit.latent_masks
+    masks = None if edit.latent_masks is None else edit.latent_masks.to(model.device)
     timings, start_time = {}, time.perf_counter()
 
     if inversion is None:
         z0 = model.encode(model.image_to_tensor(edit.image))
-    elif inversion.ndim != 4 or tuple(inversion.shape[2:]) != latent_hw:
-        raise InvalidInputError(
-            f"inversion has shape {tuple(inversion.shape)}; expected ({n + 1}, C, {latent_hw[0]}, {latent_hw[1]})"
-        )
-    elif inversion.shape[0] != n + 1:
-        raise InvalidInputError(
-            f"the inversion has {inversion.shape[0] - 1} steps but the edit asks for {n}; invert again"
-        )
     else:
+        _check_inversion(inversion, n, latent_hw)
         inversion = inversion.to(model.device, torch.float32)
         z0 = inversion[:1]
-    conditions = list(edit.conditions)
     # Checked before any network runs: a guidance pass of another edit costs nothing to refuse.
-    key = _guidance_key(z0, prompt, source_prompt, negative_prompt, options, given_mask, controls, conditions,
-                        generator)  # fmt: skip
+    key = _guidance_key(z0, edit, options, stacks, generator)
     if guidance is not None and guidance.key != key:
         raise InvalidInputError(
             "the given guidance pass was made for another image, prompt, mask, condition, seed "
@@ -356,22 +409,26 @@ def run(
         inversion = ddim_invert(model, z0, source_prompt, opts, generator, progress)
     timings["invert_seconds"] = time.perf_counter() - start_time
 
-    if negative_prompt and model.guidance != "cfg":
+    if model.guidance != "cfg" and any(r.negative_prompt for r in regions):
         log.warning("%s has distilled guidance: the negative prompt has no effect", model.name)
-    cond = model.encode_prompt([negative_prompt, prompt])
-    denoiser = Denoiser(model, cond, options.guidance_scale, controls, n)
+    counter = Counter()
+    denoisers = [
+        Denoiser(model, model.encode_prompt([r.negative_prompt or "", r.prompt]), options.guidance_scale, stack, n,
+                 counter)  # fmt: skip
+        for r, stack in zip(regions, stacks, strict=True)
+    ]
     sched = model.scheduler(n, z0.shape[-2:])
-    inv_traj = {i: inversion[n - i : n - i + 1] for i in range(n)}  # z^inv at τ_i (step i)
-    nets_all = [model.denoiser, *([] if controls is None else controls.nets)]
+    nets_all = [model.denoiser, *{id(net): net for s in stacks if s for net in s.nets}.values()]
+    layout = [s is not None for s in stacks]
 
     with gradient_checkpointing(nets_all, execution.gradient_checkpointing):
-        # step 2, the guidance image: seeded random-noise start, L_pres only (λ = 1), user mask or none.
+        # step 2, the guidance image: seeded random-noise start per region, drawn inside its mask.
         t0 = time.perf_counter()
-        i0 = start_index(n, options.strength_for(bool(conditions)))
-        bar = progress_bar(progress, n + (n - i0 if guidance is None else 0), "multimodal")
+        guided_steps = sum(n - start_index(n, options.strength_for(has)) for has in layout)
+        bar = progress_bar(progress, n + (guided_steps if guidance is None else 0), "multimodal")
         if guidance is None:
-            guidance = _guidance_pass(denoiser, sched, z0, inv_traj, given_mask, options, bool(conditions),
-                                      generator, bar, callback, key)  # fmt: skip
+            guidance = _guidance_pass(denoisers, sched, z0, inversion, masks, options, layout, generator, bar,
+                                      callback, key)  # fmt: skip
         else:
             generator.set_state(guidance.generator_state)
             timings["guidance_reused"] = True
@@ -379,48 +436,40 @@ def run(
         timings["guidance_seconds"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        if given_mask is not None:
-            m, parts = given_mask.to(model.device), {}
+        if masks is not None:
+            m, parts = masks.any(0), {}
         else:
             m, parts = _estimate_mask(model, edit, z0, z0_g, generator)
+            masks = m[None]
         timings["mask_seconds"] = time.perf_counter() - t0
 
-        # step 4, the main pass from the full inversion.
+        # step 4, the main pass from the full inversion: optimised inside the masks, the inversion outside.
         t0 = time.perf_counter()
         edit_w = m.float()[None, None].to(model.device)
-        targets = Targets(
-            pres=z0,
-            guid=z0_g,
-            pres_traj=inv_traj,
-            guid_traj=guid_traj,
-            keep=None if options.pres_mask == "none" else 1 - edit_w,
-        )
-        blend = None
-        if options.post_blend != "none":
-            blend = (edit_w, blend_trajectory(inversion, guid_traj, z0_g, targets.keep, options))
-        if options.main_pass_prompt == "source":
-            cond = model.encode_prompt([negative_prompt, source_prompt])
-        main = replace(denoiser, cond=cond, controls=_main_pass_controls(controls, options))
+        inv_traj = {i: inversion[n - i : n - i + 1] for i in range(n)}  # z^inv at τ_i (step i)
+        targets = Targets(pres=z0, guid=z0_g, pres_traj=inv_traj, guid_traj=guid_traj, weight=edit_w)
+        main = _main_denoiser(model, denoisers, masks, source_prompt, regions[0].negative_prompt or "", options)
         z_out, _, losses = optimised_pass(
-            main, sched, inversion[-1:], 0, options, options.preservation_weight, targets, blend=blend,
-            progress_bar=bar, callback=callback,
+            main, sched, inversion[-1:], 0, options, options.preservation_weight, targets,
+            outside=(edit_w, inversion), anchor=inversion, progress_bar=bar, callback=callback,
         )  # fmt: skip
         bar.close()
         timings["main_seconds"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     edited, guided, recon = to_pil(model.decode(torch.cat([z_out, z0_g, z0])))
+    edited = _paste(edited, recon, m)
     timings["decode_seconds"] = time.perf_counter() - t0
     timings["seconds"] = time.perf_counter() - start_time
-    timings["unet_forward_latent_evals"] = denoiser.counter.forward
-    timings["unet_backward_latent_evals"] = denoiser.counter.backward
+    timings["unet_forward_latent_evals"] = counter.forward
+    timings["unet_backward_latent_evals"] = counter.backward
     return MultimodalResult(
         image=edited,
         guidance_image=guided,
         reconstruction=recon,
         mask=m.cpu(),
         mask_image=mask_to_image(m, image_hw),
-        mask_estimated=given_mask is None,
+        mask_estimated=edit.latent_masks is None,
         mask_parts={k: v.cpu() for k, v in parts.items()},
         control_images=list(edit.control_images),
         latents=z_out,
@@ -432,3 +481,15 @@ def run(
         inversion=inversion,
         guidance=guidance,
     )
+
+
+def _main_denoiser(model, denoisers, masks, source_prompt, negative_prompt, options) -> Fused:
+    """The main pass's prediction: each region's prompt inside its mask (or the source caption
+    everywhere), with its conditions at ``main_pass_control_scale``."""
+    if options.main_pass_prompt == "source":
+        cond = model.encode_prompt([negative_prompt, source_prompt])
+        parts = [replace(denoisers[0], cond=cond)]
+    else:
+        parts = list(denoisers)
+    parts = [replace(d, controls=_main_pass_controls(d.controls, options)) for d in parts]
+    return Fused(parts, _region_weights(masks[: len(parts)]))

@@ -66,6 +66,9 @@ class Denoiser:
 
     def __call__(self, z: torch.Tensor, t, step: int) -> torch.Tensor:
         model, controls = self.model, self.controls
+        negative, positive = self.cond[:1], self.cond[1:]
+        if z.shape[0] > 1:  # a batch of latents, one instruction
+            negative, positive = negative.repeat_interleave(z.shape[0]), positive.repeat_interleave(z.shape[0])
 
         def residuals(sample, cond):
             if controls is None or not len(controls):
@@ -74,16 +77,36 @@ class Denoiser:
 
         if self.guidance_scale == 1.0:
             self._count(z, z.shape[0])
-            cond = self.cond[1:]
-            return model.predict(z, t, cond, **residuals(z, cond))
+            return model.predict(z, t, positive, **residuals(z, positive))
         self._count(z, z.shape[0] * model.guidance_batches)
-        return model.guided(z, t, self.cond[:1], self.cond[1:], self.guidance_scale, residuals=residuals)
+        return model.guided(z, t, negative, positive, self.guidance_scale, residuals=residuals)
 
     def _count(self, z: torch.Tensor, evals: int) -> None:
         if torch.is_grad_enabled() and z.requires_grad:
             self.counter.backward += evals
         else:
             self.counter.forward += evals
+
+
+@dataclass
+class Fused:
+    """Several regions' denoisers as one: each region's prediction inside its mask (overlaps
+    averaged), the first region's elsewhere (cells outside every mask are reset to the input's
+    trajectory after each step, so that choice never reaches the output)."""
+
+    parts: list  # Denoiser per region, sharing one Counter
+    weights: torch.Tensor  # (R, 1, 1, h, w): m_k / max(Σ m, 1)
+
+    @property
+    def counter(self) -> Counter:
+        return self.parts[0].counter
+
+    def __call__(self, z: torch.Tensor, t, step: int) -> torch.Tensor:
+        outs = [d(z, t, step) for d in self.parts]
+        if len(outs) == 1:
+            return outs[0]
+        rest = 1 - self.weights.sum(0)
+        return sum(w * o for w, o in zip(self.weights, outs, strict=True)) + rest * outs[0]
 
 
 @dataclass
@@ -94,14 +117,14 @@ class Targets:
         pres: preservation target ``z0`` (x0 space).
         guid: guidance target ``z0^g`` (None in the guidance pass).
         pres_traj / guid_traj: step index -> noisy target at that step (noisy space).
-        keep: ``(1, 1, h, w)`` float m̄ (1 = preserve); None = preserve everywhere.
+        weight: ``(1, 1, h, w)`` float, the cells both losses read (the edit mask); None: all.
     """
 
     pres: torch.Tensor
     guid: torch.Tensor | None = None
     pres_traj: dict | None = None
     guid_traj: dict | None = None
-    keep: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
 
     def at(self, step: int, space: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(preservation, guidance) targets of ``step`` in ``space``."""
@@ -111,42 +134,35 @@ class Targets:
 
 
 def _masked_mse(diff2: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    """Σ w·d² / (C·Σ w): the mean over the weighted cells and every channel (L_pres)."""
+    """Σ w·d² / (C·Σ w): the mean over the weighted cells and every channel."""
     if weight is None:
         return diff2.mean()
     denom = weight.sum() * diff2.shape[1]
-    if denom == 0:  # nothing to preserve (m = 1): a zero that keeps the graph
+    if denom == 0:  # nothing to compare (an empty mask): a zero that keeps the graph
         return diff2.sum() * 0.0
     return (diff2 * weight).sum() / denom
 
 
-def compute_loss(lam: float, cur: torch.Tensor, pres: torch.Tensor, guid, keep):
-    """L = λ·L_pres + (1−λ)·L_guid of ``cur`` (ẑ0 or z_t); returns (L, L_pres, L_guid)."""
-    l_pres = _masked_mse((cur - pres) ** 2, keep) if lam > 0 else cur.new_zeros(())
-    l_guid = ((cur - guid) ** 2).mean() if lam < 1 and guid is not None else cur.new_zeros(())
+def compute_loss(lam: float, cur: torch.Tensor, pres: torch.Tensor, guid, weight):
+    """L = λ·L_pres + (1−λ)·L_guid of ``cur`` (ẑ0 or z_t) over ``weight``; returns (L, L_pres, L_guid)."""
+    l_pres = _masked_mse((cur - pres) ** 2, weight) if lam > 0 else cur.new_zeros(())
+    l_guid = _masked_mse((cur - guid) ** 2, weight) if lam < 1 and guid is not None else cur.new_zeros(())
     return lam * l_pres + (1 - lam) * l_guid, l_pres, l_guid
 
 
-def noisy_minimiser(z, pres, guid, keep, lam: float) -> torch.Tensor:
-    """The exact minimiser of the noisy-space losses: a per-cell blend of the two targets.
-
-    With L = λ·Σ m̄(z − a)²/(C·Σm̄) + (1−λ)·Σ(z − b)²/(C·h·w), setting ∂L/∂z = 0 gives
-    z* = (α·m̄·a + β·b) / (α·m̄ + β) with α = λ/(C·Σm̄), β = (1−λ)/(C·h·w) (C cancels). Cells
-    that no term reaches (α·m̄ + β = 0) keep ``z``. ``keep`` None means m̄ = 1 everywhere. ``z``
-    may hold several latents (a whole trajectory): each is solved on its own.
-    """
-    h, w = z.shape[-2:]
-    keep = torch.ones_like(z[:1, :1]) if keep is None else keep
-    kept = float(keep.sum())
-    alpha = lam / kept if kept > 0 and lam > 0 else 0.0
-    beta = (1 - lam) / (h * w) if guid is not None else 0.0
-    weight_a, den = alpha * keep, alpha * keep + beta
-    blend = (weight_a * pres + beta * (guid if guid is not None else 0.0)) / den.clamp(min=1e-30)
-    return torch.where(den > 0, blend, z)
+def noisy_minimiser(z, pres, guid, weight, lam: float) -> torch.Tensor:
+    """The exact minimiser of the noisy-space losses: ``λ·pres + (1−λ)·guid`` on the weighted
+    cells (both losses are means over the same cells, so the blend is per cell), ``z`` elsewhere.
+    Without ``guid`` the minimiser is ``pres`` (for λ > 0)."""
+    if guid is None:
+        blend = pres if lam > 0 else z
+    else:
+        blend = lam * pres + (1 - lam) * guid
+    return blend if weight is None else torch.where(weight > 0, blend, z)
 
 
-def _record(info, lam, cur, pres, guid, keep, before=None):
-    loss, l_pres, l_guid = compute_loss(lam, cur, pres, guid, keep)
+def _record(info, lam, cur, pres, guid, weight, before=None):
+    loss, l_pres, l_guid = compute_loss(lam, cur, pres, guid, weight)
     if before is not None:
         info.update(loss_before=before)
     info.update(loss_after=float(loss), pres=float(l_pres), guid=float(l_guid))
@@ -162,7 +178,7 @@ def _adam_steps(denoiser, sched, z, t, i, options, lam, targets) -> tuple[torch.
         for _ in range(options.grad_steps):
             opt.zero_grad()
             cur = z if options.loss_space == "noisy" else sched.to_x0(denoiser(z, t, i), z, t)
-            loss = compute_loss(lam, cur, pres, guid, targets.keep)[0]
+            loss = compute_loss(lam, cur, pres, guid, targets.weight)[0]
             before = float(loss.detach()) if before is None else before
             if not loss.requires_grad:  # no term depends on z (e.g. λ = 0 without a target)
                 break
@@ -172,14 +188,15 @@ def _adam_steps(denoiser, sched, z, t, i, options, lam, targets) -> tuple[torch.
 
 
 def optimised_pass(
-    denoiser: Denoiser,
+    denoiser,
     sched,
     z: torch.Tensor,
     start: int,
     options: MultimodalOptions,
     lam: float,
     targets: Targets,
-    blend: tuple[torch.Tensor, torch.Tensor] | None = None,
+    outside: tuple[torch.Tensor, torch.Tensor] | None = None,
+    anchor: torch.Tensor | None = None,
     progress_bar=None,
     callback=None,
     stage: str = "main",
@@ -187,7 +204,11 @@ def optimised_pass(
     """Denoise from step ``start`` to t = 0, optimising z_t at steps < t_u (docs/multimodal.md, step 4).
 
     Args:
-        blend: ``(edit mask (1, 1, h, w), trajectory z_0..z_T)`` put outside m after t_u.
+        outside: ``(mask (1, 1, h, w), trajectory z_0..z_T)``: after every step the cells outside
+            the mask are put back on the trajectory (blended diffusion), so they end where it ends.
+        anchor: a trajectory z_0..z_T the steps from t_u − 1 on are tied to with weight λ: each
+            adds λ·(z^a_{i+1} − step(z^a_i)), the step's error on the anchor itself, so at λ = 1
+            a pass that reaches t_u on the anchor follows it to its end.
 
     Returns:
         (z0, trajectory {step: z_t actually denoised}, per-step loss records).
@@ -202,23 +223,30 @@ def optimised_pass(
         optimised = optimise and i < options.optimize_steps
         if optimised and closed:
             pres, guid = targets.at(i, "noisy")
-            before = float(compute_loss(lam, z, pres, guid, targets.keep)[0])
-            z = noisy_minimiser(z, pres, guid, targets.keep, lam)
+            before = float(compute_loss(lam, z, pres, guid, targets.weight)[0])
+            z = noisy_minimiser(z, pres, guid, targets.weight, lam)
             info.update(loss_before=before)
         elif optimised:
             z, before = _adam_steps(denoiser, sched, z, t, i, options, lam, targets)
             info.update(loss_before=before)
+        tied = anchor is not None and lam > 0 and i >= options.optimize_steps - 1
         with torch.no_grad():
-            out = denoiser(z, t, i)
+            if tied:
+                a = anchor[n - i : n - i + 1]
+                out, out_a = denoiser(torch.cat([z, a]), t, i).chunk(2)
+            else:
+                out = denoiser(z, t, i)
             if optimised:
                 pres, guid = targets.at(i, options.loss_space)
                 cur = z if options.loss_space == "noisy" else sched.to_x0(out, z, t)
-                _record(info, lam, cur, pres, guid, targets.keep)
+                _record(info, lam, cur, pres, guid, targets.weight)
             traj[i] = z
             z = sched.step(out, t, z)
-            if blend is not None and i >= options.optimize_steps:
-                edit_mask, outside = blend
-                z = edit_mask * z + (1 - edit_mask) * outside[n - i - 1 : n - i]
+            if tied:
+                z = z + lam * (anchor[n - i - 1 : n - i] - sched.step(out_a, t, a))
+            if outside is not None:
+                mask, path = outside
+                z = mask * z + (1 - mask) * path[n - i - 1 : n - i]
         records.append(info)
         if callback is not None:
             callback(i, info)
@@ -244,18 +272,3 @@ def guidance_start_latent(sched, z0, strength, generator):
     before = {i: sched.add_noise(z0, noise, sched.timesteps[i : i + 1]) for i in range(min(i0, n - 1) + 1)}
     # int(N·s_g) = 0 leaves nothing to denoise: the guidance image is the input itself.
     return i0, (before[i0] if i0 < n else z0), before
-
-
-def blend_trajectory(inversion, guid_traj, z0_g, keep, options) -> torch.Tensor:
-    """What ``post_blend`` puts outside m, indexed like the inversion (z_0..z_T).
-
-    "input": the inversion itself. "loss": the noisy-space optimum of λ·L_pres + (1−λ)·L_guid
-    (:func:`noisy_minimiser` between z^inv_t and z^g_t); λ = 1 gives the input, λ = 0 the
-    guidance trajectory; only cells outside m are read.
-    """
-    lam = options.preservation_weight
-    if options.post_blend == "input" or lam >= 1:
-        return inversion
-    n = inversion.shape[0] - 1
-    guid = torch.cat([z0_g] + [guid_traj[n - k] for k in range(1, n + 1)]).to(inversion)
-    return noisy_minimiser(inversion, inversion, guid, keep, lam)

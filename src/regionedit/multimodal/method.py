@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..errors import InvalidInputError, InvalidMaskError, PromptCountError
+from ..errors import InvalidInputError, PromptCountError
 from ..method import Method
 from ..models.controlnet import cached_controlnet
+from ..regions import Region
 from .editor import run
 from .options import MultimodalOptions
 from .prepare import prepare_multimodal
@@ -18,30 +19,35 @@ class Multimodal(Method):
     title = "multi-modal: an optimised balance (λ) between the input and a text or layout instruction"
     options_class = MultimodalOptions
     request_fields = frozenset({"controls", "control_scales", "controlnets"})
-    masks_required = False  # no mask: estimated from the prompts
+    masks_required = False  # one prompt without a mask: the mask is estimated
     caption_required = False
     execution_fields = frozenset({"gradient_checkpointing"})
 
     def check_request(self, request) -> None:
-        if len(request.prompts) != 1:
+        masks, prompts = len(request.masks), len(request.prompts)
+        if masks == 0 and prompts != 1:
             raise PromptCountError(
-                f"the multimodal method takes exactly one prompt (the target prompt), got {len(request.prompts)}"
+                f"without masks the multimodal method takes exactly one prompt (its mask is estimated), got {prompts}"
             )
-        if len(request.masks) > 1:
-            raise InvalidMaskError(
-                f"the multimodal method takes at most one mask (white = may change), got {len(request.masks)}"
-            )
-        kinds = {c.kind for c in conditions_from(request.controls, request.control_scales)}
+        if masks and masks != prompts:
+            raise PromptCountError(f"got {masks} mask(s) and {prompts} prompt(s); give one prompt per mask")
+        conditions = conditions_from(request.controls, request.control_scales)
+        for c in conditions:
+            if c.region is not None and c.region >= prompts:
+                raise InvalidInputError(
+                    f"a control is for region {c.region + 1} but there are {prompts} region(s)"
+                )
+        kinds = {c.kind for c in conditions}
         for kind in request.controlnets:
             if kind not in kinds:
                 raise InvalidInputError(f"a ControlNet is given for {kind} but there is no {kind} control")
 
     def prepare(self, request, options, vae_scale_factor, patch_size, model_settings):
         conditions = conditions_from(request.controls, request.control_scales)
-        mask = request.masks[0] if request.masks else None
-        prepared = prepare_multimodal(request.image, request.prompts[0], request.background_prompt, mask,
-                                      conditions, options, vae_scale_factor, seed=request.seed,
-                                      patch_size=patch_size)  # fmt: skip
+        masks = request.masks or [None]
+        regions = [Region(m, p) for m, p in zip(masks, request.prompts, strict=True)]
+        prepared = prepare_multimodal(request.image, regions, request.background_prompt, conditions, options,
+                                      vae_scale_factor, seed=request.seed, patch_size=patch_size)  # fmt: skip
         shipped = None if model_settings is None else model_settings.get("controlnets", {})
         return dataclasses.replace(
             prepared, controlnets=controlnet_folders(conditions, request.controlnets, shipped)

@@ -15,8 +15,6 @@ from ..options import documented, option
 
 LOSS_SPACES = ("x0", "noisy")  # predicted clean latent ẑ0 (paper), or the noisy latent z_t itself
 SOLVERS = ("adam", "closed_form")  # k Adam steps per optimised step, or the exact minimiser (noisy)
-PRES_MASKS = ("keep", "none")  # L_pres over m̄ (paper), or over the whole image
-POST_BLENDS = ("none", "input", "loss")  # after t_u outside m: nothing, z^inv, or the losses' optimum
 MAIN_PASS_PROMPTS = ("target", "source")  # the main pass's prompt (the guidance pass uses the target)
 
 
@@ -78,7 +76,8 @@ class MultimodalOptions:
     )
     preservation_weight: float = option(
         0.6, flag="lambda", origin="paper",
-        help="λ of L = λ·L_pres + (1−λ)·L_guid, in [0, 1]: 1 keeps the input, 0 follows the instruction",
+        help="λ of L = λ·L_pres + (1−λ)·L_guid inside the masks, in [0, 1]: 1 returns the input there, 0 "
+        "follows the instruction",
     )  # fmt: skip
     optimize_steps: int = option(
         25, origin="ours",
@@ -91,28 +90,18 @@ class MultimodalOptions:
     )
     loss_space: str = option(
         "x0", choices=LOSS_SPACES, origin="paper: x0",
-        help="compare the predicted clean latent ẑ0, or the noisy latent z_t itself, with the inverted "
-        "and guidance trajectories",
+        help="compare the predicted clean latent ẑ0, or the noisy latent z_t itself, with the input's "
+        "and the guidance image's, inside the masks",
     )  # fmt: skip
     solver: str = option(
         "adam", choices=SOLVERS, origin="paper: adam",
-        help="k Adam steps per optimised step, or (noisy loss space only) the exact minimiser, a per-cell "
-        "blend of the two trajectories",
-    )  # fmt: skip
-    pres_mask: str = option(
-        "keep", choices=PRES_MASKS, origin="paper: keep",
-        help="L_pres over the area outside the mask, or over the whole image (λ then also weighs input "
-        "against guidance image inside the mask)",
+        help="k Adam steps per optimised step, or (noisy loss space only) the exact minimiser, "
+        "λ·z^inv_t + (1−λ)·z^g_t inside the masks",
     )  # fmt: skip
     guidance_strength: float | None = option(
         None, origin="ours",
         help="s_g, how far the guidance image is noised, in (0, 1]; None: 1.0 with a layout condition, "
         "0.8 with text only",
-    )  # fmt: skip
-    post_blend: str = option(
-        "none", choices=POST_BLENDS, origin="ours",
-        help="after t_u, outside the mask: nothing, reset to the inversion (DiffEdit), or to the noisy-space "
-        "optimum of the losses",
     )  # fmt: skip
     control_scale: float = option(
         1.0, flag="default_control_scale", origin="diffusers",
@@ -160,8 +149,6 @@ class MultimodalOptions:
         for name, allowed in (
             ("loss_space", LOSS_SPACES),
             ("solver", SOLVERS),
-            ("pres_mask", PRES_MASKS),
-            ("post_blend", POST_BLENDS),
             ("main_pass_prompt", MAIN_PASS_PROMPTS),
         ):
             if getattr(self, name) not in allowed:

@@ -21,6 +21,9 @@ from .options import MultimodalOptions
 class PreparedMultimodal(PreparedEdit):
     """A checked multi-modal edit.
 
+    ``latent_masks`` is ``(R, h, w)`` bool, one mask per region on the latent grid, or None (one
+    region without a mask: estimated when the edit runs).
+
     Attributes:
         conditions / control_images: the layout conditions and their RGB maps.
         controlnets: condition kind -> ControlNet folder (the request layer's).
@@ -33,29 +36,42 @@ class PreparedMultimodal(PreparedEdit):
 
 def prepare_multimodal(
     image,
-    prompt: str,
+    regions: list[Region],
     source_prompt: str,
-    mask,
     conditions: list[Condition] | None,
     options: MultimodalOptions,
     vae_scale_factor: int,
     resize: str | None = None,
     seed: int = 0,
     controlnets: dict | None = None,
-    negative_prompt: str = "",
     patch_size: int = 1,
 ) -> PreparedMultimodal:
-    """Check a multi-modal edit: image, prompts, optional mask and the conditions' maps.
+    """Check a multi-modal edit: image, regions (mask and instruction each), conditions' maps.
 
-    ``resize`` is refused (control maps are given at the input's size). ``controlnets`` (kind -> folder) is carried for the request layer; the library's
+    ``regions``: one :class:`Region` per object to change, each with its mask, or a single region
+    with ``mask=None`` (the mask is then estimated). A condition with ``region=k`` instructs the
+    k-th region only; without, every region. ``resize`` is refused (control maps are given at the
+    input's size). ``controlnets`` (kind -> folder) is carried for the request layer; the library's
     ``edit`` takes network objects instead. ``patch_size``: latent cells per token side (2 for
-    flow transformers; the mask is then made on the token grid).
+    flow transformers; the masks are then made on the token grid).
     """
     if not isinstance(options, MultimodalOptions):
         raise InvalidOptionError(
             f"the multimodal method takes MultimodalOptions, got {type(options).__name__}"
         )
-    check_text(prompt=prompt, source_prompt=source_prompt, negative_prompt=negative_prompt)
+    regions = list(regions or [])
+    if not regions or not all(isinstance(r, Region) for r in regions):
+        raise InvalidInputError("regions must be a non-empty list of regionedit.Region")
+    unmasked = [r.mask is None for r in regions]
+    if any(unmasked) and len(regions) > 1:
+        raise InvalidInputError(
+            f"every region needs a mask when there are several ({len(regions)} given); only a single "
+            "region may leave its mask out (it is then estimated)"
+        )
+    check_text(source_prompt=source_prompt)
+    for i, r in enumerate(regions):
+        name = "" if len(regions) == 1 else f"region {i + 1} "
+        check_text(**{f"{name}prompt": r.prompt, f"{name}negative_prompt": r.negative_prompt or ""})
     if resize is not None:
         raise InvalidInputError(
             "resize is not supported by the multimodal method yet; resize the image first"
@@ -63,23 +79,32 @@ def prepare_multimodal(
     pixels = read_image(image)
     size = (pixels.height, pixels.width)
     check_image_size(*size, vae_scale_factor * patch_size)
-    given = None if mask is None else sized_mask(mask, size, "mask")  # grey levels: area-resized below
     conditions = list(conditions or [])
     for c in conditions:
         if not isinstance(c, Condition):
             raise InvalidInputError(
                 f"conditions must be regionedit Condition objects, got {type(c).__name__}"
             )
+        if c.region is not None and c.region >= len(regions):
+            raise InvalidInputError(
+                f"a {c.kind} condition is for region {c.region + 1} but there are {len(regions)} region(s)"
+            )
     maps = tuple(control_image(c, pixels) for c in conditions)
-    latent = None
-    if given is not None:
+    latent, checked = None, []
+    if unmasked[0]:
+        checked = [Region(None, r.prompt, r.negative_prompt) for r in regions]
+    else:
         f = vae_scale_factor * patch_size
-        small = F.interpolate(torch.from_numpy(np.asarray(given, np.float32))[None, None],
-                              size=(size[0] // f, size[1] // f), mode="area")[0, 0]  # fmt: skip
-        latent = small >= options.mask_threshold  # all False is allowed: nothing may change
-        latent = latent.repeat_interleave(patch_size, 0).repeat_interleave(patch_size, 1)
-    region = Region(given, prompt, negative_prompt)
-    return PreparedMultimodal(method="multimodal", image=pixels, image_size=size, regions=(region,),
+        grids = []
+        for i, r in enumerate(regions):
+            given = sized_mask(r.mask, size, f"mask {i + 1}" if len(regions) > 1 else "mask")  # grey: area-resized
+            small = F.interpolate(torch.from_numpy(np.asarray(given, np.float32))[None, None],
+                                  size=(size[0] // f, size[1] // f), mode="area")[0, 0]  # fmt: skip
+            grid = small >= options.mask_threshold  # all False is allowed: nothing may change there
+            grids.append(grid.repeat_interleave(patch_size, 0).repeat_interleave(patch_size, 1))
+            checked.append(Region(given, r.prompt, r.negative_prompt))
+        latent = torch.stack(grids)
+    return PreparedMultimodal(method="multimodal", image=pixels, image_size=size, regions=tuple(checked),
                               background_prompt=source_prompt, options=options, latent_masks=latent, seed=seed,
                               conditions=tuple(conditions), control_images=maps,
                               controlnets=dict(controlnets or {}))  # fmt: skip

@@ -1,7 +1,8 @@
 """Multi-modal request data: controls as ``"KIND=VALUE"`` strings and their ControlNet folders.
 
-Controls look as on the command line: ``edge=PATH``, ``edge=auto``, ``pose=KEYPOINTS.json``.
-A kind's ControlNet is the request's folder for it, else the one the model's settings name.
+Controls look as on the command line: ``edge=PATH``, ``edge=auto``, ``pose=KEYPOINTS.json``, each
+for every region, or ``2:edge=PATH`` for the second region (numbered from 1 in the order of the
+masks). A kind's ControlNet is the request's folder for it, else the one the model's settings name.
 """
 
 from __future__ import annotations
@@ -29,14 +30,29 @@ def resolve_control(value: str, resolve) -> str:
     return value if value == AUTO else resolve(value)
 
 
+def parse_control(item, what: str = "a control") -> Condition:
+    """``"[REGION:]KIND=VALUE"`` -> :class:`Condition` (REGION counts from 1; none: every region)."""
+    kind, value = split_pairs([item], what)[0]
+    number, sep, kind = kind.rpartition(":")
+    region = None
+    if sep:
+        if not number.strip().isdigit() or int(number) < 1:
+            raise InvalidInputError(
+                f"{what} must look like [REGION:]KIND=VALUE with REGION a number from 1 (e.g. 2:edge=auto), "
+                f"got {item!r}"
+            )
+        region = int(number) - 1
+    return Condition(kind.strip(), value, region=region)
+
+
 def conditions_from(controls, scales) -> list[Condition]:
-    """One :class:`Condition` per ``KIND=VALUE`` string (or Condition); ``scales`` go to the first ones."""
+    """One :class:`Condition` per ``[REGION:]KIND=VALUE`` string (or Condition); ``scales`` go to the first ones."""
     scales = list(scales or [])
     if len(scales) > len(controls or []):
         raise InvalidInputError(f"got {len(scales)} control scales for {len(controls or [])} controls")
     out = []
     for i, item in enumerate(controls or []):
-        cond = item if isinstance(item, Condition) else Condition(*split_pairs([item], "a control")[0])
+        cond = item if isinstance(item, Condition) else parse_control(item)
         out.append(replace(cond, scale=scales[i]) if i < len(scales) else cond)
     return out
 

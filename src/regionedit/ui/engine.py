@@ -299,35 +299,38 @@ class Engine:
         callback=None,
         progress: bool = False,
     ) -> UIResult:
-        """The multi-modal method: layer 1 is the mask (unpainted: estimated), prompt 1 the
-        target, the background prompt the source caption; ``control`` an optional layout map."""
+        """The multi-modal method: each painted layer with the prompt of its number, as LoMOE (no
+        layer painted: prompt 1 alone, its mask estimated); the background prompt is the source
+        caption; ``control`` an optional layout map for every region."""
         image = self.check_image(image)
         painted = [
             i for i, layer in enumerate(layers, start=1) if layer is not None and painted_mask(layer).any()
         ]
-        if any(i > 1 for i in painted):
-            raise InvalidMaskError(
-                f"layer {max(painted)} is painted, but the multi-modal method edits one region, layer 1: erase "
-                f"layer {max(painted)} (pick it in the editor's layer list), load an example with 1 object, or "
-                "choose LoMOE to edit every painted layer"
-            )
-        extra = [i for i, p in enumerate(prompts, start=1) if i > 1 and (p or "").strip()]
-        if extra:
-            raise PromptCountError(
-                f"prompt {extra[0]} is filled in, but the multi-modal method uses prompt 1 (the target) only: "
-                f"clear prompt {extra[0]}, or choose LoMOE for a prompt per layer"
-            )
-        target = (prompts[0] if prompts else "").strip()
-        if not target:
-            raise PromptCountError("prompt 1 is empty; say what the image should become (the target prompt)")
-        masks = []
         if painted:
-            masks = collect_regions(layers[:1], [target], [], (image.height, image.width))[0]
+            masks, targets, _, numbers = collect_regions(layers, prompts, [], (image.height, image.width))
+            extra = [i for i, p in enumerate(prompts, start=1) if i not in numbers and (p or "").strip()]
+            if extra:
+                raise PromptCountError(
+                    f"prompt {extra[0]} is filled in but layer {extra[0]} is not painted: paint it, or clear "
+                    f"prompt {extra[0]}"
+                )
+        else:
+            extra = [i for i, p in enumerate(prompts, start=1) if i > 1 and (p or "").strip()]
+            if extra:
+                raise PromptCountError(
+                    f"prompt {extra[0]} is filled in but no layer is painted: without masks the multi-modal "
+                    f"method edits prompt 1 alone (its mask estimated); paint a layer per prompt, or clear "
+                    f"prompt {extra[0]}"
+                )
+            target = (prompts[0] if prompts else "").strip()
+            if not target:
+                raise PromptCountError("prompt 1 is empty; say what the image should become (the target prompt)")
+            masks, targets = [], [target]
         controls = [] if control is None else [Condition(control_kind, np.asarray(control))]
         request = edit_api.EditRequest(
             image=image,
             masks=masks,
-            prompts=[target],
+            prompts=targets,
             background_prompt=(source_prompt or "").strip(),
             method="multimodal",
             seed=int(seed),
@@ -339,15 +342,15 @@ class Engine:
         result = edit_api.run(self.model, prepared, progress=progress, callback=callback)
         path = self._save(result, request, prepared)
         t = result.timings
-        how = "your mask" if painted else "an estimated mask"
+        how = f"your {len(masks)} mask(s)" if painted else "an estimated mask"
         message = (
             f"Edited in {t['seconds']:.1f} s (guidance pass {t.get('guidance_seconds', 0.0):.1f} s, "
             f"main pass {t['main_seconds']:.1f} s) with {how}"
             + (f" and the {control_kind} map" if controls else "")
             + f" at λ = {prepared.options.preservation_weight:g}."
         )
-        mask = np.asarray(result.mask_image) > 127
-        return UIResult(result.image, mask_overlay(image, [mask]), path, message, False, dict(t))
+        shown = [np.asarray(m, bool) for m in masks] or [np.asarray(result.mask_image) > 127]
+        return UIResult(result.image, mask_overlay(image, shown), path, message, False, dict(t))
 
     def _save(self, result, request, prepared) -> Path:
         with self._lock:
