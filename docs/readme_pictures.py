@@ -18,7 +18,7 @@ PICTURES = {
     "readme-lomoe.png": [("input", "scene/image.png"), ("mask 1", "scene/mask_1.png"),
                          ("mask 2", "scene/mask_2.png"), ("edited-cli.png", "edited-cli.png"),
                          ("edited-again.png", "edited-again.png")],
-    "readme-multimodal.png": [("input", "mm/image.png"), ("mask", "mm/mask_1.png"),
+    "readme-multimodal.png": [("input", "mm/image.png"), ("mask 1", "mm/mask_1.png"), ("mask 2", "mm/mask_2.png"),
                               ("target_edges.png", "mm/target_edges.png"), ("mm-edited.png", "mm-edited.png")],
 }  # fmt: skip
 

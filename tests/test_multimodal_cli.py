@@ -117,7 +117,7 @@ def test_readme_recipe_uses_the_mini_models_settings(capsys, tmp_path, monkeypat
     from regionedit import load, make_options
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    start = readme.index("regionedit shapes --seed 7 --objects 1")
+    start = readme.index("regionedit shapes --seed 11 --objects 2")
     commands = readme[start : readme.index("```", start)].replace(BACKSLASH_NEWLINE, " ").splitlines()
     monkeypatch.chdir(tmp_path)
     shapes, edit = (shlex.split(c)[1:] for c in commands)
@@ -127,7 +127,7 @@ def test_readme_recipe_uses_the_mini_models_settings(capsys, tmp_path, monkeypat
     opts = read_metadata(tmp_path / "mm-edited.png")["options"]
     shipped = make_options("multimodal", {"preservation_weight": 0.6}, load("mini").settings["multimodal"])
     assert opts == dataclasses.asdict(shipped)
-    assert (opts["loss_space"], opts["main_pass_control_scale"]) == ("noisy", 0.0)
+    assert (opts["loss_space"], opts["solver"], opts["main_pass_control_scale"]) == ("noisy", "closed_form", 0.0)
 
 
 def test_spec_file_with_relative_paths_equals_the_flags(files, tiny_model_dir, capsys, tmp_path):

@@ -1,5 +1,6 @@
-"""Draw docs/bench/multimodal128_lambda_examples_noisy.png: the mini model's multi-modal settings on the
-first four ShapesBench shape edits at λ = 0, 0.6 and 1 (about 1 min on 2 cores).
+"""Draw docs/bench/multimodal_regions_lambda_examples.png: the mini model's multi-modal settings on the
+first three scenes of the 50-scene set (every object a region with its own prompt, the target
+scene's edge map) at λ = 0, 0.6, 0.8 and 1 (about 1 min on 2 cores).
 
     .venv/bin/python docs/bench/lambda_examples.py [OUT.png]
 """
@@ -12,26 +13,28 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from regionedit import load, make_options
+from regionedit import Region, load, make_options
 from regionedit.shapes.items import shapes_bench
 from regionedit.models.controlnet import load_controlnet
 from regionedit.multimodal import Condition, canny_edges, edit
 
-LAMBDAS = (0.0, 0.6, 1.0)
+LAMBDAS = (0.0, 0.6, 0.8, 1.0)
 CELL, HEAD = 192, 22
 
 
 def row(model, net, item) -> list[Image.Image]:
     edges = canny_edges(Image.fromarray(item.target_image))
     shown = Image.fromarray(item.image)
-    ys, xs = np.nonzero(item.masks[0])
-    ImageDraw.Draw(shown).rectangle([xs.min(), ys.min(), xs.max(), ys.max()], outline=(255, 0, 255))
-    cells, guidance = [shown, edges], None
+    for mask in item.masks:
+        ys, xs = np.nonzero(mask)
+        ImageDraw.Draw(shown).rectangle([xs.min(), ys.min(), xs.max(), ys.max()], outline=(255, 0, 255))
+    regions = [Region(m, p) for m, p in zip(item.masks, item.prompts, strict=True)]
+    cells, guidance = [shown, Image.fromarray(item.target_image)], None
     for lam in LAMBDAS:  # the guidance pass does not depend on λ: computed once, reused
         opts = make_options("multimodal", {"preservation_weight": lam}, model.settings["multimodal"])
-        res = edit(model, Image.fromarray(item.image), item.target_caption, item.source_caption,
-                   mask=item.masks[0], controlnets=[net], conditions=[Condition("edge", edges)],
-                   options=opts, generator=torch.Generator().manual_seed(0), guidance=guidance)  # fmt: skip
+        res = edit(model, Image.fromarray(item.image), source_prompt=item.source_caption, regions=regions,
+                   controlnets=[net], conditions=[Condition("edge", edges)], options=opts,
+                   generator=torch.Generator().manual_seed(0), guidance=guidance)  # fmt: skip
         guidance = res.guidance
         cells.append(res.image)
     return cells
@@ -40,8 +43,8 @@ def row(model, net, item) -> list[Image.Image]:
 def main(out: str) -> None:
     model = load("mini")
     net = load_controlnet(model.settings["controlnets"]["edge"], model, "edge")
-    items = shapes_bench(4, "shape", seed=0, size=128)
-    heads = ["input + mask", "edge map"] + [f"λ = {lam:g}" for lam in LAMBDAS]
+    items = shapes_bench(3, "multi", seed=0, min_masks=2, max_masks=7, size=128)
+    heads = ["input + masks", "target"] + [f"λ = {lam:g}" for lam in LAMBDAS]
     sheet = Image.new("RGB", (CELL * len(heads), HEAD + CELL * len(items)), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.truetype(os.path.join(matplotlib.get_data_path(), "fonts/ttf/DejaVuSans.ttf"), 14)
@@ -55,4 +58,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "docs/bench/multimodal128_lambda_examples_noisy.png")
+    main(sys.argv[1] if len(sys.argv) > 1 else "docs/bench/multimodal_regions_lambda_examples.png")

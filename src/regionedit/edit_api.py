@@ -36,9 +36,9 @@ class EditRequest:
     """Everything that defines an edit, as plain data; checked once by :meth:`prepare`.
 
     ``options`` is a mapping of option values over the model's recommended settings (``steps``
-    is accepted for ``num_inference_steps``), or an options object used as it is. For the
-    multimodal method ``prompts`` holds the one target prompt, ``background_prompt`` the source
-    caption and ``masks`` at most one mask (none: estimated). A mask may be asked for instead of
+    is accepted for ``num_inference_steps``), or an options object used as it is. The multimodal
+    method takes a prompt per mask as LoMOE does, or one prompt and no mask (the mask is then
+    estimated); ``background_prompt`` is the source caption. A mask may be asked for instead of
     given: a :class:`~regionedit.masks.query.MaskQuery` (words, clicks or a box), found when the
     model is loaded, with the ``detector`` and ``segmenter`` named here if any. The fields after
     ``model`` are taken by some methods only (``Method.request_fields``); setting another's is an error.

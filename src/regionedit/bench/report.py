@@ -110,8 +110,12 @@ def plot_sweep(summary: dict, out_dir: str | Path) -> list[Path]:
         ax.set_ylim(0, 1)
         ax.legend(loc="lower left")
         ax2 = ax.twinx()
-        ax2.plot(xs, [p[1].get("bg_psnr") for p in pts], marker="s", color="tab:red")
-        ax2.set_ylabel("background PSNR (dB)", color="tab:red")
+        ax2.plot(xs, [p[1].get("bg_psnr") for p in pts], marker="s", color="tab:red", label="background")
+        inside = [p[1].get("mask_psnr") for p in pts]
+        if all(y is not None for y in inside):  # how much of the input the masks keep
+            ax2.plot(xs, inside, marker="^", color="tab:purple", label="inside the masks")
+            ax2.legend(loc="lower right")
+        ax2.set_ylabel("PSNR against the input (dB)", color="tab:red")
         ax.grid(alpha=0.3)
         fig.tight_layout()
         path = Path(out_dir) / f"{base}_lambda_sweep.png"

@@ -53,7 +53,8 @@ def prepare_multimodal(
     k-th region only; without, every region. ``resize`` is refused (control maps are given at the
     input's size). ``controlnets`` (kind -> folder) is carried for the request layer; the library's
     ``edit`` takes network objects instead. ``patch_size``: latent cells per token side (2 for
-    flow transformers; the masks are then made on the token grid).
+    flow transformers: the image must fill whole tokens; the masks stay on the latent cells, as the
+    editor blends unpacked latents).
     """
     if not isinstance(options, MultimodalOptions):
         raise InvalidOptionError(
@@ -94,14 +95,14 @@ def prepare_multimodal(
     if unmasked[0]:
         checked = [Region(None, r.prompt, r.negative_prompt) for r in regions]
     else:
-        f = vae_scale_factor * patch_size
+        f = vae_scale_factor  # latent cells, also on flow transformers (whose tokens are 2x2 cells)
         grids = []
         for i, r in enumerate(regions):
             given = sized_mask(r.mask, size, f"mask {i + 1}" if len(regions) > 1 else "mask")  # grey: area-resized
             small = F.interpolate(torch.from_numpy(np.asarray(given, np.float32))[None, None],
                                   size=(size[0] // f, size[1] // f), mode="area")[0, 0]  # fmt: skip
             grid = small >= options.mask_threshold  # all False is allowed: nothing may change there
-            grids.append(grid.repeat_interleave(patch_size, 0).repeat_interleave(patch_size, 1))
+            grids.append(grid)
             checked.append(Region(given, r.prompt, r.negative_prompt))
         latent = torch.stack(grids)
     return PreparedMultimodal(method="multimodal", image=pixels, image_size=size, regions=tuple(checked),

@@ -36,9 +36,9 @@ Upload an image (or load a shapes-world example), paint each object to change on
 (layer *n* uses prompt *n*) or select it by words or clicks below the editor, describe the input in
 the background prompt, and press **Edit**.
 Re-editing the same image reuses its inversion, so later edits are faster.
-**Multi-modal**: layer 1 is the region (leave it empty to have it estimated), prompt 1 the target
-caption, the background prompt the input's caption; add an edge map or a scribble and set λ
-(higher keeps more of the input).
+**Multi-modal**: the same layers and prompts (no layer painted: prompt 1 alone, its region
+estimated), the background prompt the input's caption; add an edge map or a scribble for every
+region and set λ (higher keeps more of the input inside the regions; outside them nothing changes).
 """
 
 
@@ -263,7 +263,7 @@ def build_app(
                 with gr.Accordion("Multi-modal method", open=False):
                     lam = gr.Slider(
                         0, 1, value=mm_base.preservation_weight, step=0.05, elem_id="lambda",
-                        label="λ: preservation weight (0 follows the instruction, 1 keeps the input)",
+                        label="λ: preservation weight inside the regions (0 follows the instruction, 1 keeps the input)",
                     )  # fmt: skip
                     mm_steps = gr.Slider(
                         1, 100, value=mm_base.num_inference_steps, step=1, elem_id="mm-steps",
