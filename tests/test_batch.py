@@ -251,9 +251,9 @@ BAD_MANIFESTS = {
         json.dumps(_job(1, method="multimodal", options={}, controls=["edge"])) + "\n",
         "KIND=VALUE",
     ),
-    "multimodal with two prompts": (
-        json.dumps(_job(2, method="multimodal", options={})) + "\n",
-        "exactly one",
+    "multimodal control for a missing region": (
+        json.dumps(_job(1, method="multimodal", options={}, controls=["3:edge=auto"])) + "\n",
+        "region 3",
     ),
     "multimodal unknown kind": (
         json.dumps(_job(1, method="multimodal", options={}, controls=["depth=auto"])) + "\n",

@@ -156,7 +156,18 @@ def test_lambda_and_solver_flags_reach_the_multimodal_options():
     from regionedit.bench.cli import _options
     from regionedit.cli import build_parser
 
-    args = ["bench", "shapes", "--out", "x", "--lambda", "0.3", "--loss-space", "noisy", "--solver", "closed_form"]
+    args = [
+        "bench",
+        "shapes",
+        "--out",
+        "x",
+        "--lambda",
+        "0.3",
+        "--loss-space",
+        "noisy",
+        "--solver",
+        "closed_form",
+    ]
     cfg = _options(build_parser().parse_args(args), {})
     assert cfg.multimodal.preservation_weight == 0.3 and cfg.multimodal.solver == "closed_form"
     plain = _options(build_parser().parse_args(["bench", "shapes", "--out", "x"]), {}).multimodal

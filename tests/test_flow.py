@@ -204,7 +204,9 @@ def test_multimodal_editor_runs_on_flows(model, image):
     assert np.array_equal(np.asarray(first.image)[outside], np.asarray(first.reconstruction)[outside])
     cell = np.zeros((64, 96), bool)
     cell[16:20, 40:44] = True  # one latent cell of a 2x2-cell token
-    one = edit_multimodal(model, image, "a green triangle", CAPTION, mask=cell, options=options, progress=False)
+    one = edit_multimodal(
+        model, image, "a green triangle", CAPTION, mask=cell, options=options, progress=False
+    )
     assert int(one.mask.sum()) == 1
 
 

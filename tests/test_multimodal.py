@@ -15,12 +15,12 @@ from regionedit.errors import DependencyError, InvalidInputError, InvalidOptionE
 from regionedit.execution import ExecutionOptions
 from regionedit.models.loading import from_components
 from regionedit.models.schedule import to_x0
-from regionedit.regions import Region
 from regionedit.multimodal import Condition, InvalidConditionError, MultimodalOptions, edit, invert_image
 from regionedit.multimodal.conditions import POSE_COLOURS, canny_edges, control_image, image_to_control_tensor
 from regionedit.multimodal.guidance import Denoiser, Targets, optimised_pass
 from regionedit.multimodal.mask import estimate_mask
 from regionedit.multimodal.options import MaskEstimateOptions
+from regionedit.regions import Region
 
 SD_SCHEDULE = dict(
     prediction_type="epsilon", rescale_betas_zero_snr=False, timestep_spacing="leading", steps_offset=1
@@ -147,7 +147,9 @@ def test_outside_the_mask_is_the_round_trip_for_any_lambda(model, image64, solve
         assert outside.any() and not outside.all()
         assert np.array_equal(np.asarray(res.image)[outside], np.asarray(res.reconstruction)[outside])
         assert not np.array_equal(np.asarray(res.image), np.asarray(res.reconstruction))  # it edits inside
-    empty = edit(model, image64, "a blue circle", SOURCE, mask=np.zeros((64, 64)), options=opts, generator=gen())
+    empty = edit(
+        model, image64, "a blue circle", SOURCE, mask=np.zeros((64, 64)), options=opts, generator=gen()
+    )
     assert np.array_equal(np.asarray(empty.image), np.asarray(empty.reconstruction))
     assert not empty.mask.any() and not empty.mask_estimated
 

@@ -78,7 +78,9 @@ def test_cli_multimodal_two_regions_with_a_control_for_one(files, tiny_model_dir
             "out": str(files / "two-spec.png")}  # fmt: skip
     (files / "two.json").write_text(json.dumps(spec))
     assert main(["edit", "--spec", str(files / "two.json"), "--model", str(tiny_model_dir)]) == 0
-    assert np.array_equal(np.asarray(Image.open(files / "two-spec.png").convert("RGB")), np.asarray(ref.image))
+    assert np.array_equal(
+        np.asarray(Image.open(files / "two-spec.png").convert("RGB")), np.asarray(ref.image)
+    )
     rc = main(["edit", "--method", "multimodal", "--model", str(tiny_model_dir), "--image", str(files / "in.png"),
                "--mask", str(files / "mask.png"), "--prompt", "a blue circle", "--control", "3:edge=auto",
                "--out", str(files / "bad.png"), *FAST])  # fmt: skip
@@ -127,7 +129,11 @@ def test_readme_recipe_uses_the_mini_models_settings(capsys, tmp_path, monkeypat
     opts = read_metadata(tmp_path / "mm-edited.png")["options"]
     shipped = make_options("multimodal", {"preservation_weight": 0.6}, load("mini").settings["multimodal"])
     assert opts == dataclasses.asdict(shipped)
-    assert (opts["loss_space"], opts["solver"], opts["main_pass_control_scale"]) == ("noisy", "closed_form", 0.0)
+    assert (opts["loss_space"], opts["solver"], opts["main_pass_control_scale"]) == (
+        "noisy",
+        "closed_form",
+        0.0,
+    )
 
 
 def test_spec_file_with_relative_paths_equals_the_flags(files, tiny_model_dir, capsys, tmp_path):

@@ -77,7 +77,9 @@ def test_the_readme_runs_as_written(tmp_path):
         y1 - y0
     )  # the purple square
     multimodal = image_metrics(
-        _read(mm / "image.png"), _read(tmp_path / "mm-edited.png"), _masks(mm / "mask_1.png", mm / "mask_2.png")
+        _read(mm / "image.png"),
+        _read(tmp_path / "mm-edited.png"),
+        _masks(mm / "mask_1.png", mm / "mask_2.png"),
     )
     assert abs(multimodal["bg_psnr"] - claimed_db(text, "mm-edited.png")) < 0.1
     assert np.array_equal(

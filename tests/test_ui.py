@@ -110,7 +110,7 @@ def test_multimodal_edit_with_a_painted_region_and_an_edge_map(server, image64, 
     assert status.startswith("**Not edited:** layer 2 is painted but its prompt is empty")
     assert result is None and png is None  # the status and the result follow the last run
     *_, status = call_edit(client, value, prompts=["a", "b"], method="multimodal")
-    assert "prompt 2 is filled in but layer 2 is not painted" in status
+    assert "prompt 2 is filled in but layer 2 has no paint" in status
     m2 = box(44, 60, 40, 60)
     *_, result, png, status = call_edit(client, editor_value(tmp_path, image64, [m1, m2]), method="multimodal",
                                         prompts=["a blue circle", "a green square"])  # fmt: skip

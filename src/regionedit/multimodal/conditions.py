@@ -72,7 +72,9 @@ class Condition:
         if self.region is not None and (
             not isinstance(self.region, int) or isinstance(self.region, bool) or self.region < 0
         ):
-            raise InvalidConditionError(f"{self.kind}: region must be an index >= 0 or None, got {self.region!r}")
+            raise InvalidConditionError(
+                f"{self.kind}: region must be an index >= 0 or None, got {self.region!r}"
+            )
         if self.kind not in KINDS:
             raise InvalidConditionError(f"condition kind must be one of {KINDS}, got {self.kind!r}")
         if self.scale is not None and (

@@ -413,8 +413,14 @@ def run(
         log.warning("%s has distilled guidance: the negative prompt has no effect", model.name)
     counter = Counter()
     denoisers = [
-        Denoiser(model, model.encode_prompt([r.negative_prompt or "", r.prompt]), options.guidance_scale, stack, n,
-                 counter)  # fmt: skip
+        Denoiser(
+            model,
+            model.encode_prompt([r.negative_prompt or "", r.prompt]),
+            options.guidance_scale,
+            stack,
+            n,
+            counter,
+        )  # fmt: skip
         for r, stack in zip(regions, stacks, strict=True)
     ]
     sched = model.scheduler(n, z0.shape[-2:])
@@ -448,7 +454,9 @@ def run(
         edit_w = m.float()[None, None].to(model.device)
         inv_traj = {i: inversion[n - i : n - i + 1] for i in range(n)}  # z^inv at τ_i (step i)
         targets = Targets(pres=z0, guid=z0_g, pres_traj=inv_traj, guid_traj=guid_traj, weight=edit_w)
-        main = _main_denoiser(model, denoisers, masks, source_prompt, regions[0].negative_prompt or "", options)
+        main = _main_denoiser(
+            model, denoisers, masks, source_prompt, regions[0].negative_prompt or "", options
+        )
         z_out, _, losses = optimised_pass(
             main, sched, inversion[-1:], 0, options, options.preservation_weight, targets,
             outside=(edit_w, inversion), anchor=inversion, progress_bar=bar, callback=callback,

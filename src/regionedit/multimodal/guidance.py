@@ -68,7 +68,10 @@ class Denoiser:
         model, controls = self.model, self.controls
         negative, positive = self.cond[:1], self.cond[1:]
         if z.shape[0] > 1:  # a batch of latents, one instruction
-            negative, positive = negative.repeat_interleave(z.shape[0]), positive.repeat_interleave(z.shape[0])
+            negative, positive = (
+                negative.repeat_interleave(z.shape[0]),
+                positive.repeat_interleave(z.shape[0]),
+            )
 
         def residuals(sample, cond):
             if controls is None or not len(controls):

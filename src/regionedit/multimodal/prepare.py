@@ -98,7 +98,9 @@ def prepare_multimodal(
         f = vae_scale_factor  # latent cells, also on flow transformers (whose tokens are 2x2 cells)
         grids = []
         for i, r in enumerate(regions):
-            given = sized_mask(r.mask, size, f"mask {i + 1}" if len(regions) > 1 else "mask")  # grey: area-resized
+            given = sized_mask(
+                r.mask, size, f"mask {i + 1}" if len(regions) > 1 else "mask"
+            )  # grey: area-resized
             small = F.interpolate(torch.from_numpy(np.asarray(given, np.float32))[None, None],
                                   size=(size[0] // f, size[1] // f), mode="area")[0, 0]  # fmt: skip
             grid = small >= options.mask_threshold  # all False is allowed: nothing may change there

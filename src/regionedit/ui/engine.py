@@ -307,13 +307,7 @@ class Engine:
             i for i, layer in enumerate(layers, start=1) if layer is not None and painted_mask(layer).any()
         ]
         if painted:
-            masks, targets, _, numbers = collect_regions(layers, prompts, [], (image.height, image.width))
-            extra = [i for i, p in enumerate(prompts, start=1) if i not in numbers and (p or "").strip()]
-            if extra:
-                raise PromptCountError(
-                    f"prompt {extra[0]} is filled in but layer {extra[0]} is not painted: paint it, or clear "
-                    f"prompt {extra[0]}"
-                )
+            masks, targets, _, _ = collect_regions(layers, prompts, [], (image.height, image.width))
         else:
             extra = [i for i, p in enumerate(prompts, start=1) if i > 1 and (p or "").strip()]
             if extra:
@@ -324,7 +318,9 @@ class Engine:
                 )
             target = (prompts[0] if prompts else "").strip()
             if not target:
-                raise PromptCountError("prompt 1 is empty; say what the image should become (the target prompt)")
+                raise PromptCountError(
+                    "prompt 1 is empty; say what the image should become (the target prompt)"
+                )
             masks, targets = [], [target]
         controls = [] if control is None else [Condition(control_kind, np.asarray(control))]
         request = edit_api.EditRequest(
