@@ -209,7 +209,7 @@ def edit_request(args):
     """
     from .edit_api import EditRequest, masks_from_json
     from .masks.query import MaskQuery
-    from .multimodal.request import resolve_control, split_pairs
+    from .multimodal.request import parse_control, resolve_control, split_pairs
 
     spec, base = ({}, Path.cwd()) if args.spec is None else _load_spec(args.spec, args.method)
 
@@ -263,7 +263,7 @@ def edit_request(args):
         scales = args.control_scales if args.control_scales is not None else spec.get("control_scales", [])
     if len(scales) > len(controls):
         raise InvalidInputError(f"got {len(scales)} --control-scale for {len(controls)} --control")
-    kinds = {k.rpartition(":")[2].strip() for k, _ in pairs}  # "2:edge": region 2's edge map
+    kinds = {parse_control(c).kind for c in controls}  # "2:edge=...": region 2's edge map
     nets = {k: rel(v) for k, v in spec.get("controlnets", {}).items() if k in kinds}
     nets.update(split_pairs(args.controlnets, "--controlnet"))
     request = EditRequest(

@@ -35,7 +35,9 @@ from .guidance import (
     Fused,
     Targets,
     guidance_start_latent,
+    join,
     optimised_pass,
+    region_weights,
     start_index,
 )
 from .mask import diffedit_mask, difference_mask, estimate_mask, mask_to_image, to_token_grid
@@ -190,7 +192,7 @@ def _as_nets(controlnets, conditions: list[Condition]) -> list:
     return nets
 
 
-def _guidance_pass(denoisers, sched, z0, inversion, masks, options, layout, generator, bar, callback,
+def _guidance_pass(denoisers, sched, z0, inversion, inv_traj, masks, options, layout, generator, bar, callback,
                    key) -> GuidancePass:  # fmt: skip
     """Step 2: from a seeded random-noise start, each region's instruction.
 
@@ -202,7 +204,6 @@ def _guidance_pass(denoisers, sched, z0, inversion, masks, options, layout, gene
     t0, counter = time.perf_counter(), denoisers[0].counter
     before_f, before_b = counter.forward, counter.backward
     n = options.num_inference_steps
-    inv_traj = {i: inversion[n - i : n - i + 1] for i in range(n)}
     latents, trajectories, losses = [], [], []
     for k, denoiser in enumerate(denoisers):
         i0, z_start, before = guidance_start_latent(sched, z0, options.strength_for(layout[k]), generator)
@@ -225,24 +226,12 @@ def _guidance_pass(denoisers, sched, z0, inversion, masks, options, layout, gene
     if len(latents) == 1:
         z_g, traj = latents[0], trajectories[0]
     else:
-        w = _region_weights(masks)
-        z_g = _join(w, latents)
-        traj = {i: _join(w, [t[i] for t in trajectories]) for i in range(n)}
+        w = region_weights(masks)
+        z_g = join(w, latents)
+        traj = {i: join(w, [t[i] for t in trajectories]) for i in range(n)}
     back = counter.backward - before_b
     evals = counter.forward - before_f + back
     return GuidancePass(z_g, traj, losses, time.perf_counter() - t0, evals, back, key, generator.get_state())
-
-
-def _region_weights(masks: torch.Tensor) -> torch.Tensor:
-    """``(R, h, w)`` bool -> ``(R, 1, 1, h, w)`` float m_k / max(Σ m, 1): overlaps are averaged."""
-    m = masks.float()
-    return (m / m.sum(0).clamp(min=1))[:, None, None]
-
-
-def _join(weights: torch.Tensor, latents: list) -> torch.Tensor:
-    """Each region's latent inside its mask, the first region's elsewhere."""
-    rest = 1 - weights.sum(0)
-    return sum(w * z for w, z in zip(weights, latents, strict=True)) + rest * latents[0]
 
 
 def edit(
@@ -360,9 +349,9 @@ def _check_inversion(inversion, n: int, latent_hw) -> None:
         )
 
 
-def _paste(edited: Image.Image, recon: Image.Image, mask: torch.Tensor) -> Image.Image:
-    """The edit inside the latent-grid mask, the VAE round trip outside it."""
-    inside = np.asarray(mask_to_image(mask, (edited.height, edited.width))) > 0
+def _paste(edited: Image.Image, recon: Image.Image, mask_image: Image.Image) -> Image.Image:
+    """The edit inside the mask (its image-size picture), the VAE round trip outside it."""
+    inside = np.asarray(mask_image) > 0
     out = np.where(inside[..., None], np.asarray(edited), np.asarray(recon))
     return Image.fromarray(out.astype(np.uint8), "RGB")
 
@@ -426,6 +415,7 @@ def run(
     sched = model.scheduler(n, z0.shape[-2:])
     nets_all = [model.denoiser, *{id(net): net for s in stacks if s for net in s.nets}.values()]
     layout = [s is not None for s in stacks]
+    inv_traj = {i: inversion[n - i : n - i + 1] for i in range(n)}  # z^inv at τ_i (step i)
 
     with gradient_checkpointing(nets_all, execution.gradient_checkpointing):
         # step 2, the guidance image: seeded random-noise start per region, drawn inside its mask.
@@ -433,8 +423,8 @@ def run(
         guided_steps = sum(n - start_index(n, options.strength_for(has)) for has in layout)
         bar = progress_bar(progress, n + (guided_steps if guidance is None else 0), "multimodal")
         if guidance is None:
-            guidance = _guidance_pass(denoisers, sched, z0, inversion, masks, options, layout, generator, bar,
-                                      callback, key)  # fmt: skip
+            guidance = _guidance_pass(denoisers, sched, z0, inversion, inv_traj, masks, options, layout, generator,
+                                      bar, callback, key)  # fmt: skip
         else:
             generator.set_state(guidance.generator_state)
             timings["guidance_reused"] = True
@@ -452,7 +442,6 @@ def run(
         # step 4, the main pass from the full inversion: optimised inside the masks, the inversion outside.
         t0 = time.perf_counter()
         edit_w = m.float()[None, None].to(model.device)
-        inv_traj = {i: inversion[n - i : n - i + 1] for i in range(n)}  # z^inv at τ_i (step i)
         targets = Targets(pres=z0, guid=z0_g, pres_traj=inv_traj, guid_traj=guid_traj, weight=edit_w)
         main = _main_denoiser(
             model, denoisers, masks, source_prompt, regions[0].negative_prompt or "", options
@@ -466,7 +455,8 @@ def run(
 
     t0 = time.perf_counter()
     edited, guided, recon = to_pil(model.decode(torch.cat([z_out, z0_g, z0])))
-    edited = _paste(edited, recon, m)
+    mask_image = mask_to_image(m, image_hw)
+    edited = _paste(edited, recon, mask_image)
     timings["decode_seconds"] = time.perf_counter() - t0
     timings["seconds"] = time.perf_counter() - start_time
     timings["unet_forward_latent_evals"] = counter.forward
@@ -476,7 +466,7 @@ def run(
         guidance_image=guided,
         reconstruction=recon,
         mask=m.cpu(),
-        mask_image=mask_to_image(m, image_hw),
+        mask_image=mask_image,
         mask_estimated=edit.latent_masks is None,
         mask_parts={k: v.cpu() for k, v in parts.items()},
         control_images=list(edit.control_images),
@@ -500,4 +490,4 @@ def _main_denoiser(model, denoisers, masks, source_prompt, negative_prompt, opti
     else:
         parts = list(denoisers)
     parts = [replace(d, controls=_main_pass_controls(d.controls, options)) for d in parts]
-    return Fused(parts, _region_weights(masks[: len(parts)]))
+    return Fused(parts, region_weights(masks[: len(parts)]))

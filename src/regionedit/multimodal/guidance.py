@@ -106,10 +106,19 @@ class Fused:
 
     def __call__(self, z: torch.Tensor, t, step: int) -> torch.Tensor:
         outs = [d(z, t, step) for d in self.parts]
-        if len(outs) == 1:
-            return outs[0]
-        rest = 1 - self.weights.sum(0)
-        return sum(w * o for w, o in zip(self.weights, outs, strict=True)) + rest * outs[0]
+        return outs[0] if len(outs) == 1 else join(self.weights, outs)
+
+
+def region_weights(masks: torch.Tensor) -> torch.Tensor:
+    """``(R, h, w)`` bool -> ``(R, 1, 1, h, w)`` float m_k / max(Σ m, 1): overlaps are averaged."""
+    m = masks.float()
+    return (m / m.sum(0).clamp(min=1))[:, None, None]
+
+
+def join(weights: torch.Tensor, items: list) -> torch.Tensor:
+    """Each region's latent or prediction inside its mask, the first region's elsewhere."""
+    rest = 1 - weights.sum(0)
+    return sum(w * x for w, x in zip(weights, items, strict=True)) + rest * items[0]
 
 
 @dataclass

@@ -11,7 +11,7 @@ from ..regions import Region
 from .editor import run
 from .options import MultimodalOptions
 from .prepare import prepare_multimodal
-from .request import conditions_from, control_names, controlnet_folders
+from .request import check_condition_regions, conditions_from, control_names, controlnet_folders
 
 
 class Multimodal(Method):
@@ -32,11 +32,7 @@ class Multimodal(Method):
         if masks and masks != prompts:
             raise PromptCountError(f"got {masks} mask(s) and {prompts} prompt(s); give one prompt per mask")
         conditions = conditions_from(request.controls, request.control_scales)
-        for c in conditions:
-            if c.region is not None and c.region >= prompts:
-                raise InvalidInputError(
-                    f"a control is for region {c.region + 1} but there are {prompts} region(s)"
-                )
+        check_condition_regions(conditions, prompts)
         kinds = {c.kind for c in conditions}
         for kind in request.controlnets:
             if kind not in kinds:

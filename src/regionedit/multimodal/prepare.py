@@ -15,6 +15,7 @@ from ..prepared import PreparedEdit, check_text, read_image, sized_mask
 from ..regions import Region
 from .conditions import Condition, control_image
 from .options import MultimodalOptions
+from .request import check_condition_regions
 
 
 @dataclass(frozen=True)
@@ -86,10 +87,7 @@ def prepare_multimodal(
             raise InvalidInputError(
                 f"conditions must be regionedit Condition objects, got {type(c).__name__}"
             )
-        if c.region is not None and c.region >= len(regions):
-            raise InvalidInputError(
-                f"a {c.kind} condition is for region {c.region + 1} but there are {len(regions)} region(s)"
-            )
+    check_condition_regions(conditions, len(regions))
     maps = tuple(control_image(c, pixels) for c in conditions)
     latent, checked = None, []
     if unmasked[0]:

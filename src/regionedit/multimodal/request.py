@@ -45,6 +45,15 @@ def parse_control(item, what: str = "a control") -> Condition:
     return Condition(kind.strip(), value, region=region)
 
 
+def check_condition_regions(conditions: list[Condition], regions: int) -> None:
+    """Every condition names a region that exists (or none: every region)."""
+    for c in conditions:
+        if c.region is not None and c.region >= regions:
+            raise InvalidInputError(
+                f"a {c.kind} control is for region {c.region + 1} but there are {regions} region(s)"
+            )
+
+
 def conditions_from(controls, scales) -> list[Condition]:
     """One :class:`Condition` per ``[REGION:]KIND=VALUE`` string (or Condition); ``scales`` go to the first ones."""
     scales = list(scales or [])
