@@ -28,6 +28,33 @@ def timing_model(components: dict, device="cpu", dtype=torch.float32, name="rand
     return from_components(components, name=name, device=device, dtype=dtype, cls=cls)
 
 
+def qwen_tokenizer(max_tokens: int = 512):
+    """A byte-level Qwen2 tokenizer (one token per byte, no merges) with the chat special tokens and
+    a Qwen chat template, built offline: what the Qwen3 / Qwen2.5-VL families' pipelines call
+    (``apply_chat_template``, padding) at the real tokenizer's token layout, for random models."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from transformers import Qwen2Tokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "vocab.json").write_text(json.dumps(vocab))
+        Path(tmp, "merges.txt").write_text("#version: 0.2\n")
+        tokenizer = Qwen2Tokenizer.from_pretrained(
+            tmp, model_max_length=max_tokens, unk_token=None, bos_token=None, eos_token="<|endoftext|>",
+            pad_token="<|endoftext|>",
+        )  # fmt: skip
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    return tokenizer
+
+
 def _scheduler():
     from diffusers import DDIMScheduler
 

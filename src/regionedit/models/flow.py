@@ -32,13 +32,13 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False, kw_only=True)
-class FlowTransformer(Model):
-    """What FLUX and SD3 share: a transformer predicting velocities on 2×2-cell tokens."""
+class FlowModel(Model):
+    """What every rectified-flow transformer family shares: velocities on Euler sigmas (shifted by
+    image size where the scheduler says so), 2×2-cell tokens, joint text-image attention, prompts
+    through the family pipeline's own ``encode_prompt`` (``self._pipe``)."""
 
     transformer: torch.nn.Module
-    text_encoder_2: torch.nn.Module
-    tokenizer_2: object
-    max_sequence_length: int | None = None  # T5 tokens per prompt (None: the pipeline default)
+    max_sequence_length: int | None = None  # text tokens per prompt (None: the pipeline default)
 
     patch_size = 2
     denoiser_name = "transformer"
@@ -57,10 +57,10 @@ class FlowTransformer(Model):
         self._pipe = self._pipeline()
 
     def _sequence_tokenizer(self):
-        return self.tokenizer_2
+        return self.tokenizer
 
     def _text_encoders(self) -> list:
-        return [self.text_encoder_2]
+        return []
 
     def _pipeline(self):
         raise NotImplementedError
@@ -120,8 +120,7 @@ class FlowTransformer(Model):
         return int(self.max_sequence_length)
 
     def text_segments(self) -> list[tuple[object, int, int]]:
-        """FLUX's joint attention reads the T5 sequence (tokenizer_2)."""
-        return [(self.tokenizer_2, 0, int(self.max_sequence_length))]
+        return [(self._sequence_tokenizer(), 0, int(self.max_sequence_length))]
 
     def _check_controlnet_widths(self, net, index: int, keys: tuple[str, ...]) -> None:
         """One line unless ``net`` has the transformer's width and the config ``keys``' values."""
@@ -134,6 +133,21 @@ class FlowTransformer(Model):
 
     def _timesteps(self, t, batch: int, dtype) -> torch.Tensor:
         return torch.as_tensor(t, device=self.device).to(dtype).reshape(-1).expand(batch)
+
+
+@dataclass(eq=False, kw_only=True)
+class FlowTransformer(FlowModel):
+    """FLUX.1 and SD3: a CLIP (pooled) and a T5-like second encoder, whose sequence the joint
+    attention reads."""
+
+    text_encoder_2: torch.nn.Module
+    tokenizer_2: object
+
+    def _sequence_tokenizer(self):
+        return self.tokenizer_2
+
+    def _text_encoders(self) -> list:
+        return [self.text_encoder_2]
 
 
 @dataclass(eq=False, kw_only=True)

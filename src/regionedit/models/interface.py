@@ -39,32 +39,58 @@ class Conditioning:
     Attributes:
         embeds: ``(B, tokens, width)`` text hidden states in the network's dtype.
         extra: per-item inputs a family adds (batch first), e.g. SDXL's pooled embedding.
+        mask: ``(B, tokens)`` bool, true on real tokens, where prompts of one batch have different
+            lengths (Qwen-Image, Z-Image); None where every token counts.
     """
 
     embeds: torch.Tensor
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    mask: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.embeds.shape[0]
 
     def __getitem__(self, index) -> Conditioning:
         """Items ``index`` (an int list, a slice or a tensor) of the batch."""
-        return Conditioning(self.embeds[index], {k: v[index] for k, v in self.extra.items()})
+        mask = None if self.mask is None else self.mask[index]
+        return Conditioning(self.embeds[index], {k: v[index] for k, v in self.extra.items()}, mask)
 
     @staticmethod
     def cat(items: Sequence[Conditioning]) -> Conditioning:
-        """The batches of ``items`` one after another."""
+        """The batches of ``items`` one after another; shorter token sequences are padded with zeros
+        and masked."""
+        longest = max(c.embeds.shape[1] for c in items)
+        if all(c.mask is None and c.embeds.shape[1] == longest for c in items):
+            mask = None
+        else:
+            mask = torch.cat([_padded(c.token_mask(), longest) for c in items])
         return Conditioning(
-            torch.cat([c.embeds for c in items]),
+            torch.cat([_padded(c.embeds, longest) for c in items]),
             {k: torch.cat([c.extra[k] for c in items]) for k in items[0].extra},
+            mask,
         )
+
+    def token_mask(self) -> torch.Tensor:
+        """``(B, tokens)`` bool: the mask, or all true."""
+        if self.mask is not None:
+            return self.mask
+        return torch.ones(self.embeds.shape[:2], dtype=torch.bool, device=self.embeds.device)
 
     def repeat_interleave(self, n: int) -> Conditioning:
         """Each item ``n`` times in a row."""
         return Conditioning(
             self.embeds.repeat_interleave(n, dim=0),
             {k: v.repeat_interleave(n, dim=0) for k, v in self.extra.items()},
+            None if self.mask is None else self.mask.repeat_interleave(n, dim=0),
         )
+
+
+def _padded(x: torch.Tensor, length: int) -> torch.Tensor:
+    """``x`` (batch, tokens, ...) with zeros (false) appended to ``length`` tokens."""
+    extra = length - x.shape[1]
+    if extra == 0:
+        return x
+    return torch.cat([x, x.new_zeros((x.shape[0], extra, *x.shape[2:]))], dim=1)
 
 
 @dataclass(eq=False, kw_only=True)
@@ -270,13 +296,19 @@ class Model:
         if self.guidance != "cfg":
             return call(latents, self.with_guidance(positive, scale))
         uncond, cond = call(torch.cat([latents, latents]), Conditioning.cat([negative, positive])).chunk(2)
-        out = classifier_free_guidance(uncond, cond, scale)
+        out = self.combine(uncond, cond, scale)
         if rescale > 0:
             mix = classifier_free_guidance(uncond, cond, scale, rescale)
             out = (
                 mix if rescaled is None else torch.where(rescaled.view(-1, 1, 1, 1).to(out.device), mix, out)
             )
         return out
+
+    def combine(self, uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
+        """The guided prediction from the two branches (a family may renormalise it, as Qwen-Image)."""
+        from ..cfg import classifier_free_guidance
+
+        return classifier_free_guidance(uncond, cond, scale)
 
     def with_guidance(self, cond: Conditioning, scale: float) -> Conditioning:
         """``cond`` with the guidance input ``scale`` (distilled families)."""
