@@ -107,7 +107,14 @@ def test_the_model_declares_what_loader_memory_and_editors_read():
 
 
 FAMILY_NAMES = {"sd", "sdxl", "flux", "sd3"}
-FAMILY_CLASSES = {"StableDiffusion", "StableDiffusionXL", "Flux", "StableDiffusion3", "FlowTransformer", "FlowModel"}
+FAMILY_CLASSES = {
+    "StableDiffusion",
+    "StableDiffusionXL",
+    "Flux",
+    "StableDiffusion3",
+    "FlowTransformer",
+    "FlowModel",
+}
 
 
 def family_checks(root: Path = PACKAGE) -> list[str]:
