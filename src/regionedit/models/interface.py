@@ -162,10 +162,15 @@ class Model:
         """The VAE's dtype (a family may keep it in float32 when the rest runs in half precision)."""
         return self.dtype
 
+    @classmethod
+    def vae_factor(cls, vae_config: dict) -> int:
+        """Pixels per latent cell along each side, from the VAE's config alone."""
+        return 2 ** (len(vae_config.get("block_out_channels", [0] * 4)) - 1)
+
     @property
     def vae_scale_factor(self) -> int:
         """Pixels per latent cell along each side (8 for Stable Diffusion, 4 for mini)."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return self.vae_factor(dict(self.vae.config))
 
     @property
     def latent_channels(self) -> int:

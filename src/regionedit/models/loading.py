@@ -82,7 +82,7 @@ def _describe_folder(name: str, path: Path) -> ModelInfo:
     factor = None
     vae_config = path / "vae" / "config.json"
     if vae_config.is_file():
-        factor = 2 ** (len(_read(vae_config, "VAE config").get("block_out_channels", [0] * 4)) - 1)
+        factor = family.vae_factor(_read(vae_config, "VAE config"))
     settings = _read(path / SETTINGS_FILE, "settings file") if (path / SETTINGS_FILE).is_file() else {}
     if isinstance(settings.get("controlnets"), dict):  # folders relative to the model's
         settings["controlnets"] = {k: str((path / v).resolve()) for k, v in settings["controlnets"].items()}
