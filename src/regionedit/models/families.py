@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from ..errors import ModelLoadError
 from .flow import Flux, StableDiffusion3
+from .flux2 import Flux2Klein
 from .interface import Model
 from .sd import StableDiffusion
 from .sdxl import StableDiffusionXL
+from .zimage import ZImage
 
 FAMILIES: dict[str, type[Model]] = {}
 
@@ -30,8 +32,9 @@ def unregister(name: str) -> None:
     FAMILIES.pop(name, None)
 
 
-for _cls in (StableDiffusion, StableDiffusionXL, Flux, StableDiffusion3):
+for _cls in (StableDiffusion, StableDiffusionXL, Flux, StableDiffusion3, Flux2Klein):
     register(_cls)
+register(ZImage)
 
 
 def _asked() -> list[type[Model]]:

@@ -108,7 +108,7 @@ class FlowModel(Model):
 
     def cross_attention_geometry(self, latent_hw: tuple[int, int]) -> list[tuple[str, int, int, int]]:
         """``(layer, heads, image tokens, text tokens)`` of each captured layer."""
-        pixels = (latent_hw[0] // 2) * (latent_hw[1] // 2)
+        pixels = (latent_hw[0] // self.patch_size) * (latent_hw[1] // self.patch_size)
         tokens = self.text_tokens()
         return [
             (n, self.transformer.get_submodule(n.removesuffix(".processor")).heads, pixels, tokens)

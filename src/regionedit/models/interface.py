@@ -212,7 +212,16 @@ class Model:
             z = dist.mean.float() + dist.std.float() * noise.to(dist.mean.device)
         else:
             z = dist.mean.float()
+        return self.to_latents(z)
+
+    def to_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """The VAE's raw latents -> the denoiser's (shifted and scaled; a family may patchify or
+        normalise per channel)."""
         return (z - self._vae_shift()) * self.vae.config.scaling_factor
+
+    def from_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`to_latents`."""
+        return latents / self.vae.config.scaling_factor + self._vae_shift()
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, check_finite: bool = True) -> torch.Tensor:
@@ -220,7 +229,7 @@ class Model:
 
         A half-precision VAE that overflows (NaN/inf) is retried in float32 once.
         """
-        z = latents / self.vae.config.scaling_factor + self._vae_shift()
+        z = self.from_latents(latents)
         x = self.vae.decode(z.to(self.vae_dtype)).sample.float()
         if check_finite and not torch.isfinite(x).all():
             if self.vae_dtype == torch.float32:
@@ -367,7 +376,7 @@ class Model:
         Empty when ``prompt`` does not contain the words."""
         found = []
         for tokenizer, start, length in self.text_segments():
-            ids = tokenizer(prompt, padding="max_length", max_length=length, truncation=True).input_ids
+            ids = self.text_axis_ids(tokenizer, prompt, length)
             wanted = tokenizer(words, add_special_tokens=False).input_ids
             for s in range(len(ids) - len(wanted) + 1) if wanted else ():
                 if ids[s : s + len(wanted)] == wanted:
@@ -378,6 +387,11 @@ class Model:
                     ]
                     found += [start + s + k for k in (kept or range(len(wanted)))]
         return sorted(found)
+
+    def text_axis_ids(self, tokenizer, prompt: str, length: int) -> list[int]:
+        """The token ids along one segment of the captured text axis for ``prompt`` (a family with a
+        chat template wraps the prompt in it first)."""
+        return tokenizer(prompt, padding="max_length", max_length=length, truncation=True).input_ids
 
     def cross_attention(self, temperature: float = 1.0):
         """Context manager: cross-attention with ``temperature``, capturable; yields the store."""
