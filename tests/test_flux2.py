@@ -199,3 +199,21 @@ def test_a_folder_loads_and_edits_from_the_cli(tmp_path, image):
     assert main(args + ["--out", str(tmp_path / "b.png")]) == 0
     a, b = np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "b.png"))
     assert a.shape == (64, 96, 3) and np.array_equal(a, b)
+
+
+def test_an_original_flux2_file_is_told_apart_and_needs_its_configs(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from regionedit.cli import main
+
+    path = tmp_path / "klein.safetensors"
+    save_file(
+        {"single_stream_modulation.lin.weight": torch.zeros(2, 2), "double_blocks.0.x": torch.zeros(1)}, path
+    )
+    assert regionedit.describe(str(path)).family == "flux2"  # not FLUX.1, whose files share double_blocks
+    Image.new("RGB", (96, 64)).save(tmp_path / "in.png")
+    Image.fromarray(masks(1)[0]).save(tmp_path / "m.png")
+    code = main(["edit", "--model", str(path), "--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "m.png"),
+                 "--prompt", "x", "--background-prompt", "y", "--out", str(tmp_path / "o.png")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "--model-config" in err and "Traceback" not in err

@@ -46,6 +46,8 @@ class Flux2Klein(FlowModel):
     objects = ("tokenizer",)
     config_fields = ("is_distilled",)
     text_encoder_classes = ("Qwen3ForCausalLM", "Qwen3Model")  # FLUX.2 [dev] has Mistral: not this family
+    single_file_prefixes = ("single_stream_modulation.",)  # Black Forest Labs' FLUX.2 tensor names
+    single_file_holds = "denoiser"
     patch_size = 1
     euler_sigmas = True
     default_sequence_length = 512
