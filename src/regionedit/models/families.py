@@ -13,6 +13,7 @@ from ..errors import ModelLoadError
 from .flow import Flux, StableDiffusion3
 from .flux2 import Flux2Klein
 from .interface import Model
+from .qwenimage import QwenImage
 from .sd import StableDiffusion
 from .sdxl import StableDiffusionXL
 from .zimage import ZImage
@@ -32,9 +33,8 @@ def unregister(name: str) -> None:
     FAMILIES.pop(name, None)
 
 
-for _cls in (StableDiffusion, StableDiffusionXL, Flux, StableDiffusion3, Flux2Klein):
+for _cls in (StableDiffusion, StableDiffusionXL, Flux, StableDiffusion3, Flux2Klein, QwenImage, ZImage):
     register(_cls)
-register(ZImage)
 
 
 def _asked() -> list[type[Model]]:
