@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	# torch first: on our machines pip then takes the local CPU wheel instead of a CUDA build
 	$(PY) -m pip install --quiet "torch==2.13.0" || $(PY) -m pip install --quiet torch
-	$(PY) -m pip install --quiet -e ".[dev,bench,ui,ray,masks]"
+	$(PY) -m pip install --quiet -e ".[dev,bench,ui,ray,masks,quant]"
 	touch $(STAMP)
 
 install: $(STAMP)

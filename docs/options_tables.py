@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from regionedit import ExecutionOptions, LoMOEOptions, MultimodalOptions
+from regionedit.models.memory import MemoryOptions
 from regionedit.multimodal.options import MaskEstimateOptions
 from regionedit.options import options_table
 
@@ -19,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TABLES = {
     "docs/lomoe.md": [LoMOEOptions, ExecutionOptions],
     "docs/multimodal.md": [MultimodalOptions, MaskEstimateOptions],
+    "docs/models.md": [MemoryOptions],
 }
 
 

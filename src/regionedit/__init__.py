@@ -38,6 +38,7 @@ from .lomoe.reference import Inversion, invert
 from .methods import make_options
 from .models.interface import Model
 from .models.loading import describe, load
+from .models.memory import MemoryOptions
 from .multimodal import MultimodalOptions
 from .regions import Region
 from .version import __version__
@@ -52,6 +53,7 @@ __all__ = [
     "Inversion",
     "InversionOptions",
     "LoMOEOptions",
+    "MemoryOptions",
     "Model",
     "MultimodalOptions",
     "ModelLoadError",

@@ -20,7 +20,7 @@ def add_model_flags(parser, default: str | None = "mini") -> None:
     parser.add_argument(
         "--model",
         default=default,
-        help="mini (default), mini-flow, a diffusers folder, a .safetensors file or a hub id",
+        help="mini (default), mini-flow, a diffusers folder, a .safetensors or .gguf file or a hub id",
     )
     parser.add_argument(
         "--model-config",
@@ -34,13 +34,19 @@ def add_model_flags(parser, default: str | None = "mini") -> None:
     parser.add_argument(
         "--allow-pickle", action="store_true", help="allow loading pickled .ckpt/.bin weights"
     )
+    from .models.memory import MemoryOptions
+
+    add_option_flags(parser, MemoryOptions, "weights that fit (offloading, storage dtype, quantization)")
 
 
 def load_arguments(args) -> dict:
     """The keyword arguments of :func:`regionedit.load` given by :func:`add_model_flags`' flags."""
+    from .models.memory import MemoryOptions
+
     return dict(
-        device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle, config=args.model_config
-    )
+        device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle, config=args.model_config,
+        memory=option_values(MemoryOptions, args),
+    )  # fmt: skip
 
 
 def _kinds(kind) -> list:

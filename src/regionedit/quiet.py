@@ -25,6 +25,11 @@ def quiet_libraries():
     bars = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()
     dlog.set_verbosity_error()
     tlog.set_verbosity_error()
+    # torchao, where installed, is imported by transformers' loaders and warns of its missing kernels
+    chatty = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree")]
+    chatty_levels = [c.level for c in chatty]
+    for c in chatty:
+        c.setLevel(logging.ERROR)
     dlog.disable_progress_bar()
     tlog.disable_progress_bar()
     try:
@@ -35,6 +40,8 @@ def quiet_libraries():
     finally:
         dlog.set_verbosity(levels[0])
         tlog.set_verbosity(levels[1])
+        for c, level in zip(chatty, chatty_levels, strict=True):
+            c.setLevel(level)
         if bars[0]:
             dlog.enable_progress_bar()
         if bars[1]:

@@ -30,6 +30,7 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
+    from ..flags import load_arguments
     from .runner import run_batch
 
     summary = run_batch(
@@ -42,6 +43,7 @@ def run(args) -> int:
         dtype=args.dtype,
         allow_pickle=args.allow_pickle,
         model_config=args.model_config,
+        memory=load_arguments(args)["memory"],
         overwrite=args.overwrite,
         retry_failed=args.retry_failed,
         num_workers=args.num_workers,

@@ -23,8 +23,9 @@ class EditActor:
     """Ray Data callable class: loads the model once, then edits one job per call."""
 
     def __init__(
-        self, out_dir: str, model: str, device, dtype, allow_pickle: bool, overwrite: bool, config=None
-    ):
+        self, out_dir: str, model: str, device, dtype, allow_pickle: bool, overwrite: bool, config=None,
+        memory=None,
+    ):  # fmt: skip
         import torch
 
         from .. import edit_api
@@ -35,7 +36,7 @@ class EditActor:
         self.model_name = model
         self.overwrite = overwrite
         self.model = edit_api.load(
-            model, device=device, dtype=dtype, allow_pickle=allow_pickle, config=config
+            model, device=device, dtype=dtype, allow_pickle=allow_pickle, config=config, memory=memory
         )
 
     def __call__(self, batch: dict) -> dict:
@@ -74,6 +75,7 @@ def run_on_ray(
     num_workers: int | None = None,
     address: str | None = None,
     model_config: str | None = None,
+    memory=None,
 ) -> Iterator[dict]:
     """Yield one results record per job as the actors finish them.
 
@@ -100,6 +102,7 @@ def run_on_ray(
             dtype=None if dtype is None else str(dtype).removeprefix("torch."),  # "float16"
             allow_pickle=allow_pickle,
             config=model_config,
+            memory=memory,
             overwrite=overwrite,
         ),
         batch_size=1,

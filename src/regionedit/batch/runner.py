@@ -92,10 +92,20 @@ def _remove_stale_temps(out_dir: Path, jobs: list[Job]) -> None:
 
 
 def _local(
-    jobs: list[Job], out_dir: Path, model: str, device, dtype, allow_pickle, overwrite, model_config
+    jobs: list[Job],
+    out_dir: Path,
+    model: str,
+    device,
+    dtype,
+    allow_pickle,
+    overwrite,
+    model_config,
+    memory=None,
 ) -> Iterator[dict]:
     """Load the model now (a bad model is said before any progress), then run the jobs one by one."""
-    loaded = edit_api.load(model, device=device, dtype=dtype, allow_pickle=allow_pickle, config=model_config)
+    loaded = edit_api.load(
+        model, device=device, dtype=dtype, allow_pickle=allow_pickle, config=model_config, memory=memory
+    )
 
     def results():
         for job in jobs:
@@ -132,6 +142,7 @@ def run_batch(
     dtype=None,
     allow_pickle: bool = False,
     model_config: str | None = None,
+    memory=None,
     overwrite: bool = False,
     retry_failed: bool = False,
     num_workers: int | None = None,
@@ -151,8 +162,8 @@ def run_batch(
         num_workers, ray_address: Ray engine only (actors; cluster address).
         progress: a progress bar on stderr (jobs done and failed, time left) and a line per
             failed job (otherwise failures are logged as warnings).
-        device, dtype, allow_pickle, model_config: how the model loads (see :func:`regionedit.load`;
-            ``model_config`` is its ``config``).
+        device, dtype, allow_pickle, model_config, memory: how the model loads (see
+            :func:`regionedit.load`; ``model_config`` is its ``config``).
     """
     if engine not in ENGINES:
         raise InvalidInputError(f"engine must be one of {ENGINES}, got {engine!r}")
@@ -212,9 +223,10 @@ def run_batch(
             num_workers,
             ray_address,
             model_config,
+            memory,
         )
     else:
-        stream = _local(todo, out_dir, model, device, dtype, allow_pickle, overwrite, model_config)
+        stream = _local(todo, out_dir, model, device, dtype, allow_pickle, overwrite, model_config, memory)
     bar = tqdm(total=len(todo), desc="batch", unit="job", disable=not progress, file=sys.stderr)
     with bar:
         for record in stream:

@@ -1,4 +1,4 @@
-"""Load a model: ``"mini"``, a diffusers folder, a single ``.safetensors`` file or a hub id.
+"""Load a model: ``"mini"``, a diffusers folder, a single ``.safetensors`` or ``.gguf`` file or a hub id.
 
 The family is read from the files (which components a folder holds, which weights a single
 file has), never from the name. :func:`describe` reads only small JSON files and tensor names,
@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelLoadError
+from ..errors import InvalidOptionError, ModelLoadError
 from ..quiet import quiet_libraries
 from . import families
+from . import memory as weights
 from .interface import Model
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,22 @@ def _single_file_family(path: Path) -> type[Model]:
     return families.family_of_keys(keys, str(path))
 
 
+def _gguf_family(path: Path) -> str | None:
+    """The family of a ``.gguf`` denoiser from its tensor names in the original layout; None for
+    names in diffusers' layout (the family then comes from ``--model-config``)."""
+    weights.need_package("gguf", "a .gguf model")
+    from gguf import GGUFReader
+
+    try:
+        keys = [t.name for t in GGUFReader(str(path)).tensors]
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {path} as GGUF: {exc}") from None
+    try:
+        return families.family_of_keys(keys, str(path)).family
+    except ModelLoadError:
+        return None
+
+
 def _read(path: Path, what: str) -> dict:
     try:
         data = json.loads(path.read_text())
@@ -109,10 +126,12 @@ def describe(model: str | os.PathLike = "mini") -> ModelInfo:
     if path.exists():
         if path.suffix == ".safetensors":
             return ModelInfo(spec, family=_single_file_family(path).family)
+        if path.suffix == ".gguf":
+            return ModelInfo(spec, family=_gguf_family(path))
         if path.suffix in PICKLE_SUFFIXES:
             return ModelInfo(spec)
-        raise ModelLoadError(f"{path}: unknown model file type; expected .safetensors or a folder")
-    if spec.startswith((".", "/", "~")) or spec.endswith((".safetensors",) + PICKLE_SUFFIXES):
+        raise ModelLoadError(f"{path}: unknown model file type; expected .safetensors, .gguf or a folder")
+    if spec.startswith((".", "/", "~")) or spec.endswith((".safetensors", ".gguf") + PICKLE_SUFFIXES):
         raise ModelLoadError(f"model path not found: {spec}")
     cached = _hub_folder(spec, local_only=True)  # the cache first: no network, no waiting
     if cached is None and "/" not in spec:  # hub ids of diffusers models are owner/name
@@ -190,12 +209,14 @@ def load(
     dtype=None,
     allow_pickle: bool = False,
     config=None,
+    memory=None,
 ) -> Model:
     """Load a model for editing.
 
     Args:
         model: ``"mini"`` (the bundled shapes-world model), a diffusers folder (with
-            ``model_index.json``), a single-file ``.safetensors`` checkpoint, or a hub id
+            ``model_index.json``), a single-file ``.safetensors`` checkpoint, a ``.gguf``
+            denoiser, or a hub id
             (used only when cached, or online; ``HF_HUB_OFFLINE=1`` is respected); or what
             :func:`describe` told of one.
         device: torch device; CPU by default.
@@ -204,26 +225,58 @@ def load(
             refused unless this is true.
         config: for a single-file checkpoint, where its components' configs come from: a local
             diffusers folder of the same architecture or a cached hub id (CLI: ``--model-config``).
+            A ``.gguf`` file holds a quantized denoiser alone: the rest comes from there too.
+        memory: :class:`~regionedit.models.memory.MemoryOptions` or a mapping of its fields:
+            offloading, the denoiser's storage dtype, a quantized denoiser (CLI: ``--offload``,
+            ``--storage-dtype``, ``--quantize``).
 
     Returns:
         The family's :class:`~regionedit.models.interface.Model`, with ``settings`` from the
         folder's ``regionedit_settings.json`` (empty when it has none).
     """
     device, dtype = resolve_device(device, dtype)
+    memory = weights.make_memory(memory)
     info = model if isinstance(model, ModelInfo) else describe(model)
+    weights.check(memory, device, _is_gguf(info))
     with quiet_libraries():
-        return _load(info, device, dtype, allow_pickle, config)
+        return _load(info, device, dtype, allow_pickle, config, memory)
 
 
-def _load(info: ModelInfo, device, dtype, allow_pickle: bool, config) -> Model:
+def _is_gguf(info: ModelInfo) -> bool:
+    return info.path is None and Path(info.name).suffix == ".gguf"
+
+
+def _config_family(config) -> str | None:
+    """The family of a ``--model-config`` folder (or cached hub id), None when it has no model index."""
+    folder = Path(str(config)).expanduser()
+    folder = folder if folder.is_dir() else _hub_folder(str(config), local_only=True)
+    if folder is None or not (folder / "model_index.json").is_file():
+        return None
+    return families.family_of_index(_read(folder / "model_index.json", "model index"), str(folder)).family
+
+
+def _load(info: ModelInfo, device, dtype, allow_pickle: bool, config, memory) -> Model:
     import diffusers
 
     spec = info.name
     if config is not None and (info.path is not None or not Path(spec).expanduser().is_file()):
         raise ModelLoadError(f"--model-config is for single-file checkpoints; {spec} is a folder or a hub id")
-    cls = families.get(info.family or "sd")  # an uncached hub id: the most common family, or its load fails
+    gguf = _is_gguf(info)
+    if gguf and config is None:
+        raise ModelLoadError(
+            f"{spec} holds a quantized denoiser alone; give the rest of the model with --model-config DIR "
+            "(a diffusers folder of the same architecture; Python: load(..., config=...))"
+        )
+    family = info.family or (_config_family(config) if gguf else None)
+    cls = families.get(family or "sd")  # an uncached hub id: the most common family, or its load fails
     pipeline = getattr(diffusers, cls.pipeline)
+    quantization = weights.denoiser_quantization(memory, dtype, gguf)
     kwargs = dict(**dtype_argument(dtype), **cls.pipeline_kwargs, **cls.load_kwargs(info.path))
+    single_file = info.path is None and Path(spec).expanduser().is_file()
+    if quantization is not None and not single_file:  # a folder or hub id: the denoiser alone, quantized
+        kwargs["quantization_config"] = diffusers.PipelineQuantizationConfig(
+            quant_mapping={cls.denoiser_name: quantization}
+        )
     try:
         if info.path is not None:
             pickled = any(p.suffix == ".bin" for p in info.path.rglob("*.bin"))
@@ -234,8 +287,10 @@ def _load(info: ModelInfo, device, dtype, allow_pickle: bool, config) -> Model:
                     "(CLI: --allow-pickle) if you trust them"
                 )
             pipe = pipeline.from_pretrained(str(info.path), use_safetensors=safe, **kwargs)
-        elif Path(spec).expanduser().exists():
-            pipe = _from_single_file(pipeline, cls, Path(spec).expanduser(), allow_pickle, config, kwargs)
+        elif single_file:
+            pipe = _from_single_file(
+                pipeline, cls, Path(spec).expanduser(), allow_pickle, config, kwargs, quantization
+            )
         else:
             pipe = pipeline.from_pretrained(spec, local_files_only=_offline(), **kwargs)
     except ModelLoadError:
@@ -245,13 +300,15 @@ def _load(info: ModelInfo, device, dtype, allow_pickle: bool, config) -> Model:
         raise ModelLoadError(f"cannot load model {spec!r}: {first}") from None
     extra = {k: pipe.config[k] for k in cls.config_fields if k in pipe.config}
     return from_components(
-        dict(pipe.components), spec, device, dtype, cls, info.settings, move=False, **extra
+        dict(pipe.components), spec, device, dtype, cls, info.settings, move=False, memory=memory, **extra
     )
 
 
-def _from_single_file(pipeline, cls: type[Model], path: Path, allow_pickle: bool, config, kwargs):
+def _from_single_file(pipeline, cls: type[Model], path: Path, allow_pickle: bool, config, kwargs,
+                      quantization=None):  # fmt: skip
     """A single-file checkpoint through diffusers, its configs from ``config`` (a folder or a cached
-    hub id) or, without it, from the hub's copy of the family's reference model when reachable."""
+    hub id) or, without it, from the hub's copy of the family's reference model when reachable.
+    ``quantization`` is the denoiser's quantization config (a ``.gguf`` file's, or quantize's)."""
     if path.suffix in PICKLE_SUFFIXES and not allow_pickle:
         raise ModelLoadError(
             f"{path} is a pickled checkpoint, which can run code when loaded; "
@@ -263,17 +320,20 @@ def _from_single_file(pipeline, cls: type[Model], path: Path, allow_pickle: bool
             raise ModelLoadError(
                 f"--model-config {config}: not a diffusers model folder (no model_index.json)"
             )
-        if cls.single_file_holds == "denoiser":  # the file holds the denoiser alone: the rest from the config
+        if cls.single_file_holds == "denoiser" or path.suffix == ".gguf":  # the rest from the config
             import diffusers
 
+            quantized = {} if quantization is None else {"quantization_config": quantization}
             denoiser = getattr(diffusers, cls.denoiser_class).from_single_file(
                 str(path), config=str(config), subfolder=cls.denoiser_name, local_files_only=_offline(),
-                **dtype_argument(kwargs.get("dtype", kwargs.get("torch_dtype"))),
+                **dtype_argument(kwargs.get("dtype", kwargs.get("torch_dtype"))), **quantized,
             )  # fmt: skip
             return pipeline.from_pretrained(
                 str(config), **{cls.denoiser_name: denoiser}, local_files_only=_offline(), **kwargs
             )
+        _refuse_quantized_pipeline(path, quantization)
         return pipeline.from_single_file(str(path), config=str(config), local_files_only=_offline(), **kwargs)
+    _refuse_quantized_pipeline(path, quantization)
     try:
         if cls.single_file_holds == "denoiser":
             raise ModelLoadError(f"a {cls.display_name} file holds only the {cls.denoiser_name}")
@@ -286,6 +346,14 @@ def _from_single_file(pipeline, cls: type[Model], path: Path, allow_pickle: bool
         ) from None
 
 
+def _refuse_quantized_pipeline(path: Path, quantization) -> None:
+    if quantization is not None:
+        raise ModelLoadError(
+            f"{path} holds a whole pipeline, and diffusers quantizes only a denoiser loaded on its own; "
+            "save the pipeline as a diffusers folder and load that with quantize"
+        )
+
+
 def from_components(
     components: dict,
     name: str = "components",
@@ -294,6 +362,7 @@ def from_components(
     cls=None,
     settings: dict | None = None,
     move: bool = True,
+    memory=None,
     **extra,
 ) -> Model:
     """Wrap in-memory components (as built in tests, keyed like a diffusers pipeline) into a model.
@@ -301,17 +370,25 @@ def from_components(
     ``cls`` is the family's class; by default the family the components make
     (:func:`~regionedit.models.families.family_of_components`). The modules are moved to ``device``/``dtype`` in place (``nn.Module.to``),
     as diffusers does; ``move=False`` moves them to the device only (they already have their dtype).
-    ``extra`` are family fields (SDXL's ``force_zeros_for_empty_prompt``).
+    ``extra`` are family fields (SDXL's ``force_zeros_for_empty_prompt``). ``memory``
+    (:class:`~regionedit.models.memory.MemoryOptions` or a mapping) offloads the components and sets the
+    denoiser's storage dtype; its ``quantize`` needs files (:func:`load`).
     """
     device, dtype = resolve_device(device, dtype)
+    memory = weights.make_memory(memory)
     cls = cls or families.family_of_components(components)
+    if memory.quantize is not None and getattr(components[cls.denoiser_name], "hf_quantizer", None) is None:
+        raise InvalidOptionError(
+            "quantize applies when loading from files: use regionedit.load(..., memory=...)"
+        )
+    homes = {k: weights.home(memory, k, cls.denoiser_name, device) for k in cls.modules}
     fields = {
-        k: components[k].to(device, dtype) if move else components[k].to(device)
+        k: components[k].to(homes[k], dtype) if move else components[k].to(homes[k])
         for k in cls.modules
         if components.get(k) is not None  # SD3 without its T5
     }
     fields.update({k: components.get(k) for k in cls.objects})
-    return cls(
+    model = cls(
         **fields,
         scheduler_config=dict(components["scheduler"].config),
         name=name,
@@ -320,3 +397,5 @@ def from_components(
         settings=dict(settings or {}),
         **extra,
     )
+    weights.apply(model, memory)
+    return model
