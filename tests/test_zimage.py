@@ -13,6 +13,7 @@ from regionedit.models.loading import from_components
 from regionedit.multimodal import edit as edit_multimodal
 
 from .conftest import box_grid, wide_image
+from .test_flow import _controlled  # the same scene, masks and caption
 
 CAPTION = "a red square and a blue circle on a gray background"
 NEGATIVE = "blurry, bad quality"
@@ -290,17 +291,6 @@ def tiny_controlnet(model, seed: int = 3, **overrides):
             if not p.any():
                 torch.nn.init.normal_(p, std=0.3)
     return net
-
-
-def _controlled(model, image, nets, scales):
-    from regionedit.multimodal import Condition
-
-    edges = Image.fromarray(((np.asarray(image).sum(2) > 200) * 255).astype(np.uint8)).convert("RGB")
-    conditions = [Condition(k, edges, scale=s) for k, s in zip(["edge", "scribble"], scales, strict=False)]
-    options = MultimodalOptions(num_inference_steps=4, optimize_steps=3)
-    result = edit_multimodal(model, image, "a green triangle", CAPTION, mask=masks(1)[0], conditions=conditions,
-                             controlnets=nets, options=options, progress=False)  # fmt: skip
-    return np.asarray(result.image)
 
 
 def test_the_familys_controlnet_steers_the_multimodal_editor(model, image):
