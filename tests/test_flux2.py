@@ -174,9 +174,10 @@ def test_attention_capture_leaves_the_output_and_reads_the_text(model):
 
 def test_word_positions_follow_the_chat_template(model):
     positions = model.word_positions("a green circle", "green")
-    ids = model.text_axis_ids(model.tokenizer, "a green circle", model.max_sequence_length)
+    ids = model.tokenizer(model._template("a green circle")).input_ids
     assert positions and model.tokenizer.decode([ids[p] for p in positions]) == "green"
     assert positions[0] > len("a ")  # after the template's user prefix
+    assert model.word_positions("a green circle", "red") == []
 
 
 def test_a_folder_loads_and_edits_from_the_cli(tmp_path, image):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .flow import FlowModel
-from .interface import Conditioning
+from .interface import Conditioning, templated_word_positions
 from .schedule import FlowSchedule
 
 log = logging.getLogger(__name__)
@@ -138,13 +138,17 @@ class Flux2Klein(FlowModel):
         )  # fmt: skip
         return Conditioning(embeds.to(self.dtype))
 
-    def text_axis_ids(self, tokenizer, prompt: str, length: int) -> list[int]:
-        """The chat-templated prompt's ids, as the pipeline feeds them."""
-        text = tokenizer.apply_chat_template(
+    def _template(self, prompt: str) -> str:
+        return self.tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True,
             enable_thinking=False,
         )  # fmt: skip
-        return tokenizer(text, padding="max_length", max_length=length, truncation=True).input_ids
+
+    def word_positions(self, prompt: str, words: str) -> list[int]:
+        """Positions of ``words`` in the captured text axis: the chat-templated prompt's tokens."""
+        start = len(self._template("\x00").split("\x00")[0])
+        found = templated_word_positions(self.tokenizer, self._template(prompt), start, prompt, words)
+        return [k for k in found if k < self.max_sequence_length]
 
     # --- the denoiser -------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ subclasses it and fills in the rest (:class:`~regionedit.models.sd.StableDiffusi
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -376,7 +377,7 @@ class Model:
         Empty when ``prompt`` does not contain the words."""
         found = []
         for tokenizer, start, length in self.text_segments():
-            ids = self.text_axis_ids(tokenizer, prompt, length)
+            ids = tokenizer(prompt, padding="max_length", max_length=length, truncation=True).input_ids
             wanted = tokenizer(words, add_special_tokens=False).input_ids
             for s in range(len(ids) - len(wanted) + 1) if wanted else ():
                 if ids[s : s + len(wanted)] == wanted:
@@ -388,11 +389,6 @@ class Model:
                     found += [start + s + k for k in (kept or range(len(wanted)))]
         return sorted(found)
 
-    def text_axis_ids(self, tokenizer, prompt: str, length: int) -> list[int]:
-        """The token ids along one segment of the captured text axis for ``prompt`` (a family with a
-        chat template wraps the prompt in it first)."""
-        return tokenizer(prompt, padding="max_length", max_length=length, truncation=True).input_ids
-
     def cross_attention(self, temperature: float = 1.0):
         """Context manager: cross-attention with ``temperature``, capturable; yields the store."""
         from ..attention import temperature_attention
@@ -401,6 +397,25 @@ class Model:
 
 
 STOP_WORDS = frozenset({"a", "an", "the", "and", "of", "on", "in", "with", ",", "."})
+
+
+def templated_word_positions(tokenizer, text: str, start: int, prompt: str, words: str) -> list[int]:
+    """Token positions in ``text`` (a template with ``prompt`` at character ``start``) of the tokens
+    that overlap ``words`` where ``prompt`` has them as whole words (case ignored), short function words
+    left out unless nothing else is left. Found by character offsets, so a byte-level tokenizer that
+    spells a word with its leading space ("Ġgreen") finds it too."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise InvalidInputError("finding words in this model's prompts needs a fast tokenizer (offsets)")
+    offsets = tokenizer(text, return_offsets_mapping=True).offset_mapping
+    wanted = words.lower().strip()
+    spans = [m.span() for m in re.finditer(r"\S+", wanted)]
+    spans = [s for s in spans if wanted[s[0] : s[1]] not in STOP_WORDS] or spans
+    found = set()
+    for match in re.finditer(rf"(?<!\w){re.escape(wanted)}(?!\w)", prompt.lower()) if wanted else ():
+        for a, b in spans:
+            lo, hi = start + match.start() + a, start + match.start() + b
+            found |= {k for k, (x, y) in enumerate(offsets) if x < hi and y > lo}
+    return sorted(found)
 
 
 def check_image_size(height: int, width: int, factor: int) -> None:

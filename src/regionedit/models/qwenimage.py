@@ -19,7 +19,6 @@ The latents an editor sees stay ``(B, C, h, w)``; the 2×2 packing is the family
 
 from __future__ import annotations
 
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 
 from ..errors import InvalidInputError, ModelLoadError
 from .flow import FlowModel, _add
-from .interface import STOP_WORDS, Conditioning
+from .interface import Conditioning, templated_word_positions
 
 DEFAULT_SAMPLE_SIZE = 128  # the pipeline's default side, in latent cells (1024 px on Qwen-Image)
 
@@ -142,22 +141,13 @@ class QwenImage(FlowModel):
         return Conditioning.cat(parts)
 
     def word_positions(self, prompt: str, words: str) -> list[int]:
-        """Positions of ``words`` on the captured text axis: the tokens of the templated prompt that
-        overlap them (whole words, case ignored, found by character offsets), less the dropped
-        template tokens."""
-        if not getattr(self.tokenizer, "is_fast", False):
-            raise InvalidInputError("finding words in a Qwen-Image prompt needs a fast tokenizer (offsets)")
+        """Positions of ``words`` on the captured text axis: the templated prompt's tokens that overlap
+        them, less the dropped template tokens."""
         template, drop = self._pipe.prompt_template_encode, self._pipe.prompt_template_encode_start_idx
-        offsets = self.tokenizer(template.format(prompt), return_offsets_mapping=True).offset_mapping
-        start, wanted = template.index("{}"), words.lower().strip()
-        spans = [m.span() for m in re.finditer(r"\S+", wanted)]
-        spans = [s for s in spans if wanted[s[0] : s[1]] not in STOP_WORDS] or spans
-        found = set()
-        for match in re.finditer(rf"(?<!\w){re.escape(wanted)}(?!\w)", prompt.lower()) if wanted else ():
-            for a, b in spans:
-                lo, hi = start + match.start() + a, start + match.start() + b
-                found |= {k - drop for k, (x, y) in enumerate(offsets) if x < hi and y > lo}
-        return sorted(p for p in found if 0 <= p < self.max_sequence_length)
+        found = templated_word_positions(
+            self.tokenizer, template.format(prompt), template.index("{}"), prompt, words
+        )
+        return [k - drop for k in found if 0 <= k - drop < self.max_sequence_length]
 
     # --- the denoiser -------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from diffusers.models.attention import AttentionMixin
 from ..attention import AttentionStore, _installed
 from ..errors import InvalidInputError
 from .flow import FlowModel
-from .interface import STOP_WORDS, Conditioning
+from .interface import Conditioning, templated_word_positions
 from .schedule import FlowSchedule
 
 log = logging.getLogger(__name__)
@@ -208,19 +208,11 @@ class ZImage(FlowModel):
         return [(self.tokenizer, start, self.text_tokens() - start)]
 
     def word_positions(self, prompt: str, words: str) -> list[int]:
-        """Positions of ``words`` in the captured text axis: the chat-templated prompt's tokens (the
-        template's prefix first). A byte-level tokenizer spells a word with its leading space
-        differently, so both spellings are looked for."""
-        ids = self.tokenizer(self._template(prompt), max_length=self.text_tokens(), truncation=True).input_ids
-        found = set()
-        for spelling in (words, " " + words):
-            wanted = self.tokenizer(spelling, add_special_tokens=False).input_ids
-            kept = [k for k, w in enumerate(wanted) if self.tokenizer.decode([w]).strip().lower() not in STOP_WORDS
-                    and self.tokenizer.decode([w]).strip()]  # fmt: skip
-            for s in range(len(ids) - len(wanted) + 1) if wanted else ():
-                if ids[s : s + len(wanted)] == wanted:
-                    found.update(s + k for k in (kept or range(len(wanted))))
-        return sorted(found)
+        """Positions of ``words`` in the captured text axis: the chat-templated prompt's tokens."""
+        text = self._template(prompt)
+        start = len(self._template("\x00").split("\x00")[0])
+        found = templated_word_positions(self.tokenizer, text, start, prompt, words)
+        return [k for k in found if k < self.text_tokens()]
 
     # --- the transformer ---------------------------------------------------------------------
 
