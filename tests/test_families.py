@@ -106,7 +106,7 @@ def test_the_model_declares_what_loader_memory_and_editors_read():
         assert callable(getattr(Model, name)), name
 
 
-FAMILY_NAMES = {"sd", "sdxl", "flux", "sd3"}
+FAMILY_NAMES = {"sd", "sdxl", "flux", "sd3", "flux2", "qwenimage", "zimage"}
 FAMILY_CLASSES = {
     "StableDiffusion",
     "StableDiffusionXL",
@@ -114,6 +114,9 @@ FAMILY_CLASSES = {
     "StableDiffusion3",
     "FlowTransformer",
     "FlowModel",
+    "Flux2Klein",
+    "QwenImage",
+    "ZImage",
 }
 
 
@@ -124,6 +127,9 @@ def family_checks(root: Path = PACKAGE) -> list[str]:
         "models/sd.py",
         "models/sdxl.py",
         "models/flow.py",
+        "models/flux2.py",
+        "models/qwenimage.py",
+        "models/zimage.py",
         "models/interface.py",
     }
     found = compared_strings(root, FAMILY_NAMES, allowed)

@@ -141,11 +141,12 @@ def build_parser(settings: dict | None = None) -> argparse.ArgumentParser:
     d.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's setting)")
     from .batch.cli import add_parser as add_batch
     from .bench.cli import add_parser as add_bench
+    from .bench.plan_cli import add_parser as add_plan
     from .shapes.cli import add_parsers as add_shapes
     from .ui.cli import add_parser as add_serve
 
     COMMANDS.update(add_shapes(sub))
-    for add in (add_serve, add_bench, add_batch):  # their heavy imports stay inside the handlers
+    for add in (add_serve, add_bench, add_batch, add_plan):  # their heavy imports stay inside the handlers
         name, handler = add(sub)
         COMMANDS[name] = handler
     return p

@@ -27,6 +27,10 @@ class ExecutionOptions:
         help="LoMOE's reference cross-attention maps: recomputed each step (nothing held across steps), "
         "or all steps held on the model's device, or on the CPU",
     )  # fmt: skip
+    max_memory: str | None = option(
+        None, help="LoMOE: a device-memory budget such as 24GB; warn when the planned peak (regionedit plan) "
+        "exceeds it and, without a chunk size, take the largest gradient chunk that fits",
+    )  # fmt: skip
 
     def __post_init__(self):
         if self.chunk_size is not None and (
@@ -36,6 +40,10 @@ class ExecutionOptions:
                 f"chunk_size must be a positive integer or None, got {self.chunk_size!r}"
             )
         require_bools(self, ("gradient_checkpointing",))
+        if self.max_memory is not None:
+            from .plan.budget import parse_bytes
+
+            parse_bytes(self.max_memory)
         if self.reference_maps not in REFERENCE_MAPS:
             raise InvalidOptionError(
                 f"reference_maps must be one of {REFERENCE_MAPS}, got {self.reference_maps!r}"

@@ -36,7 +36,8 @@ class Method:
     request_fields: frozenset[str] = frozenset()
     masks_required: bool = True
     caption_required: bool = True
-    execution_fields: frozenset[str] = frozenset({"chunk_size", "gradient_checkpointing", "reference_maps"})
+    execution_fields: frozenset[str] = frozenset({"chunk_size", "gradient_checkpointing", "reference_maps",
+                                                  "max_memory"})  # fmt: skip
 
     def options(self, values=None, settings: Mapping | None = None):
         """Its options: the defaults, then a model's ``settings`` for it, then ``values``."""

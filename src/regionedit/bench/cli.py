@@ -1,4 +1,4 @@
-"""``regionedit bench {shapes,lomoe-bench,pie-bench,speed,edit,report}``.
+"""``regionedit bench {shapes,lomoe-bench,pie-bench,speed,edit,gpu,report}``.
 
 Heavy imports (torch, diffusers, matplotlib) happen inside the handlers, so ``regionedit
 --help`` stays fast.
@@ -181,6 +181,25 @@ def add_parser(subparsers):
         "--noise", type=float, default=0.0, help="Gaussian pixel noise, std on 0..255 (default 0)"
     )
     mk.add_argument("--out", default=None, help="folder for rows.jsonl and summary.json")
+
+    g = sub.add_parser(
+        "gpu", help="LoMOE's step against each family's pipeline step at full size, random weights (CUDA)"
+    )
+    g.add_argument("--models", default=None,
+                   help="architectures, comma-separated (default: all of regionedit plan's *-random names)")  # fmt: skip
+    g.add_argument("--modes", default="none,group,fp8",
+                   help="memory settings: none, group (offloading), fp8 (float8 storage); default all")  # fmt: skip
+    g.add_argument("--regions", type=_ints, default=[1, 2, 4, 8], help="region counts (default 1,2,4,8)")
+    g.add_argument("--size", type=int, default=1024, help="image side (default 1024; --tiny: 64)")
+    g.add_argument("--repeats", type=int, default=2, help="timed runs after a warm-up; the fastest counts")
+    g.add_argument("--steps", type=int, default=3, help="steps of the editor rows' edits (default 3)")
+    g.add_argument("--no-editor", action="store_true", help="skip whole edits through regionedit's editor")
+    g.add_argument(
+        "--tiny", action="store_true", help="reduced depth and width on the CPU: a check that it runs"
+    )
+    g.add_argument(
+        "--out", default=None, help="write the markdown table here (and the rows as JSON beside it)"
+    )
 
     r = sub.add_parser("report", help="(re)write summary.json, report.md and plots from DIR's results")
     r.add_argument("dir", help="a run's output folder (its --out)")
@@ -419,6 +438,33 @@ def run_masks(args) -> int:
     return 0
 
 
+def run_gpu(args) -> int:
+    import dataclasses
+
+    from .architectures import ARCHITECTURES
+    from .gpu import MODES, denoiser_rows, device_setting, format_rows
+    from .gpu_editor import editor_rows
+
+    models = [m.strip() for m in args.models.split(",")] if args.models else list(ARCHITECTURES)
+    modes = [m.strip() for m in args.modes.split(",")]
+    if set(models) - set(ARCHITECTURES) or set(modes) - set(MODES):
+        raise InvalidInputError(
+            f"--models takes {', '.join(ARCHITECTURES)}; --modes takes {', '.join(MODES)}"
+        )
+    size = 64 if args.tiny and args.size == 1024 else args.size
+    rows = denoiser_rows(models, modes, args.regions, size, args.tiny, max(1, args.repeats))
+    if not args.no_editor:
+        device, dtype, budget = device_setting(args.tiny)
+        rows += editor_rows(modes, args.regions, size, args.tiny, device, dtype, args.steps, budget)
+    table = format_rows(rows, "MiB" if args.tiny else "GiB")
+    print(table)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(table + "\n")
+        _write_json(str(Path(args.out).with_suffix(".json")), [dataclasses.asdict(r) for r in rows])
+    return 0
+
+
 HANDLERS = {
     "masks": run_masks,
     "shapes": run_shapes,
@@ -427,6 +473,7 @@ HANDLERS = {
     "speed": run_speed,
     "edit": run_edit_scaling,
     "report": run_report,
+    "gpu": run_gpu,
 }
 
 

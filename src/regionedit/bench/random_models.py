@@ -3,7 +3,8 @@ what the weights are): ``--model sd2-base-random``, ``sdxl-base-random``, ``flux
 ``sd3-medium-random`` in ``regionedit bench``.
 
 The text encoders run once per prompt, so small ones of the right widths stand in for the real
-ones without changing the per-step cost.
+ones without changing the per-step cost. Keywords beyond the builders' own change the denoiser's config
+(a reduced depth of the real widths: ``sdxl_base_components(transformer_layers_per_block=1)``).
 """
 
 from __future__ import annotations
@@ -75,7 +76,9 @@ def _clip(tokenizer, width: int, layers: int, projection: int | None = None):
     return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
 
 
-def sd2_base_components(device="cpu", dtype=torch.float32, seed: int = 0, text_layers: int = 1) -> dict:
+def sd2_base_components(
+    device="cpu", dtype=torch.float32, seed: int = 0, text_layers: int = 1, **denoiser
+) -> dict:
     """SD-2-base UNet (865 M parameters) and VAE with random weights, and a small text encoder of
     OpenCLIP-H's width (1024)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -85,13 +88,13 @@ def sd2_base_components(device="cpu", dtype=torch.float32, seed: int = 0, text_l
     tokenizer = build_tokenizer(77)
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
+        unet = UNet2DConditionModel(**{**dict(
             sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
             block_out_channels=(320, 640, 1280, 1280),
             down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
             cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
-        )  # fmt: skip
+        ), **denoiser})  # fmt: skip
         vae = AutoencoderKL(
             block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
             up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=512,
@@ -101,7 +104,9 @@ def sd2_base_components(device="cpu", dtype=torch.float32, seed: int = 0, text_l
     return dict(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=_scheduler())
 
 
-def sdxl_base_components(device="cpu", dtype=torch.float32, seed: int = 0, text_layers: int = 1) -> dict:
+def sdxl_base_components(
+    device="cpu", dtype=torch.float32, seed: int = 0, text_layers: int = 1, **denoiser
+) -> dict:
     """SDXL-base UNet (2.6 G parameters) and VAE with random weights, and small text encoders of
     CLIP-L's and OpenCLIP-bigG's widths (768 and 1280; cross-attention width 2048)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -111,7 +116,7 @@ def sdxl_base_components(device="cpu", dtype=torch.float32, seed: int = 0, text_
     tokenizer = build_tokenizer(77)
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
+        unet = UNet2DConditionModel(**{**dict(
             sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
             block_out_channels=(320, 640, 1280),
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
@@ -119,7 +124,7 @@ def sdxl_base_components(device="cpu", dtype=torch.float32, seed: int = 0, text_
             transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
             use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
             projection_class_embeddings_input_dim=2816,
-        )  # fmt: skip
+        ), **denoiser})  # fmt: skip
         vae = AutoencoderKL(
             block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
             up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=1024,
@@ -149,7 +154,9 @@ def _t5(tokenizer, width: int, layers: int):
     return T5EncoderModel(config)
 
 
-def flux_dev_components(device="cpu", dtype=torch.float32, seed: int = 0, text_layers: int = 1) -> dict:
+def flux_dev_components(
+    device="cpu", dtype=torch.float32, seed: int = 0, text_layers: int = 1, **denoiser
+) -> dict:
     """FLUX.1-dev's transformer (12 B parameters: 19 double- and 38 single-stream blocks, 24 heads of
     128, guidance embedding) and 16-channel VAE with random weights; a CLIP of width 768 (pooled)
     and a small T5 of width 4096 (512 tokens, as FLUX.1-dev's pipeline)."""
@@ -160,11 +167,11 @@ def flux_dev_components(device="cpu", dtype=torch.float32, seed: int = 0, text_l
     tokenizer = build_tokenizer(77)
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)
-        transformer = FluxTransformer2DModel(
+        transformer = FluxTransformer2DModel(**{**dict(
             patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
             num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
             axes_dims_rope=(16, 56, 56),
-        )  # fmt: skip
+        ), **denoiser})  # fmt: skip
         vae = _flow_vae(0.3611, 0.1159)
         text_encoder = _clip(tokenizer, 768, text_layers)
         text_encoder_2 = _t5(tokenizer, 4096, text_layers)
@@ -176,7 +183,9 @@ def flux_dev_components(device="cpu", dtype=torch.float32, seed: int = 0, text_l
                 tokenizer=tokenizer, tokenizer_2=build_tokenizer(512), scheduler=scheduler)  # fmt: skip
 
 
-def sd3_medium_components(device="cpu", dtype=torch.float32, seed: int = 0, text_layers: int = 1) -> dict:
+def sd3_medium_components(
+    device="cpu", dtype=torch.float32, seed: int = 0, text_layers: int = 1, **denoiser
+) -> dict:
     """SD3-medium's transformer (2 B parameters: 24 joint blocks of 24 heads × 64, 2x2 patches) and
     16-channel VAE with random weights; CLIPs of widths 768 and 1280 and a small T5 of width 4096
     (256 tokens, as the pipeline's default)."""
@@ -187,11 +196,11 @@ def sd3_medium_components(device="cpu", dtype=torch.float32, seed: int = 0, text
     tokenizer = build_tokenizer(77)
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)
-        transformer = SD3Transformer2DModel(
+        transformer = SD3Transformer2DModel(**{**dict(
             sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
             num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
             pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=192,
-        )  # fmt: skip
+        ), **denoiser})  # fmt: skip
         vae = _flow_vae(1.5305, 0.0609)
         text_encoder = _clip(tokenizer, 768, text_layers, projection=768)
         text_encoder_2 = _clip(tokenizer, 1280, text_layers, projection=1280)

@@ -171,6 +171,10 @@ def run(
     ``edit.image`` is inverted here.
     """
     options, execution = edit.options, edit.execution
+    if execution.max_memory is not None:  # the memory plan: a warning over budget, a chunk size that fits
+        from ..plan.budget import fit_budget
+
+        execution = fit_budget(model, edit, background_branch(asdict(options)))
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     start_time = time.perf_counter()
     inv = _inversion_for(model, edit, inversion, progress)
