@@ -240,5 +240,5 @@ def test_regionedit_plan_says_nothing_else(tmp_path):
     import sys
 
     cmd = [sys.executable, "-m", "regionedit.cli", "plan", "--model", "qwen-image-random", "--size", "512x512"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0 and "**peak**" in done.stdout and done.stderr == ""
