@@ -239,6 +239,6 @@ def test_regionedit_plan_says_nothing_else(tmp_path):
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "regionedit.cli", "plan", "--model", "qwen-image-random", "--size", "512x512"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # fmt: skip
+    args = ["plan", "--model", "qwen-image-random", "--size", "512x512"]
+    done = subprocess.run([sys.executable, "-m", "regionedit.cli", *args], capture_output=True, text=True)
     assert done.returncode == 0 and "**peak**" in done.stdout and done.stderr == ""
