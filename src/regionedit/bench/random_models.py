@@ -56,6 +56,15 @@ def qwen_tokenizer(max_tokens: int = 512):
     return tokenizer
 
 
+def _denoiser(name: str, **changes) -> torch.nn.Module:
+    """The released denoiser of architecture ``name`` (:mod:`regionedit.bench.architectures`), random
+    weights, with config ``changes`` (a reduced depth, a sample size)."""
+    from .architectures import ARCHITECTURES, build
+
+    cls, config = ARCHITECTURES[name].denoiser
+    return build(cls, {**config, **changes}, torch.get_default_device())
+
+
 def _scheduler():
     from diffusers import DDIMScheduler
 
@@ -81,20 +90,14 @@ def sd2_base_components(
 ) -> dict:
     """SD-2-base UNet (865 M parameters) and VAE with random weights, and a small text encoder of
     OpenCLIP-H's width (1024)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import AutoencoderKL
 
     from ..shapes.model import build_tokenizer
 
     tokenizer = build_tokenizer(77)
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**{**dict(
-            sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-            block_out_channels=(320, 640, 1280, 1280),
-            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-            cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
-        ), **denoiser})  # fmt: skip
+        unet = _denoiser("sd2-base-random", sample_size=64, **denoiser)
         vae = AutoencoderKL(
             block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
             up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=512,
@@ -109,22 +112,14 @@ def sdxl_base_components(
 ) -> dict:
     """SDXL-base UNet (2.6 G parameters) and VAE with random weights, and small text encoders of
     CLIP-L's and OpenCLIP-bigG's widths (768 and 1280; cross-attention width 2048)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import AutoencoderKL
 
     from ..shapes.model import build_tokenizer
 
     tokenizer = build_tokenizer(77)
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**{**dict(
-            sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
-            block_out_channels=(320, 640, 1280),
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
-            use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-            projection_class_embeddings_input_dim=2816,
-        ), **denoiser})  # fmt: skip
+        unet = _denoiser("sdxl-base-random", sample_size=128, **denoiser)
         vae = AutoencoderKL(
             block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
             up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=1024,
@@ -160,18 +155,14 @@ def flux_dev_components(
     """FLUX.1-dev's transformer (12 B parameters: 19 double- and 38 single-stream blocks, 24 heads of
     128, guidance embedding) and 16-channel VAE with random weights; a CLIP of width 768 (pooled)
     and a small T5 of width 4096 (512 tokens, as FLUX.1-dev's pipeline)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler
 
     from ..shapes.model import build_tokenizer
 
     tokenizer = build_tokenizer(77)
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)
-        transformer = FluxTransformer2DModel(**{**dict(
-            patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-            num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
-            axes_dims_rope=(16, 56, 56),
-        ), **denoiser})  # fmt: skip
+        transformer = _denoiser("flux-dev-random", **denoiser)
         vae = _flow_vae(0.3611, 0.1159)
         text_encoder = _clip(tokenizer, 768, text_layers)
         text_encoder_2 = _t5(tokenizer, 4096, text_layers)
@@ -189,18 +180,14 @@ def sd3_medium_components(
     """SD3-medium's transformer (2 B parameters: 24 joint blocks of 24 heads × 64, 2x2 patches) and
     16-channel VAE with random weights; CLIPs of widths 768 and 1280 and a small T5 of width 4096
     (256 tokens, as the pipeline's default)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler
 
     from ..shapes.model import build_tokenizer
 
     tokenizer = build_tokenizer(77)
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)
-        transformer = SD3Transformer2DModel(**{**dict(
-            sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
-            num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
-            pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=192,
-        ), **denoiser})  # fmt: skip
+        transformer = _denoiser("sd3-medium-random", **denoiser)
         vae = _flow_vae(1.5305, 0.0609)
         text_encoder = _clip(tokenizer, 768, text_layers, projection=768)
         text_encoder_2 = _clip(tokenizer, 1280, text_layers, projection=1280)
