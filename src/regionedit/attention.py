@@ -124,11 +124,23 @@ class JointAttentionCapture:
             n = text.shape[1]
             query = apply_rotary_emb(query, tuple(r[n:] for r in rotary), sequence_dim=1)
             key = apply_rotary_emb(key, tuple(r[:n] for r in rotary), sequence_dim=1)
-        scores = torch.einsum("bihd,bjhd->bhij", query.float(), key.float()) * (
-            head_dim**-0.5 / self.temperature
-        )
-        probs = scores.softmax(dim=-1)
-        return probs.flatten(0, 1)
+        return text_probabilities(query, key, self.temperature)
+
+
+def text_probabilities(query, key, temperature: float, real=None, tokens: int | None = None) -> torch.Tensor:
+    """``(batch * heads, image tokens, text tokens)``: ``softmax(q · kᵀ · scale / temperature)`` over the
+    text keys, from ``(batch, tokens, heads, head_dim)`` queries and keys (norms and rotary applied),
+    in float32 with the graph kept. ``real`` ``(batch, text tokens)`` leaves padding out (probability 0);
+    ``tokens`` zero-pads the text axis to that length so maps of prompts of any length compare."""
+    scores = torch.einsum("bihd,bjhd->bhij", query.float(), key.float()) * (
+        query.shape[-1] ** -0.5 / temperature
+    )
+    if real is not None:
+        scores = scores.masked_fill(~real.bool()[:, None, None, :].to(scores.device), float("-inf"))
+    probs = scores.softmax(dim=-1)
+    if tokens is not None:
+        probs = F.pad(probs, (0, max(0, tokens - probs.shape[-1])))
+    return probs.flatten(0, 1)
 
 
 @contextmanager

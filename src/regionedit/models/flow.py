@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
-from .interface import Conditioning, Model
+from .interface import Conditioning, Model, templated_word_positions
 from .schedule import FlowInverse, FlowSchedule
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,29 @@ class FlowModel(Model):
 
     def _timesteps(self, t, batch: int, dtype) -> torch.Tensor:
         return torch.as_tensor(t, device=self.device).to(dtype).reshape(-1).expand(batch)
+
+
+class ChatPrompts:
+    """Prompts wrapped in the tokenizer's chat template, as the pipelines of the Qwen3-encoded families
+    (FLUX.2 [klein], Z-Image) wrap them; words are found in the templated text."""
+
+    enable_thinking = False  # the template's switch, as the family's pipeline sets it
+
+    def _template(self, prompt: str) -> str:
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True,
+            enable_thinking=self.enable_thinking,
+        )  # fmt: skip
+
+    def _template_head(self) -> str:
+        """The template's text before a prompt."""
+        return self._template("\x00").split("\x00")[0]
+
+    def word_positions(self, prompt: str, words: str) -> list[int]:
+        """Positions of ``words`` in the captured text axis: the chat-templated prompt's tokens."""
+        start = len(self._template_head())
+        found = templated_word_positions(self.tokenizer, self._template(prompt), start, prompt, words)
+        return [k for k in found if k < self.text_tokens()]
 
 
 @dataclass(eq=False, kw_only=True)

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .flow import FlowModel
-from .interface import Conditioning, templated_word_positions
+from .flow import ChatPrompts, FlowModel
+from .interface import Conditioning
 from .schedule import FlowSchedule
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ PIPELINE_LAYERS = (9, 18, 27)  # the text encoder's hidden states the pipeline s
 
 
 @dataclass(eq=False, kw_only=True)
-class Flux2Klein(FlowModel):
+class Flux2Klein(ChatPrompts, FlowModel):
     """A ``Flux2KleinPipeline``'s components: ``Flux2Transformer2DModel``, ``AutoencoderKLFlux2``, Qwen3."""
 
     is_distilled: bool = False  # the pipeline's config: step-distilled models skip CFG
@@ -137,18 +137,6 @@ class Flux2Klein(FlowModel):
             text_encoder_out_layers=self.text_layers,
         )  # fmt: skip
         return Conditioning(embeds.to(self.dtype))
-
-    def _template(self, prompt: str) -> str:
-        return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True,
-            enable_thinking=False,
-        )  # fmt: skip
-
-    def word_positions(self, prompt: str, words: str) -> list[int]:
-        """Positions of ``words`` in the captured text axis: the chat-templated prompt's tokens."""
-        start = len(self._template("\x00").split("\x00")[0])
-        found = templated_word_positions(self.tokenizer, self._template(prompt), start, prompt, words)
-        return [k for k in found if k < self.max_sequence_length]
 
     # --- the denoiser -------------------------------------------------------------------------
 

@@ -23,7 +23,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import InvalidInputError, ModelLoadError
 from .flow import FlowModel, _add
@@ -245,6 +244,8 @@ class QwenAttentionCapture:
         """``(batch * heads, image tokens, tokens)`` probabilities, graph kept."""
         from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb_qwen
 
+        from ..attention import text_probabilities
+
         head_dim = attn.inner_dim // attn.heads
         query = attn.to_q(image).unflatten(-1, (-1, head_dim))
         key = attn.add_k_proj(text).unflatten(-1, (-1, head_dim))
@@ -255,13 +256,7 @@ class QwenAttentionCapture:
         if rotary is not None:  # complex (image, text) frequencies
             query = apply_rotary_emb_qwen(query, rotary[0], use_real=False)
             key = apply_rotary_emb_qwen(key, rotary[1], use_real=False)
-        scores = torch.einsum("bihd,bjhd->bhij", query.float(), key.float()) * (
-            head_dim**-0.5 / self.temperature
-        )
-        if mask is not None:
-            scores = scores.masked_fill(~mask.bool()[:, None, None, :], float("-inf"))
-        probs = scores.softmax(dim=-1)
-        return F.pad(probs, (0, max(0, self.tokens - probs.shape[-1]))).flatten(0, 1)
+        return text_probabilities(query, key, self.temperature, mask, self.tokens)
 
 
 @contextmanager

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import torch
 from diffusers.models.attention import AttentionMixin
 
-from ..attention import AttentionStore, _installed
+from ..attention import AttentionStore, _installed, text_probabilities
 from ..errors import InvalidInputError
-from .flow import FlowModel
-from .interface import Conditioning, templated_word_positions
+from .flow import ChatPrompts, FlowModel
+from .interface import Conditioning
 from .schedule import FlowSchedule
 
 log = logging.getLogger(__name__)
@@ -96,17 +96,8 @@ class ZImageAttentionCapture:
         if freqs_cis is not None:  # the processor's complex rotation
             query = apply_rotary_emb(query, freqs_cis[:, :n], use_real=False)
             key = apply_rotary_emb(key, freqs_cis[:, start : start + key.shape[1]], use_real=False)
-        head_dim = query.shape[-1]
-        scores = torch.einsum("bihd,bjhd->bhij", query.float(), key.float()) * (
-            head_dim**-0.5 / self.temperature
-        )
-        real = (
-            torch.arange(key.shape[1], device=scores.device)
-            < store.caption_lengths.to(scores.device)[:, None]
-        )
-        probs = scores.masked_fill(~real[:, None, None, :], float("-inf")).softmax(dim=-1)
-        probs = torch.nn.functional.pad(probs, (0, size - key.shape[1]))  # the sequence may end sooner
-        return probs.flatten(0, 1)
+        real = torch.arange(key.shape[1], device=key.device) < store.caption_lengths.to(key.device)[:, None]
+        return text_probabilities(query, key, self.temperature, real, size)  # the sequence may end sooner
 
 
 class _Processors(AttentionMixin):
@@ -121,7 +112,7 @@ class _Processors(AttentionMixin):
 
 
 @dataclass(eq=False, kw_only=True)
-class ZImage(FlowModel):
+class ZImage(ChatPrompts, FlowModel):
     """A ``ZImagePipeline``'s components: ``ZImageTransformer2DModel``, ``AutoencoderKL``, Qwen3.
 
     ``guidance_scale`` is w of ``u + w·(c − u)`` here as in every family; the pipeline's scale is
@@ -139,6 +130,7 @@ class ZImage(FlowModel):
     objects = ("tokenizer",)
     default_sequence_length = 512
     controlnet_class = "ZImageControlNetModel"
+    enable_thinking = True  # as ZImagePipeline templates prompts
 
     def __post_init__(self):
         super().__post_init__()
@@ -190,29 +182,13 @@ class ZImage(FlowModel):
             items.append(Conditioning(embeds[None].to(self.dtype), mask=mask))
         return Conditioning.cat(items)
 
-    def _template(self, prompt: str) -> str:
-        """``prompt`` in the chat template, as the pipeline wraps it."""
-        messages = [{"role": "user", "content": prompt}]
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True, enable_thinking=True
-        )
-
     def _prefix_tokens(self) -> int:
         """Tokens of the chat template before a prompt's first token."""
-        marker = "\x00"
-        head = self._template(marker).split(marker)[0]
-        return len(self.tokenizer(head, add_special_tokens=False).input_ids)
+        return len(self.tokenizer(self._template_head(), add_special_tokens=False).input_ids)
 
     def text_segments(self) -> list[tuple[object, int, int]]:
         start = self._prefix_tokens()
         return [(self.tokenizer, start, self.text_tokens() - start)]
-
-    def word_positions(self, prompt: str, words: str) -> list[int]:
-        """Positions of ``words`` in the captured text axis: the chat-templated prompt's tokens."""
-        text = self._template(prompt)
-        start = len(self._template("\x00").split("\x00")[0])
-        found = templated_word_positions(self.tokenizer, text, start, prompt, words)
-        return [k for k in found if k < self.text_tokens()]
 
     # --- the transformer ---------------------------------------------------------------------
 
