@@ -19,10 +19,10 @@ import sys
 import numpy as np
 import torch
 
-from regionedit.bench.architectures import build
 from regionedit.bench.denoiser_step import step_call
 from regionedit.bench.memory import tensor_peak
 from regionedit.plan.geometry import geometry
+from regionedit.plan.shape import build_network as build
 
 _UNET = dict(cross_attention_dim=64, attention_head_dim=8, norm_num_groups=32)
 _FLUX = dict(in_channels=64, attention_head_dim=128, num_attention_heads=4, joint_attention_dim=128,

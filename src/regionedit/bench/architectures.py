@@ -4,14 +4,12 @@
 ``regionedit bench gpu`` builds the denoisers from them with random weights. Each entry is the
 model's component configs (``<component>/config.json`` of its diffusers folder, the keys that differ
 from the classes' defaults); its ``source`` says where they were read. Parameter counts follow from
-building the networks on the ``meta`` device (:func:`parameter_count`).
+building the networks on the ``meta`` device (:func:`regionedit.plan.shape.build_network`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import torch
 
 
 @dataclass(frozen=True)
@@ -149,21 +147,3 @@ ARCHITECTURES: dict[str, Spec] = {
         "text_encoder": ("Qwen3Model", QWEN3_4B), "vae": FLUX_VAE,
     }, text_tokens=64, source="Tongyi-MAI/Z-Image-Turbo transformer/config.json; Qwen/Qwen3-4B"),
 }  # fmt: skip
-
-
-def build(class_name: str, config: dict, device="cpu") -> torch.nn.Module:
-    """A network of a diffusers or transformers class from its config, random weights on ``device``
-    (``"meta"``: no memory, for counting parameters)."""
-    import diffusers
-    import transformers
-
-    with torch.device(device):
-        if hasattr(diffusers, class_name):
-            return getattr(diffusers, class_name).from_config(dict(config))
-        cls = getattr(transformers, class_name)
-        return cls(cls.config_class(**config))
-
-
-def parameter_count(class_name: str, config: dict) -> int:
-    """Parameters of a network, counted on the ``meta`` device."""
-    return sum(p.numel() for p in build(class_name, config, "meta").parameters())

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .architectures import ARCHITECTURES, Spec, build
+from ..plan.shape import build_network as build
+from .architectures import ARCHITECTURES, Spec
 from .denoiser_step import step_call
 
 log = logging.getLogger(__name__)

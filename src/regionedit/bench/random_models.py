@@ -59,10 +59,11 @@ def qwen_tokenizer(max_tokens: int = 512):
 def _denoiser(name: str, **changes) -> torch.nn.Module:
     """The released denoiser of architecture ``name`` (:mod:`regionedit.bench.architectures`), random
     weights, with config ``changes`` (a reduced depth, a sample size)."""
-    from .architectures import ARCHITECTURES, build
+    from ..plan.shape import build_network
+    from .architectures import ARCHITECTURES
 
     cls, config = ARCHITECTURES[name].denoiser
-    return build(cls, {**config, **changes}, torch.get_default_device())
+    return build_network(cls, {**config, **changes}, torch.get_default_device())
 
 
 def _scheduler():

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelLoadError
+from ..models import families
 
 # Text tokens per prompt where the family reads the prompt's own tokens, unpadded (Qwen-Image, Z-Image):
 # a short prompt with its chat template is about 64.
@@ -78,15 +79,6 @@ def largest_block(module: torch.nn.Module) -> int:
     return max(largest, sum(p.numel() for p in module.parameters() if id(p) not in in_lists))
 
 
-def vae_scale_factor(vae_config: dict) -> int:
-    """Pixels per latent cell as the families see them: 2 per downsampling level, times the VAE's own
-    patch folding (FLUX.2's 2x2); the video VAE downsamples 8x in space."""
-    if "dim_mult" in vae_config:  # AutoencoderKLQwenImage
-        return 2 ** (len(vae_config["dim_mult"]) - 1)
-    patch = vae_config.get("patch_size") or (1,)
-    return 2 ** (len(vae_config["block_out_channels"]) - 1) * int(patch[0])
-
-
 def token_patch(denoiser_config: dict, vae_config: dict) -> int:
     """Latent cells per token side: the transformer's own patch size, else what packing its input takes
     (FLUX packs 2x2 cells of 16 channels into 64); 1 for a UNet and FLUX.2 (its VAE folds the patches)."""
@@ -101,7 +93,7 @@ def token_patch(denoiser_config: dict, vae_config: dict) -> int:
 
 def _shape(name, family, networks: dict, text_tokens: int, guidance_batches: int) -> ModelShape:
     vae, denoiser = networks["vae"], networks["denoiser"]
-    factor = vae_scale_factor(_public(vae.config))
+    factor = families.get(family).vae_factor(_public(vae.config))  # as the family reads it
     return ModelShape(
         name=name, family=family, denoiser_config=_public(denoiser.config),
         parameters={k: sum(p.numel() for p in m.parameters()) for k, m in networks.items()},
@@ -120,12 +112,13 @@ def _public(config) -> dict:
 UPCASTING = frozenset({"sdxl"})  # families whose VAE follows force_upcast (models/sdxl.py)
 
 
-def _meta(class_name: str, config) -> torch.nn.Module:
-    """A network of a diffusers or transformers class on the ``meta`` device."""
+def build_network(class_name: str, config, device="meta") -> torch.nn.Module:
+    """A network of a diffusers or transformers class from its config, random weights on ``device``
+    (``"meta"``: no memory, for counting parameters)."""
     import diffusers
     import transformers
 
-    with torch.device("meta"):
+    with torch.device(device):
         if hasattr(diffusers, class_name):
             return getattr(diffusers, class_name).from_config(dict(config))
         cls = getattr(transformers, class_name)
@@ -137,7 +130,7 @@ def _meta(class_name: str, config) -> torch.nn.Module:
 def shape_of_configs(name: str, family: str, components: dict, text_tokens: int, guidance: str) -> ModelShape:
     """A shape from ``components``: name -> ``(class name, config)`` (the denoiser named ``unet`` or
     ``transformer``), as :class:`regionedit.bench.architectures.Spec` holds them."""
-    networks = {k: _meta(*v) for k, v in components.items()}
+    networks = {k: build_network(*v) for k, v in components.items()}
     networks["denoiser"] = networks.pop("unet") if "unet" in networks else networks.pop("transformer")
     return _shape(name, family, networks, text_tokens, 1 if guidance == "distilled" else 2)
 
@@ -160,9 +153,9 @@ def shape_of_folder(name: str, folder: Path, family: str) -> ModelShape:
         if key.startswith("tokenizer"):
             tokenizers[key] = _json(folder / key / "tokenizer_config.json").get("model_max_length", 77)
         elif library == "diffusers" and (folder / key / "config.json").is_file():
-            networks[key] = _meta(cls, _json(folder / key / "config.json"))
+            networks[key] = build_network(cls, _json(folder / key / "config.json"))
         elif library == "transformers" and (folder / key / "config.json").is_file():
-            networks[key] = _meta(cls, transformers.AutoConfig.from_pretrained(str(folder / key)))
+            networks[key] = build_network(cls, transformers.AutoConfig.from_pretrained(str(folder / key)))
     networks["denoiser"] = networks.pop("unet") if "unet" in networks else networks.pop("transformer")
     tokens = TEXT_TOKENS.get(family, lambda t: t.get("tokenizer", 77))(tokenizers)
     distilled = networks["denoiser"].config.get("guidance_embeds") and family in DISTILLED_BY_EMBEDDING
