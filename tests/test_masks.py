@@ -12,7 +12,7 @@ import regionedit
 from regionedit import masks
 from regionedit.cli import main
 from regionedit.errors import DependencyError, InvalidInputError, ModelLoadError
-from regionedit.masks.query import MaskQuery, apply_grow, from_json
+from regionedit.masks.query import MaskQuery, apply_grow, find_all, from_json
 from regionedit.shapes.world import make_scene, render
 
 from . import tiny_finders
@@ -49,7 +49,9 @@ def test_words_are_found_by_the_mini_models_attention(mini, scene):
 
 def test_all_instances_and_words_that_are_not_there(mini, scene):
     s, image, silhouettes = scene
-    both = masks.from_words(mini, image, "triangle", caption=s.caption, all_instances=True, min_score=0)
+    both = masks.from_words(
+        mini, image, "triangle", caption=s.caption, all_instances=True, min_score=0, count=2
+    )
     assert len(both) >= 2  # the yellow and the white triangle
     assert (
         max(iou(f.mask, silhouettes[0]) for f in both) > 0.5
@@ -57,6 +59,22 @@ def test_all_instances_and_words_that_are_not_there(mini, scene):
     )
     with pytest.raises(masks.MaskNotFoundError, match=r"finds nothing that 'a giraffe' names \(best score"):
         masks.from_words(mini, image, "a giraffe")
+
+
+def test_regions_naming_the_same_words_take_distinct_objects_left_to_right(mini, scene):
+    s, image, silhouettes = scene
+    triangles = sorted(silhouettes[:2], key=lambda m: np.nonzero(m)[1].mean())  # left, then right
+    found = find_all([MaskQuery(words="triangle"), MaskQuery(words="Triangle ")], image, mini, s.caption,
+                     min_score=0)  # fmt: skip
+    assert iou(found[0].mask, triangles[0]) > 0.8 and iou(found[1].mask, triangles[1]) > 0.8
+    grown = find_all([MaskQuery(words="triangle"), MaskQuery(words="triangle", grow="box")], image, mini,
+                     s.caption, min_score=0)  # fmt: skip
+    assert np.array_equal(grown[0].mask, found[0].mask)  # each query keeps its own grow
+    assert np.array_equal(grown[1].mask, apply_grow(found[1].mask, "box"))
+    alone = find_all([MaskQuery(words="triangle")], image, mini, s.caption, min_score=0)[0]
+    assert np.array_equal(alone.mask, masks.from_words(mini, image, "triangle", s.caption, min_score=0).mask)
+    with pytest.raises(masks.MaskNotFoundError, match=r"^4 regions name 'a purple square' but only"):
+        find_all([MaskQuery(words=s.objects[2].phrase)] * 4, image, mini, s.caption)
 
 
 @pytest.mark.parametrize("family", sorted(BUILDERS))

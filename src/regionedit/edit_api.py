@@ -125,7 +125,7 @@ class EditRequest:
     def found_masks(self, model) -> list:
         """The masks, each query found in the image with ``model`` once it is loaded; before that
         (``model`` a ModelInfo) a query's points and box are checked and it stands as a full mask."""
-        from .masks.query import MaskQuery, find
+        from .masks.query import MaskQuery, find_all
 
         if not self.asks_for_masks():
             return list(self.masks)
@@ -134,23 +134,22 @@ class EditRequest:
 
         image = read_image(self.image)
         size = (image.height, image.width)
-        out = []
-        for m in self.masks:
-            if not isinstance(m, MaskQuery):
-                out.append(m)
-            elif isinstance(model, ModelInfo):
+        queries = [m for m in self.masks if isinstance(m, MaskQuery)]
+        if isinstance(model, ModelInfo):
+            for m in queries:
                 check_points(m.points, size)
                 check_points(m.negative_points, size, "negative point")
                 if m.box is not None:
                     check_box(m.box, size)
-                out.append(np.ones(size, bool))
-            else:
-                generator = torch.Generator().manual_seed(self.seed)
-                found = find(
-                    m, image, model, self.background_prompt, self.detector, self.segmenter, generator
+            found = iter([np.ones(size, bool)] * len(queries))
+        else:
+            found = iter(
+                f.mask
+                for f in find_all(
+                    queries, image, model, self.background_prompt, self.detector, self.segmenter, self.seed
                 )
-                out.append(found.mask)
-        return out
+            )
+        return [next(found) if isinstance(m, MaskQuery) else m for m in self.masks]
 
     def metadata(self, model_name: str, prepared: PreparedEdit) -> dict:
         """What a written PNG records: the request and the options actually used."""

@@ -111,16 +111,24 @@ def run_lomoe(model: Model, item: BenchItem, cfg: MethodConfig, generator) -> Me
 def run_lomoe_words(model: Model, item: BenchItem, cfg: MethodConfig, generator) -> MethodOutput:
     """LoMOE with masks found from words: each object named by its phrase in the source caption,
     found with the model's attention (its best guess, whatever the score) and grown to its box plus a
-    pixel, as the items' own masks are drawn. The edit draws from ``generator`` exactly as ``lomoe``
-    does, so pairs differ by the masks."""
-    from ..masks.query import MaskQuery, find
+    pixel, as the items' own masks are drawn. Objects that share a phrase are named left to right,
+    the order :func:`~regionedit.masks.query.find_all` gives them; when the model finds fewer
+    instances than names, each is found alone. The edit draws from ``generator`` exactly as
+    ``lomoe`` does, so pairs differ by the masks."""
+    from ..masks import MaskNotFoundError
+    from ..masks.query import MaskQuery, find_all, mask_centre
 
     image = _pil(item.image)
-    masks = [
-        find(MaskQuery(words=f"a {s['colour']} {s['shape']}", grow="box+1"), image, model, item.source_caption,
-             generator=torch.Generator().manual_seed(0), min_score=0).mask
-        for s in item.sources
-    ]  # fmt: skip
+    order = sorted(range(item.num_masks), key=lambda k: mask_centre(item.masks[k]))  # as a user reads them
+    queries = [MaskQuery(words=f"a {item.sources[k]['colour']} {item.sources[k]['shape']}", grow="box+1")
+               for k in order]  # fmt: skip
+    try:
+        found = find_all(queries, image, model, item.source_caption, min_score=0)
+    except MaskNotFoundError:
+        found = [find_all([q], image, model, item.source_caption, min_score=0)[0] for q in queries]
+    masks = [None] * item.num_masks
+    for k, f in zip(order, found, strict=True):
+        masks[k] = f.mask
     return run_lomoe(model, dataclasses.replace(item, masks=masks), cfg, generator)
 
 

@@ -30,7 +30,7 @@ from .attention import WordMap, attention_map, instances, removal_map
 from .refine import grow, region_from_points
 
 MIN_SCORE = (
-    1.25  # the words' attention inside / outside a mask below which they count as not found (docs/masks.md)
+    1.3  # the words' attention inside / outside a mask below which they count as not found (docs/masks.md)
 )
 DETECTOR_MIN_SCORE = 0.1  # a detector's (times a segmenter's) score below which a box is not kept
 
@@ -137,7 +137,8 @@ def spread(values: np.ndarray) -> np.ndarray:
 
 
 def from_words(model, image, words: str, caption: str | None = None, *, detector=None, segmenter=None,
-               all_instances: bool = False, min_score: float | None = None, generator=None):  # fmt: skip
+               all_instances: bool = False, min_score: float | None = None, generator=None,
+               count: int = 1):  # fmt: skip
     """The object(s) ``words`` name in ``image``.
 
     Args:
@@ -149,6 +150,8 @@ def from_words(model, image, words: str, caption: str | None = None, *, detector
             detector the words are its candidate label and each box is cut out by the segmenter
             (or kept as a box without one).
         all_instances: every instance found, best first, instead of the best one.
+        count: how many instances to look for at least (the model's attention searches past the
+            map's brightest parts until it has them; a detector returns all its boxes anyway).
         min_score: below it nothing counts as found (default: the finder's own, :data:`MIN_SCORE`
             for attention, the detector's threshold).
         generator: seeds the noise the attention is read under (default seed 0).
@@ -169,7 +172,7 @@ def from_words(model, image, words: str, caption: str | None = None, *, detector
         if model is None:
             raise InvalidInputError("words need the editing model or a detector to find them")
         found_map = word_map(model, image, words, caption, generator)
-        found = [FoundMask(m, s, "attention") for m, s in instances(_pixels(image), found_map)]
+        found = [FoundMask(m, s, "attention") for m, s in instances(_pixels(image), found_map, count=count)]
         how = "the model's attention"
         min_score = MIN_SCORE if min_score is None else min_score
     best = max((f.score for f in found), default=0.0)

@@ -21,9 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from ..models.interface import Model
-from .refine import component_at, components, grabcut
+from .refine import component_at, components, grabcut, grow
 
 STRENGTHS = (0.3, 0.5, 0.7)  # how far the image is noised for each attention reading
+ATTENTION_DRAWS = 3  # readings of the attention under fresh noise, each at every strength
+REMOVAL_DRAWS = 6  # noises at each strength the prediction's change is averaged over
+MIN_AREA = 0.002  # an instance covers at least this share of the image (smaller: a speck of the map)
 
 
 @dataclass
@@ -61,9 +64,14 @@ def _grid(count: int, latent_hw: tuple[int, int], patch: int) -> tuple[int, int]
 
 @torch.no_grad()
 def attention_map(model: Model, image: torch.Tensor, size: tuple[int, int], prompt: str, positions: list[int],
-                  generator: torch.Generator) -> np.ndarray:  # fmt: skip
+                  generator: torch.Generator, draws: int = ATTENTION_DRAWS) -> np.ndarray:  # fmt: skip
     """The attention of ``positions`` over an image ``(1, 3, H, W)`` in [-1, 1], at ``size`` ``(H, W)``
-    (see :class:`WordMap`)."""
+    (see :class:`WordMap`), averaged over ``draws`` readings under fresh noise."""
+    readings = [_attention_once(model, image, size, prompt, positions, generator) for _ in range(draws)]
+    return np.mean(readings, axis=0)
+
+
+def _attention_once(model, image, size, prompt, positions, generator) -> np.ndarray:
     z0 = model.encode(image)
     latent_hw = tuple(z0.shape[-2:])
     cond = model.encode_prompt([prompt])
@@ -93,7 +101,7 @@ def attention_map(model: Model, image: torch.Tensor, size: tuple[int, int], prom
 
 @torch.no_grad()
 def removal_map(model: Model, image: torch.Tensor, size: tuple[int, int], prompt: str, without: str,
-                generator: torch.Generator, draws: int = 2) -> np.ndarray:  # fmt: skip
+                generator: torch.Generator, draws: int = REMOVAL_DRAWS) -> np.ndarray:  # fmt: skip
     """Mean absolute change of the model's prediction between ``prompt`` and ``without`` (the prompt
     with the words left out), over ``draws`` noises at each strength, at ``size``."""
     z0 = model.encode(image)
@@ -115,23 +123,41 @@ def removal_map(model: Model, image: torch.Tensor, size: tuple[int, int], prompt
     return F.interpolate(total, size=size, mode="bilinear")[0, 0].numpy()
 
 
-def instances(image: np.ndarray, found: WordMap, threshold: float = 0.5) -> list[tuple[np.ndarray, float]]:
+def instances(
+    image: np.ndarray, found: WordMap, threshold: float = 0.5, count: int = 1
+) -> list[tuple[np.ndarray, float]]:
     """Every instance the map finds, the one with the highest peak first: ``(mask, score)``.
 
     Each component of the normalised map above ``threshold`` is one instance: GrabCut starts from
-    the map with the other instances' peaks left out. ``score`` is how many times more attention
-    the words get inside the mask than outside it (1: no more; words the image lacks score low).
+    the map with the other instances' peaks left out. While fewer than ``count`` are found, the map
+    outside them is normalised again and searched the same way (a second object the words name
+    often draws less attention than the first). Specks under :data:`MIN_AREA` of the image and
+    masks mostly inside an earlier instance are left out. ``score`` is how many times more attention the
+    words get inside the mask than outside it (1: no more; words the image lacks score low).
     """
-    norm = found.normalised
-    high = norm >= threshold
-    out = []
-    for part in sorted(components(high), key=lambda c: -float(norm[c].max())):
-        prior = norm * (part | ~high)
-        mask = grabcut(image, prior)
-        y, x = np.unravel_index(np.argmax(np.where(part, norm, -1)), norm.shape)
-        mask = component_at(mask, int(y), int(x)) if mask[y, x] else mask
-        if mask.any():
-            attention = found.attention
-            inside, outside = attention[mask].mean(), attention[~mask].mean() if (~mask).any() else 0.0
-            out.append((mask, float(inside / max(outside, 1e-12))))
+    rest, out = found.normalised, []
+    taken = np.zeros(rest.shape, bool)
+    while len(out) < count and rest.max() > 0:
+        rest = rest / rest.max()
+        high = rest >= threshold
+        new = []
+        for part in sorted(components(high), key=lambda c: -float(rest[c].max())):
+            mask = grabcut(image, rest * (part | ~high))
+            y, x = np.unravel_index(np.argmax(np.where(part, rest, -1)), rest.shape)
+            mask = component_at(mask, int(y), int(x)) if mask[y, x] else mask
+            if mask.sum() >= MIN_AREA * mask.size and not any(
+                (mask & m).sum() > 0.5 * mask.sum() for m, _ in out + new
+            ):
+                new.append((mask, _contrast(found.attention, mask)))
+        if not new:
+            break
+        out += new
+        for m, _ in new:
+            taken |= grow(m, 2)
+        rest = np.where(taken, 0.0, rest)
     return out
+
+
+def _contrast(attention: np.ndarray, mask: np.ndarray) -> float:
+    inside, outside = attention[mask].mean(), attention[~mask].mean() if (~mask).any() else 0.0
+    return float(inside / max(outside, 1e-12))

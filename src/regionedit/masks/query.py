@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
 
 from ..errors import InvalidInputError
 
@@ -124,11 +125,7 @@ def find(query: MaskQuery, image, model=None, caption: str | None = None, detect
     ``detector`` / ``segmenter``: loaded ones, or hub ids / folders (loaded once per process)."""
     from . import FoundMask, from_box, from_points, from_words
 
-    if isinstance(detector, str) or isinstance(segmenter, str):
-        from .segmenters import cached_detector, cached_segmenter
-
-        detector = cached_detector(detector) if isinstance(detector, str) else detector
-        segmenter = cached_segmenter(segmenter) if isinstance(segmenter, str) else segmenter
+    detector, segmenter = _loaded(detector, segmenter)
     if query.words is not None:
         found = from_words(model, image, query.words, caption, detector=detector, segmenter=segmenter,
                            generator=generator, min_score=min_score)  # fmt: skip
@@ -137,3 +134,67 @@ def find(query: MaskQuery, image, model=None, caption: str | None = None, detect
     else:
         found = from_box(image, query.box, segmenter=segmenter)
     return FoundMask(apply_grow(found.mask, query.grow), found.score, found.how)
+
+
+def _loaded(detector, segmenter):
+    """Hub ids or folders loaded (once per process); loaded ones as they are."""
+    if isinstance(detector, str) or isinstance(segmenter, str):
+        from .segmenters import cached_detector, cached_segmenter
+
+        detector = cached_detector(detector) if isinstance(detector, str) else detector
+        segmenter = cached_segmenter(segmenter) if isinstance(segmenter, str) else segmenter
+    return detector, segmenter
+
+
+def same_words(words: str) -> str:
+    """``words`` as compared between regions: case and spacing ignored."""
+    return " ".join(words.lower().split())
+
+
+def find_all(queries, image, model=None, caption: str | None = None, detector=None, segmenter=None,
+             seed: int = 0, min_score: float | None = None) -> list:  # fmt: skip
+    """:func:`find` for every query of one edit. Queries that name the same words take distinct
+    objects, left to right (by the centre of each mask), in the order the queries come: two
+    regions "a red circle" are the leftmost red circle and the next one. Each finding draws its
+    noise from a generator seeded with ``seed``.
+
+    Raises:
+        MaskNotFoundError: words named by more regions than they find objects for.
+    """
+    from . import FoundMask, MaskNotFoundError, from_words
+
+    detector, segmenter = _loaded(detector, segmenter)
+
+    def generator():
+        return torch.Generator().manual_seed(seed)
+
+    groups: dict[str, list[int]] = {}
+    for i, q in enumerate(queries):
+        if q.words is not None:
+            groups.setdefault(same_words(q.words), []).append(i)
+    out = [None] * len(queries)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        words = queries[members[0]].words
+        found = from_words(model, image, words, caption, detector=detector, segmenter=segmenter,
+                           all_instances=True, min_score=min_score, generator=generator(),
+                           count=len(members))  # fmt: skip
+        if len(found) < len(members):
+            raise MaskNotFoundError(
+                f"{len(members)} regions name {words!r} but only {len(found)} object(s) score as it; "
+                "give points or a box for the others"
+            )
+        chosen = sorted(found[: len(members)], key=lambda f: mask_centre(f.mask))
+        for i, f in zip(members, chosen, strict=True):
+            out[i] = FoundMask(apply_grow(f.mask, queries[i].grow), f.score, f.how)
+    for i, q in enumerate(queries):
+        if out[i] is None:
+            out[i] = find(q, image, model, caption, detector, segmenter, generator(), min_score)
+    return out
+
+
+def mask_centre(mask: np.ndarray) -> tuple[float, float]:
+    """``(x, y)`` of a mask's centre of mass; ``(0, 0)`` when empty."""
+    ys, xs = np.nonzero(mask)
+    return (float(xs.mean()), float(ys.mean())) if len(xs) else (0.0, 0.0)
