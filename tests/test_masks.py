@@ -274,3 +274,17 @@ def test_the_same_seed_reads_the_same_attention(mini, scene):
     a = masks.word_map(mini, image, "a purple square", s.caption, torch.Generator().manual_seed(3))
     b = masks.word_map(mini, image, "a purple square", s.caption, torch.Generator().manual_seed(3))
     assert np.array_equal(a.values, b.values)
+
+
+def test_the_benchmarks_words_method_names_shared_phrases_left_to_right(mini, monkeypatch):
+    from regionedit.bench import methods
+    from regionedit.shapes.items import shapes_item
+
+    item = shapes_item(8, 20, "multi", 2, 4, 128)  # two orange circles, the right one listed first
+    assert item.prompts and len({(s["colour"], s["shape"]) for s in item.sources}) == 1
+    used = {}
+    monkeypatch.setattr(methods, "run_lomoe", lambda model, it, cfg, gen: used.setdefault("masks", it.masks))
+    methods.run_lomoe_words(mini, item, None, None)
+    assert [iou(found, given) > 0.8 for found, given in zip(used["masks"], item.masks, strict=True)] == [
+        True
+    ] * 2
