@@ -74,7 +74,8 @@ def build_parser(settings: dict | None = None) -> argparse.ArgumentParser:
     e.add_argument("--prompt", action="append", default=None, help="prompt of the matching --mask; repeat")
     e.add_argument("--region", action="append", default=None, metavar="WORDS=PROMPT",
                    help="a region found by words instead of a mask file, with its prompt, e.g. "
-                   "'the red triangle=a blue circle'; repeat, beside --mask/--prompt pairs")  # fmt: skip
+                   "'the red triangle=a blue circle'; repeat, beside --mask/--prompt pairs; regions with the same "
+                   "words take different objects, left to right")  # fmt: skip
     e.add_argument("--grow", default=None, metavar="N|box|box+N",
                    help="grow each --region's mask by N pixels, to its bounding box, or both (a new shape needs "
                    "room; default: as found)")  # fmt: skip
