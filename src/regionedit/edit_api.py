@@ -141,7 +141,7 @@ class EditRequest:
                 check_points(m.negative_points, size, "negative point")
                 if m.box is not None:
                     check_box(m.box, size)
-            found = iter([np.ones(size, bool)] * len(queries))
+            found = (np.ones(size, bool) for _ in queries)
         else:
             found = iter(
                 f.mask
