@@ -138,13 +138,18 @@ def pipeline_step(calls: dict, k: int) -> None:
         call(z)
 
 
+def chunk_batches(branches: int, chunk: int, k: int) -> list[int]:
+    """The denoiser batch of each gradient chunk: ``chunk`` branches (fewer in the last) of ``k`` latents."""
+    return [min(chunk, branches - s) * k for s in range(0, branches, chunk)]
+
+
 def lomoe_step(calls: dict, k: int, branches: int, chunk: int) -> None:
     """One LoMOE step's denoiser work: the reference call, the gradient over the branches a chunk at a
     time, the branches again without gradients. ``calls[b]``: ``(latents, call)`` for batch ``b``."""
     z, call = calls[k]
     with torch.no_grad():
         call(z)
-    sizes = [min(chunk, branches - s) * k for s in range(0, branches, chunk)]
+    sizes = chunk_batches(branches, chunk, k)
     for b in sizes:
         z, call = calls[b]
         leaf = z.clone().requires_grad_(True)
@@ -193,11 +198,11 @@ def measure_denoiser(name: str, spec: Spec, mode: str, regions: list[int], size:
         for chunk in range(branches, 0, -1):  # the largest chunk whose planned peak fits the budget
             plan = plan_memory(shape, size, size, n, dtype=dname, storage=storage, offload=offload,
                                chunk_size=chunk, bootstrap=False)  # fmt: skip
-            planned = denoiser_planned(plan, shape)
+            planned = denoiser_planned(plan)
             if budget is None or planned <= budget:
                 break
         try:
-            calls = calls_for([k] + [min(chunk, branches - s) * k for s in range(0, branches, chunk)])
+            calls = calls_for([k, *chunk_batches(branches, chunk, k)])
             seconds, peak = timed(
                 lambda calls=calls, branches=branches, chunk=chunk: lomoe_step(calls, k, branches, chunk)
             )
@@ -222,19 +227,11 @@ def _tiny_shape(name: str, spec: Spec):
     return replace(shape_of_configs(name, spec.family, components, 8, spec.guidance), text_tokens=8)
 
 
-def denoiser_planned(plan, shape) -> int:
+def denoiser_planned(plan) -> int:
     """The plan's gradient-step peak for the denoiser alone: without the other networks' weights and the
     attention maps LoMOE captures (the denoiser work measured here captures none)."""
-    from ..plan import coefficients as coef
-    from ..plan.geometry import geometry
-
     others = sum(v for key, v in plan.weights.items() if key != "denoiser") if plan.offload == "none" else 0
-    f = shape.size_factor
-    geo = geometry(
-        shape.family, shape.denoiser_config, (plan.size[0] // f, plan.size[1] // f), shape.text_tokens
-    )
-    maps = plan.chunk_size * shape.guidance_batches * coef.MAP_COPIES[shape.family] * geo.map_values() * 4
-    return int(plan.phases["gradient step"] - others - plan.reference_maps - maps)
+    return plan.phases["gradient step"] - others - plan.reference_maps - plan.maps
 
 
 def format_rows(rows: list[Row], unit: str = "GiB") -> str:

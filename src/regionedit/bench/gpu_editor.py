@@ -25,15 +25,13 @@ def measure_editor(name: str, model, mode: str, regions: list[int], size: int, s
     from regionedit import ExecutionOptions, LoMOEOptions, Region
 
     from ..lomoe.editor import background_branch
-    from ..plan.budget import DTYPE_NAMES, offload_of, storage_of
-    from ..plan.estimate import plan_memory
-    from ..plan.shape import shape_of_model
+    from ..plan.budget import plan_of_model
     from .memory import resident_bytes
     from .speed import grid_item
 
     device, options = model.device, LoMOEOptions(num_inference_steps=steps)
     meter = Meter(device, resident_bytes(model) if device.type == "cpu" else 0)
-    shape, rows = shape_of_model(model), []
+    background, rows = background_branch(asdict(options)), []
     for n in regions:
         item = grid_item(n, size, seed=n, factor=model.size_factor)
         marks: list[float] = []
@@ -43,9 +41,7 @@ def measure_editor(name: str, model, mode: str, regions: list[int], size: int, s
                 torch.cuda.synchronize(device)
             marks.append(time.perf_counter())
 
-        plan = plan_memory(shape, size, size, n, dtype=DTYPE_NAMES.get(model.dtype, "fp32"), storage=storage_of(model),
-                           offload=offload_of(model), max_memory=budget, steps=steps,
-                           background=background_branch(asdict(options)))  # fmt: skip
+        plan = plan_of_model(model, size, size, n, options, background, max_memory=budget)
         execution = ExecutionOptions(chunk_size=plan.chunk_size)
         regions_ = [Region(m, p) for m, p in zip(item.masks, item.prompts, strict=True)]
         try:

@@ -51,23 +51,33 @@ def offload_of(model) -> str:
     return "model" if any(p.device.type == "cpu" for m in others for p in m.parameters()) else "none"
 
 
+def plan_of_model(model, height: int, width: int, regions: int, options, background: bool = True,
+                  chunk_size: int | None = None, max_memory: int | None = None, reference_maps: str = "recompute"):  # fmt: skip
+    """The plan of a LoMOE edit with ``options`` (:class:`~regionedit.lomoe.options.LoMOEOptions`) on a
+    loaded model as it stands: its dtype, the denoiser's storage dtype and the offloading applied."""
+    from .estimate import plan_memory
+    from .shape import shape_of_model
+
+    return plan_memory(
+        shape_of_model(model), height, width, regions, dtype=DTYPE_NAMES.get(model.dtype, "fp32"),
+        storage=storage_of(model), offload=offload_of(model), chunk_size=chunk_size, max_memory=max_memory,
+        steps=options.num_inference_steps, reference_maps=reference_maps, bootstrap=options.bootstrap_steps > 0,
+        background=background,
+    )  # fmt: skip
+
+
 def fit_budget(model, edit, background: bool = True):
     """The execution options of a prepared LoMOE edit under its ``max_memory`` budget: with no chunk
     size given, the largest that the plan says fits; a warning when the planned peak exceeds the budget
     even so. ``background``: the edit computes its background branch. Returns the (possibly changed)
     :class:`~regionedit.execution.ExecutionOptions`."""
-    from .estimate import gib, plan_memory
-    from .shape import shape_of_model
+    from .estimate import gib
 
-    execution, options = edit.execution, edit.options
+    execution = edit.execution
     budget = parse_bytes(execution.max_memory)
     height, width = edit.image_size
-    plan = plan_memory(
-        shape_of_model(model), height, width, len(edit.regions), dtype=DTYPE_NAMES.get(model.dtype, "fp32"),
-        storage=storage_of(model), offload=offload_of(model), chunk_size=execution.chunk_size, max_memory=budget,
-        steps=options.num_inference_steps, reference_maps=execution.reference_maps,
-        bootstrap=options.bootstrap_steps > 0, background=background,
-    )  # fmt: skip
+    plan = plan_of_model(model, height, width, len(edit.regions), edit.options, background, execution.chunk_size,
+                         budget, execution.reference_maps)  # fmt: skip
     if not plan.fits:
         log.warning("the planned peak is %s in the %s, over the %s budget: %s", gib(plan.peak), plan.phase,
                     gib(budget), plan.advice)  # fmt: skip

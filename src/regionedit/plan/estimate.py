@@ -41,7 +41,7 @@ class MemoryPlan:
         weights_on_device: the weights held when the peak is reached.
         forward: activations of one denoiser forward without gradients over all branches at once.
         backward: the gradient step's activations and its backward pass at ``chunk_size`` branches,
-            captured attention maps included.
+            captured attention maps included; ``maps``: those maps' share of it.
         reference_maps: the reference maps on the device (one step's, or every step's when held).
         vae_encode / vae_decode: the VAE's activations encoding (ten bootstrap colours at once, else
             the input) and decoding (the result and the reconstruction).
@@ -64,6 +64,7 @@ class MemoryPlan:
     weights_on_device: int
     forward: int
     backward: int
+    maps: int
     reference_maps: int
     vae_encode: int
     vae_decode: int
@@ -95,16 +96,18 @@ def plan_memory(shape: ModelShape, height: int, width: int, regions: int, dtype:
     """
     check(shape, dtype, storage, offload, reference_maps)
     branches = regions + 1 if background or regions == 0 else regions
+
+    def at(chunk: int) -> MemoryPlan:
+        return _plan(shape, height, width, regions, branches, chunk, dtype, storage, offload, steps,
+                     reference_maps, bootstrap and regions > 0)  # fmt: skip
+
     if chunk_size is None and max_memory is not None:
         for chunk in range(branches, 0, -1):
-            trial = _plan(shape, height, width, regions, branches, chunk, dtype, storage, offload, steps,
-                          reference_maps, bootstrap and regions > 0)  # fmt: skip
+            trial = at(chunk)
             if trial.peak <= max_memory or chunk == 1:
                 break
     else:
-        chunk = min(chunk_size or branches, branches)
-        trial = _plan(shape, height, width, regions, branches, chunk, dtype, storage, offload, steps,
-                      reference_maps, bootstrap and regions > 0)  # fmt: skip
+        trial = at(min(chunk_size or branches, branches))
     if max_memory is None:
         return trial
     fits = trial.peak <= max_memory
@@ -138,8 +141,9 @@ def _plan(shape: ModelShape, height, width, regions, branches, chunk, dtype, sto
     f = shape.size_factor  # a UNet's tokens are its latent cells
     geo = geometry(shape.family, shape.denoiser_config, (height // f, width // f), shape.text_tokens)
     k = shape.guidance_batches
+    maps_image = coef.MAP_COPIES[shape.family] * geo.map_values() * 4  # float32 copies of the captured maps
     per_image = sum(coef.BACKWARD[shape.family][kind] * tw for kind, tw in geo.token_widths().items()) * e
-    per_image = int(per_image + coef.MAP_COPIES[shape.family] * geo.map_values() * 4)
+    per_image = int(per_image + maps_image)
     forward_image = int(coef.FORWARD[shape.family] * geo.largest() * e)
     ref_step = k * geo.map_values() * e
     ref = steps * ref_step if reference_maps == "device" else ref_step
@@ -182,7 +186,8 @@ def _plan(shape: ModelShape, height, width, regions, branches, chunk, dtype, sto
     return MemoryPlan(
         model=shape.name, size=(height, width), regions=regions, branches=branches, chunk_size=chunk, dtype=dtype,
         storage=storage or dtype, offload=offload, weights=weights, weights_on_device=int(phases[phase][0]),
-        forward=branches * k * forward_image, backward=chunk * k * per_image, reference_maps=int(ref),
+        forward=branches * k * forward_image, backward=chunk * k * per_image, maps=int(chunk * k * maps_image),
+        reference_maps=int(ref),
         vae_encode=encode, vae_decode=decode, peak=totals[phase], phase=phase, phases=totals,
     )  # fmt: skip
 

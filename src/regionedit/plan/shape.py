@@ -7,7 +7,7 @@ no weights); the largest block is what group offloading keeps on the device at a
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -190,10 +190,4 @@ def shape_of_model(model) -> ModelShape:
             networks[key] = value
     tokens = model.text_tokens() if hasattr(model, "text_tokens") else model.tokenizer.model_max_length
     shape = _shape(model.name, model.family, networks, tokens, model.guidance_batches)
-    return _replace(shape, vae_scale_factor=model.vae_scale_factor, size_factor=model.size_factor)
-
-
-def _replace(shape: ModelShape, **changes) -> ModelShape:
-    from dataclasses import replace
-
-    return replace(shape, **changes)
+    return replace(shape, vae_scale_factor=model.vae_scale_factor, size_factor=model.size_factor)
