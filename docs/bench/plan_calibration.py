@@ -23,6 +23,7 @@ from regionedit.bench.denoiser_step import step_call
 from regionedit.bench.memory import tensor_peak
 from regionedit.plan.geometry import geometry
 from regionedit.plan.shape import build_network as build
+from regionedit.plan.shape import model_text_tokens
 
 _UNET = dict(cross_attention_dim=64, attention_head_dim=8, norm_num_groups=32)
 _FLUX = dict(in_channels=64, attention_head_dim=128, num_attention_heads=4, joint_attention_dim=128,
@@ -174,7 +175,10 @@ def calibrate_maps() -> None:
         model = timing_model(components, name=name)
         size, branches = 256, 2
         geo = geometry(
-            model.family, dict(model.denoiser.config), (size // model.size_factor,) * 2, _tokens(model)
+            model.family,
+            dict(model.denoiser.config),
+            (size // model.size_factor,) * 2,
+            model_text_tokens(model),
         )
         k = model.guidance_batches
         z = torch.randn(
@@ -204,10 +208,6 @@ def calibrate_maps() -> None:
         copies = (with_maps - without) / (branches * k * geo.map_values() * 4)
         print(f"maps {name}: {with_maps / 2**20:.1f} MB with capture, {without / 2**20:.1f} MB without: "
               f"{copies:.2f} float32 copies per map value")  # fmt: skip
-
-
-def _tokens(model) -> int:
-    return model.text_tokens() if hasattr(model, "text_tokens") else model.tokenizer.model_max_length
 
 
 if __name__ == "__main__":

@@ -181,6 +181,11 @@ TEXT_TOKENS = {
 DISTILLED_BY_EMBEDDING = frozenset({"flux"})  # a guidance embedding means one batch per prompt (FLUX.1-dev)
 
 
+def model_text_tokens(model) -> int:
+    """Text tokens per prompt a loaded model's denoiser attends to."""
+    return model.text_tokens() if hasattr(model, "text_tokens") else model.tokenizer.model_max_length
+
+
 def shape_of_model(model) -> ModelShape:
     """The shape of a loaded :class:`~regionedit.models.interface.Model` (its own networks and settings)."""
     networks = {"denoiser": model.denoiser, "vae": model.vae}
@@ -188,6 +193,5 @@ def shape_of_model(model) -> ModelShape:
         value = getattr(model, key, None)
         if key.startswith("text_encoder") and isinstance(value, torch.nn.Module):
             networks[key] = value
-    tokens = model.text_tokens() if hasattr(model, "text_tokens") else model.tokenizer.model_max_length
-    shape = _shape(model.name, model.family, networks, tokens, model.guidance_batches)
+    shape = _shape(model.name, model.family, networks, model_text_tokens(model), model.guidance_batches)
     return replace(shape, vae_scale_factor=model.vae_scale_factor, size_factor=model.size_factor)
